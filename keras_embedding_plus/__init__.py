@@ -1,0 +1,7 @@
+"""keras_embedding_plus: a drop-in replacement for `keras.layers.Embedding`."""
+
+from keras_embedding_plus.embedding import Embedding
+
+__version__ = "0.1.0"
+
+__all__ = ["Embedding", "__version__"]

@@ -1,0 +1,140 @@
+"""The one index policy, the same on every backend.
+
+Valid ids are the integers ``0 .. input_dim - 1``. Integer tensors of any dtype are
+accepted; float tensors are accepted when they hold whole numbers.
+
+* Where the ids' values are known at the call (eager execution), any other id raises
+  ``ValueError`` naming the first offending id, where it sits and the valid range.
+* Inside traced / compiled functions (``tf.function``, ``jax.jit``, ``torch.compile``),
+  where values are unknown, invalid ids look up all-zero vectors.
+
+Invalid ids never wrap around (``ops.take`` maps ``-1`` to the last row), never give
+NaN (``jnp.take``'s default) and never crash a compiled step.
+"""
+
+import numpy as np
+from keras import backend, ops
+
+# Integer dtypes that need no cast before `ops.take`.
+_TAKE_DTYPES = ("int32", "int64")
+
+
+def _is_concrete(x):
+    """Whether `x`'s values can be read now (eager), not traced or symbolic."""
+    name = backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(x, tf.RaggedTensor):
+            x = x.flat_values
+        return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
+    if name == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if name == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return False
+        return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
+    return True
+
+
+def _values(ids):
+    """The flat values of `ids` (a ragged TensorFlow tensor's values)."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(ids, tf.RaggedTensor):
+            return ids.flat_values
+    return ids
+
+
+def _with_values(ids, values):
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(ids, tf.RaggedTensor):
+            return ids.with_flat_values(values)
+    return values
+
+
+def ids_dtype(ids):
+    """The standardized dtype name of `ids`, or a ValueError for non-numeric ids."""
+    dtype = backend.standardize_dtype(_values(ids).dtype)
+    if dtype == "bool" or not (
+        "int" in dtype or "float" in dtype or dtype.startswith("bfloat")
+    ):
+        raise ValueError(
+            "Embedding ids must be integers (any integer dtype) or floats holding "
+            f"whole numbers. Received ids of dtype {dtype}."
+        )
+    return dtype
+
+
+def _validity(values, input_dim, is_float):
+    """Boolean tensor: which of `values` are valid ids."""
+    valid = ops.logical_and(ops.greater_equal(values, 0), ops.less(values, input_dim))
+    if is_float:
+        # NaN fails `floor(x) == x`, so it is invalid too.
+        valid = ops.logical_and(valid, ops.equal(ops.floor(values), values))
+    return valid
+
+
+def _raise_invalid(values, valid, input_dim):
+    values = ops.convert_to_numpy(values)
+    valid = ops.convert_to_numpy(valid)
+    position = tuple(int(i) for i in np.argwhere(~valid)[0])
+    bad = values[position].item()
+    count = int((~valid).sum())
+    raise ValueError(
+        f"Invalid embedding id {bad!r} at position {position} of the ids: "
+        f"valid ids are the integers 0 to {input_dim - 1} "
+        f"(input_dim={input_dim}). {count} of {valid.size} ids are invalid."
+    )
+
+
+def prepare_ids(ids, input_dim):
+    """Apply the index policy to `ids`.
+
+    Returns `(ids, valid)`: integer ids safe to pass to `ops.take`, and either
+    `None` (every id is known to be valid) or a boolean tensor marking the valid
+    ids, whose lookups must be zeroed by `zero_invalid`.
+    """
+    dtype = ids_dtype(ids)
+    is_float = "float" in dtype
+    int_dtype = "int32" if input_dim <= np.iinfo(np.int32).max else "int64"
+    values = _values(ids)
+    valid = _validity(values, input_dim, is_float)
+    if _is_concrete(values):
+        if not bool(ops.all(valid)):
+            _raise_invalid(values, valid, input_dim)
+        if dtype not in _TAKE_DTYPES:
+            values = ops.cast(values, int_dtype)
+        return _with_values(ids, values), None
+    values = ops.where(valid, values, ops.zeros((), dtype=values.dtype))
+    if dtype not in _TAKE_DTYPES:
+        values = ops.cast(values, int_dtype)
+    return _with_values(ids, values), valid
+
+
+def zero_invalid(outputs, valid):
+    """Zero the looked-up rows of invalid ids (traced calls only).
+
+    The common case, every id valid, costs one reduction over the ids: the pass
+    over the (much larger) outputs runs only when some id is invalid.
+    """
+    if valid is None:
+        return outputs
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(outputs, tf.RaggedTensor):
+            return outputs.with_flat_values(zero_invalid(outputs.flat_values, valid))
+    mask = ops.expand_dims(valid, -1)
+    return ops.cond(
+        ops.all(valid),
+        lambda: outputs,
+        lambda: ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype)),
+    )
