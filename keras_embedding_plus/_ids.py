@@ -133,6 +133,10 @@ def zero_invalid(outputs, valid):
         if isinstance(outputs, tf.RaggedTensor):
             return outputs.with_flat_values(zero_invalid(outputs.flat_values, valid))
     mask = ops.expand_dims(valid, -1)
+    if backend.backend() == "torch":
+        # torch.compile fuses the select into the gather; a data-dependent
+        # branch would only break its graph.
+        return ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype))
     return ops.cond(
         ops.all(valid),
         lambda: outputs,

@@ -1,0 +1,54 @@
+"""Test setup shared by every backend.
+
+Runs before any test module imports a backend, so that the device-count flags take
+effect: 8 virtual CPU devices for JAX, 2 logical CPU devices for TensorFlow.
+"""
+
+import os
+
+_flag = "--xla_force_host_platform_device_count=8"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same seeds and a fresh Keras session."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(1337)
+    yield
+
+
+def compiled(fn):
+    """`fn` traced / compiled the way each backend's compiler does it.
+
+    `tf.function`, `jax.jit`, or `torch.compile` with the graph-capturing eager
+    backend (no C++ toolchain needed): in all three the ids' values are unknown
+    while `fn` is traced, so the layer takes its compiled path.
+    """
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if BACKEND == "torch":
+        import torch
+
+        return torch.compile(fn, backend="eager", fullgraph=False)
+    return fn
