@@ -1,0 +1,71 @@
+"""Saving support: the padding-mask op and all-or-nothing weight loading.
+
+* `padding_mask(ids)` is `ids != 0`. On symbolic inputs it goes through
+  `PaddingMask`, an operation registered with this package, because a Functional
+  model records the op that made a mask as a node of its graph: Keras's own
+  `Embedding` records `keras.ops.not_equal`, whose class (`NotEqual`) the legacy
+  `.h5` loader cannot find ("Unknown layer: 'NotEqual'"). `PaddingMask` is found
+  by every loader once `keras_embedding_plus` is imported.
+* `check_weights(layer, values, source)` checks every value against the layer's
+  weights before anything is assigned, so that a wrong-shape table never leaves
+  the layer half-loaded.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class PaddingMask(keras.Operation):
+    """`ids != 0`: the mask of an `Embedding(mask_zero=True)`."""
+
+    def call(self, ids):
+        return ops.not_equal(ids, 0)
+
+    def compute_output_spec(self, ids):
+        return keras.KerasTensor(ids.shape, dtype="bool")
+
+
+def padding_mask(ids):
+    """`ids != 0`, recorded as a `PaddingMask` node when `ids` is symbolic."""
+    if isinstance(ids, keras.KerasTensor):
+        return PaddingMask()(ids)
+    return ops.not_equal(ids, 0)
+
+
+def _shape(value):
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        shape = np.shape(value)
+    return tuple(shape)
+
+
+def check_weights(layer, values, source):
+    """Raise `ValueError` unless `values` fit `layer.weights` one for one.
+
+    `source` names what is being loaded (`set_weights`, `load_weights`), for the
+    message. Nothing is assigned here: callers assign only after this passes.
+    """
+    values = list(values)
+    weights = layer.weights
+    if len(values) != len(weights):
+        raise ValueError(
+            f"`{source}` on layer '{layer.name}' expects {len(weights)} weight(s) "
+            f"({', '.join(w.path for w in weights)}). "
+            f"Received: {len(values)} weight(s)."
+        )
+    for weight, value in zip(weights, values, strict=True):
+        shape = _shape(value)
+        if shape != tuple(weight.shape):
+            raise ValueError(
+                f"`{source}` on layer '{layer.name}': weight '{weight.path}' has "
+                f"shape {tuple(weight.shape)}, but the value given for it has "
+                f"shape {shape}; the layer's weights were left unchanged. "
+                f"Received: value.shape={shape}."
+            )
+
+
+def store_values(store):
+    """The values of a Keras weights store (`"0"`, `"1"`, ...), in order."""
+    return [store[str(i)] for i in range(len(store.keys()))]
