@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import _ids, _legacy
+from keras_embedding_plus import _ids, _legacy, _saving
 
 
 def _is_int(value):
@@ -246,7 +246,8 @@ class Embedding(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None
-        return ops.not_equal(inputs, 0)
+        # `ids != 0`, through an op every loader (legacy `.h5` too) can rebuild.
+        return _saving.padding_mask(inputs)
 
     def _check_length(self, shape):
         if self.input_length is None:
@@ -279,6 +280,14 @@ class Embedding(keras.layers.Layer):
             dtype=self.compute_dtype,
             ragged=getattr(inputs, "ragged", False),
         )
+
+    def set_weights(self, weights):
+        _saving.check_weights(self, weights, "set_weights")
+        super().set_weights(weights)
+
+    def load_own_variables(self, store):
+        _saving.check_weights(self, _saving.store_values(store), "load_weights")
+        super().load_own_variables(store)
 
     def get_config(self):
         config = super().get_config()
