@@ -1,0 +1,88 @@
+"""Low-rank adaptation (LoRA) of the embedding table.
+
+The adapted table is ``table + (lora_alpha / lora_rank) * A @ B`` with ``A`` of shape
+``(input_dim, rank)`` and ``B`` of shape ``(rank, output_dim)``. Lookups gather the
+rows of ``A`` for the ids first (``take(A, ids) @ B``), so the cost grows with the
+number of ids, never with the vocabulary; the full ``A @ B`` is only formed when the
+adapter is merged into the table (on saving).
+"""
+
+import numbers
+
+import keras
+from keras import ops
+
+
+def check_rank(rank, name="lora_rank", allow_none=True):
+    if rank is None and allow_none:
+        return None
+    if isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and rank > 0:
+        return int(rank)
+    allowed = "None or a positive integer" if allow_none else "a positive integer"
+    raise ValueError(
+        f"`{name}` must be {allowed}. "
+        f"Received: {name}={rank!r} (of type {type(rank).__name__})."
+    )
+
+
+def check_alpha(alpha):
+    if alpha is None:
+        return None
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and alpha > 0:
+        return alpha
+    raise ValueError(
+        "`lora_alpha` must be None (meaning `lora_rank`) or a positive number. "
+        f"Received: lora_alpha={alpha!r} (of type {type(alpha).__name__})."
+    )
+
+
+def check_constraint(constraint):
+    if constraint is not None:
+        raise ValueError(
+            "LoRA cannot be combined with `embeddings_constraint`: LoRA freezes the "
+            "table and trains two factors, which a table constraint cannot bound. "
+            "Remove the constraint (e.g. use `max_norm` to bound looked-up rows) "
+            f"to enable LoRA. Received: embeddings_constraint={constraint!r}"
+        )
+
+
+def add_factors(add_weight, input_dim, output_dim, rank, a_init, b_init, regularizer):
+    """The trainable float32 factors `A` (input_dim, rank) and `B` (rank, output_dim).
+
+    float32 whatever the layer's dtype policy, as in Keras, to keep small updates
+    from underflowing.
+    """
+    a = add_weight(
+        name="lora_embeddings_a",
+        shape=(input_dim, rank),
+        initializer=keras.initializers.get(a_init),
+        dtype="float32",
+        regularizer=regularizer,
+    )
+    b = add_weight(
+        name="lora_embeddings_b",
+        shape=(rank, output_dim),
+        initializer=keras.initializers.get(b_init),
+        dtype="float32",
+        regularizer=regularizer,
+    )
+    return a, b
+
+
+def add_delta(rows, ids, a, b, scale):
+    """`rows` plus the adapter's rows for `ids`, in float32 when rows are narrower."""
+    delta = ops.matmul(ops.take(a, ids, axis=0), ops.multiply(b, scale))
+    return ops.add(ops.cast(rows, delta.dtype), delta)
+
+
+def delta_table(a, b, scale):
+    """The full `(input_dim, output_dim)` float32 delta (merging only)."""
+    return ops.multiply(ops.matmul(a, b), scale)
+
+
+def delta_logits(x, a, b, scale):
+    """`x @ (scale * A @ B).T` without forming `A @ B`: `(x @ B.T) @ A.T`."""
+    x = ops.cast(x, "float32")
+    return ops.matmul(
+        ops.matmul(x, ops.transpose(ops.multiply(b, scale))), ops.transpose(a)
+    )

@@ -1,0 +1,176 @@
+"""Row-wise int8 / int4 quantization of the embedding table.
+
+Storage (the names and layout of Keras's quantized `Embedding`, so that its int8 and
+per-row int4 weights load into ours):
+
+* ``int8``: ``embeddings`` int8 ``(input_dim, output_dim)`` and ``embeddings_scale``
+  float32 ``(input_dim,)``; a row is ``embeddings[i] / embeddings_scale[i]``.
+* ``int4``: ``embeddings`` int8 ``(input_dim, ceil(output_dim / 2))``, two signed
+  4-bit values a byte (``keras.quantizers.pack_int4`` along the last axis: the low
+  nibble holds the even column), and ``embeddings_scale`` float32 ``(input_dim,)``,
+  or ``(input_dim, groups)`` when a `block_size` smaller than ``output_dim`` splits
+  each row into groups of columns with a scale each.
+
+Scales are symmetric abs-max: ``scale = qmax / (max |row| + 1e-7)`` with ``qmax``
+127 (int8) or 7 (int4), so the rounding error of an element is at most
+``max |row| / (2 * qmax)``: 1/254 of the row's largest magnitude for int8, 1/14 for
+int4 (of the group's, with groups).
+
+Lookups gather the stored rows of the ids first and dequantize only those rows: the
+cost grows with the number of ids, not with the vocabulary.
+"""
+
+import functools
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+MODES = ("int8", "int4")
+_QMAX = {"int8": 127, "int4": 7}
+_EPSILON = 1e-7
+# Error bound of one element, as a fraction of its row's (group's) max magnitude.
+ERROR_BOUND = {mode: 1.0 / (2 * qmax) for mode, qmax in _QMAX.items()}
+
+
+class UnsupportedModeError(ValueError, NotImplementedError):
+    """An unsupported quantization mode.
+
+    A `ValueError` for whoever calls `layer.quantize(mode)`; also a
+    `NotImplementedError`, which `Model.quantize` turns into a warning and skips the
+    layer, as it does for Keras's `Embedding` in modes it lacks (e.g. "float8").
+    """
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise UnsupportedModeError(
+            f"`mode` must be one of {MODES} for an Embedding layer. "
+            f"Received: mode={mode!r}"
+        )
+    return mode
+
+
+def guard_modes(keras_quantize):
+    """Wrap Keras's `quantize` wrapper so that unknown modes list *our* modes.
+
+    Keras checks the mode against every mode it knows ("float8", "gptq", ...) before
+    the layer sees it.
+    """
+
+    @functools.wraps(keras_quantize)
+    def quantize(mode=None, config=None, **kwargs):
+        requested = config if isinstance(config, str) else mode
+        if config is not None and not isinstance(config, str):
+            requested = getattr(config, "mode", mode)
+        if requested is not None:
+            check_mode(requested)
+        return keras_quantize(mode=mode, config=config, **kwargs)
+
+    return quantize
+
+
+def block_size(source, output_dim):
+    """Columns per scale: `None` (one scale per row) or an int < output_dim.
+
+    `source` is a quantization config or a dtype policy (`block_size` attribute,
+    absent, `None` or -1 meaning one scale per row).
+    """
+    size = getattr(source, "block_size", None)
+    if size is None or size == -1 or size >= output_dim:
+        return None
+    return int(size)
+
+
+def policy_name(mode, block, base_name):
+    """The dtype policy name Keras uses for a quantized layer."""
+    if mode == "int4":
+        return f"int4/{-1 if block is None else block}_from_{base_name}"
+    return f"{mode}_from_{base_name}"
+
+
+def _scale_shape(input_dim, output_dim, block):
+    if block is None:
+        return (input_dim,)
+    return (input_dim, math.ceil(output_dim / block))
+
+
+def add_weights(add_weight, input_dim, output_dim, mode, block):
+    """Create the frozen stored table and its scales with `add_weight`."""
+    width = output_dim if mode == "int8" else (output_dim + 1) // 2
+    table = add_weight(
+        name="embeddings",
+        shape=(input_dim, width),
+        initializer="zeros",
+        dtype="int8",
+        trainable=False,
+    )
+    scale = add_weight(
+        name="embeddings_scale",
+        shape=_scale_shape(input_dim, output_dim, block),
+        initializer="ones",
+        dtype="float32",
+        trainable=False,
+    )
+    return table, scale
+
+
+def quantize_table(table, mode, block):
+    """Quantize a float `(input_dim, output_dim)` table (on the host, in NumPy).
+
+    Returns `(stored, scale)` NumPy arrays, laid out as `add_weights` creates them.
+    """
+    values = np.asarray(ops.convert_to_numpy(table), dtype="float32")
+    input_dim, output_dim = values.shape
+    qmax = _QMAX[mode]
+    if block is not None:
+        groups = math.ceil(output_dim / block)
+        padded = np.zeros((input_dim, groups * block), "float32")
+        padded[:, :output_dim] = values
+        values = padded.reshape(input_dim, groups, block)
+    quantized, scale = keras.quantizers.abs_max_quantize(
+        values, axis=-1, value_range=(-qmax, qmax), epsilon=_EPSILON, to_numpy=True
+    )
+    quantized = ops.convert_to_numpy(quantized).reshape(input_dim, -1)[:, :output_dim]
+    scale = ops.convert_to_numpy(scale).astype("float32").squeeze(-1)
+    if mode == "int4":
+        packed, _, _ = keras.quantizers.pack_int4(quantized, axis=-1)
+        quantized = ops.convert_to_numpy(packed)
+    return quantized.astype("int8"), scale
+
+
+def _unpack_int4(packed, output_dim):
+    """Signed 4-bit values from int8 bytes along the last axis (any rank)."""
+    width = packed.shape[-1]
+    as_int = ops.cast(packed, "int32")
+    low = ops.bitwise_and(as_int, 15)
+    high = ops.bitwise_and(ops.right_shift(as_int, 4), 15)
+    nibbles = ops.concatenate([low, high], axis=-1)
+    nibbles = ops.where(ops.greater_equal(nibbles, 8), nibbles - 16, nibbles)
+    # Column 2k is byte k's low nibble, column 2k + 1 its high nibble.
+    order = np.stack([np.arange(width), np.arange(width) + width], axis=-1)
+    return ops.take(nibbles, order.reshape(-1)[:output_dim], axis=-1)
+
+
+def dequantize(stored, scale, mode, output_dim, block):
+    """Float32 rows from stored rows and their scales (any leading shape)."""
+    if mode == "int4":
+        values = ops.cast(_unpack_int4(stored, output_dim), "float32")
+    else:
+        values = ops.cast(stored, "float32")
+    if block is not None:
+        group = np.arange(output_dim) // block
+        return values / ops.take(scale, group, axis=-1)
+    return values / ops.expand_dims(scale, -1)
+
+
+def gather(stored, scale, ids, mode, output_dim, block):
+    """Dequantized float32 rows of `ids`: gather first, dequantize those rows."""
+    return dequantize(
+        ops.take(stored, ids, axis=0),
+        ops.take(scale, ids, axis=0),
+        mode,
+        output_dim,
+        block,
+    )
