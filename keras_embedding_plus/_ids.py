@@ -77,8 +77,9 @@ def _validity(values, input_dim, is_float):
     """Boolean tensor: which of `values` are valid ids."""
     valid = ops.logical_and(ops.greater_equal(values, 0), ops.less(values, input_dim))
     if is_float:
-        # NaN fails `floor(x) == x`, so it is invalid too.
-        valid = ops.logical_and(valid, ops.equal(ops.floor(values), values))
+        # NaN fails `round(x) == x`, so it is invalid too. (`ops.round`, not
+        # `ops.floor`: on torch, `floor` of float16 / float64 breaks torch.compile.)
+        valid = ops.logical_and(valid, ops.equal(ops.round(values), values))
     return valid
 
 

@@ -29,6 +29,12 @@ def _seed():
     """Every test starts from the same seeds and a fresh Keras session."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(1337)
+    if BACKEND == "torch":
+        import torch
+
+        # Forget compiled frames: parametrized tests reuse one lambda's code, and
+        # past torch's recompile limit `compiled` would silently run eagerly.
+        torch._dynamo.reset()
     yield
 
 

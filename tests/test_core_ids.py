@@ -1,0 +1,292 @@
+"""Issue 2, Behaviour: shapes, `input_length`, id dtypes and the index policy."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, compiled
+from keras import ops
+
+from keras_embedding_plus import Embedding
+
+
+def to_np(x):
+    return ops.convert_to_numpy(x)
+
+
+TABLE = np.arange(30, dtype="float32").reshape(10, 3) + 1.0  # no zero row
+
+
+def make_layer(**kwargs):
+    return Embedding(10, 3, weights=TABLE, **kwargs)
+
+
+# --- shapes and input_length -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape", [(4,), (2, 5), (2, 3, 4), (1, 2, 2, 2)], ids=["1d", "2d", "3d", "4d"]
+)
+def test_output_shape_any_rank(shape):
+    layer = make_layer()
+    ids = np.random.default_rng(0).integers(0, 10, size=shape)
+    out = to_np(layer(ids))
+    assert out.shape == (*shape, 3)
+    np.testing.assert_array_equal(out, TABLE[ids])
+    assert layer.compute_output_shape(shape) == (*shape, 3)
+
+
+def test_documented_sequential_example():
+    model = keras.Sequential()
+    model.add(Embedding(1000, 64, input_length=10))
+    assert model.output_shape == (None, 10, 64)
+    input_array = np.random.randint(1000, size=(32, 10))
+    model.compile("rmsprop", "mse")
+    output_array = model.predict(input_array, verbose=0)
+    assert output_array.shape == (32, 10, 64)
+    assert model.output_shape == (None, 10, 64)
+
+
+def test_input_length_lets_flatten_dense_build_without_data():
+    model = keras.Sequential()
+    model.add(Embedding(50, 4, input_length=6))
+    model.add(keras.layers.Flatten())
+    model.add(keras.layers.Dense(2))
+    assert model.built
+    assert model.output_shape == (None, 2)
+    assert model.layers[-1].kernel.shape == (24, 2)
+    model.compile("sgd", "mse")
+    history = model.fit(
+        np.random.randint(50, size=(8, 6)), np.zeros((8, 2)), epochs=1, verbose=0
+    )
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_input_length_tuple_nd():
+    model = keras.Sequential()
+    model.add(Embedding(20, 4, input_length=(3, 5)))
+    assert model.output_shape == (None, 3, 5, 4)
+    model.add(keras.layers.Flatten())
+    model.add(keras.layers.Dense(1))
+    assert model.output_shape == (None, 1)
+    out = model.predict(np.random.randint(20, size=(2, 3, 5)), verbose=0)
+    assert out.shape == (2, 1)
+
+
+def test_input_length_with_none_entry():
+    model = keras.Sequential([Embedding(20, 4, input_length=(None, 5))])
+    assert model.output_shape == (None, None, 5, 4)
+    assert model.predict(np.zeros((2, 7, 5), "int32"), verbose=0).shape == (2, 7, 5, 4)
+
+
+def test_wrong_length_names_both_lengths():
+    layer = Embedding(10, 3, input_length=5)
+    with pytest.raises(ValueError) as info:
+        layer(np.zeros((2, 7), "int32"))
+    message = str(info.value)
+    assert "expects ids of length 5" in message
+    assert "ids of length 7" in message
+
+
+def test_wrong_length_in_a_model():
+    model = keras.Sequential([Embedding(10, 3, input_length=5)])
+    with pytest.raises(ValueError, match="ids of length 7"):
+        model.predict(np.zeros((2, 7), "int32"), verbose=0)
+
+
+def test_wrong_nd_length_names_both_shapes():
+    layer = Embedding(10, 3, input_length=(2, 3))
+    with pytest.raises(ValueError) as info:
+        layer(np.zeros((1, 2, 4), "int32"))
+    assert "(2, 3)" in str(info.value) and "(2, 4)" in str(info.value)
+    with pytest.raises(ValueError, match=re.escape("(2, 3)")):
+        layer(np.zeros((1, 6), "int32"))
+
+
+def test_symbolic_call():
+    inputs = keras.Input((7,), dtype="int32")
+    outputs = Embedding(10, 3, dtype="float16")(inputs)
+    assert tuple(outputs.shape) == (None, 7, 3)
+    assert outputs.dtype == "float16"
+
+
+def test_symbolic_bool_ids_rejected():
+    with pytest.raises(ValueError, match="Received ids of dtype bool"):
+        Embedding(10, 3)(keras.Input((7,), dtype="bool"))
+
+
+# --- id dtypes --------------------------------------------------------------
+
+INT_DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64"]
+FLOAT_DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+def _ids(dtype):
+    ids = np.array([[0, 9, 4], [7, 7, 1]])
+    if dtype == "int64" and BACKEND == "jax":
+        return ids  # JAX without x64 holds int32; NumPy int64 is the int64 case.
+    if dtype == "float64" and BACKEND == "jax":
+        return ids.astype("float64")
+    return ops.cast(ids, dtype)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES + FLOAT_DTYPES)
+def test_id_dtypes_eager(dtype):
+    layer = make_layer()
+    out = to_np(layer(_ids(dtype)))
+    np.testing.assert_array_equal(out, TABLE[[[0, 9, 4], [7, 7, 1]]])
+
+
+# Each dtype is one more (slow) torch.compile: the dtypes with their own paths.
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "int64", "float16", "float64"])
+def test_id_dtypes_compiled(dtype):
+    layer = make_layer()
+    layer.build()
+    out = to_np(compiled(lambda x: layer(x))(_ids(dtype)))
+    np.testing.assert_array_equal(out, TABLE[[[0, 9, 4], [7, 7, 1]]])
+
+
+def test_numpy_id_dtypes():
+    layer = make_layer()
+    for dtype in ("int8", "uint8", "int16", "int32", "int64", "uint32", "float32"):
+        ids = np.array([3, 0, 9], dtype=dtype)
+        np.testing.assert_array_equal(to_np(layer(ids)), TABLE[[3, 0, 9]])
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_ids_are_never_cast_to_float(mode):
+    # 2**24 + 1 is the first integer float32 cannot hold: a float32 round trip
+    # would read row 2**24 instead.
+    n = 2**24 + 2
+    layer = Embedding(n, 1, embeddings_initializer="zeros")
+    layer.build()
+    table = np.zeros((n, 1), "float32")
+    table[2**24 + 1] = 1.0
+    layer.embeddings.assign(table)
+    del table
+    ids = np.array([2**24 + 1, 2**24, 2**24 - 1], dtype="int32")
+    fn = layer if mode == "eager" else compiled(lambda x: layer(x))
+    out = to_np(fn(ops.convert_to_tensor(ids)))
+    np.testing.assert_array_equal(out[:, 0], [1.0, 0.0, 0.0])
+
+
+# --- index policy: eager -------------------------------------------------------
+
+
+def _message(bad, position, count, total):
+    return (
+        f"Invalid embedding id {bad} at position {position} of the ids: valid ids "
+        f"are the integers 0 to 9 (input_dim=10). {count} of {total} ids are invalid."
+    )
+
+
+@pytest.mark.parametrize(
+    "ids, text",
+    [
+        ([[1, 10], [2, 3]], _message("10", (0, 1), 1, 4)),
+        ([[1, 2], [-1, 3]], _message("-1", (1, 0), 1, 4)),
+        ([[1, 2], [-1, 300]], _message("-1", (1, 0), 2, 4)),
+        ([5, 2**31 - 1], _message(str(2**31 - 1), (1,), 1, 2)),
+    ],
+    ids=["too-large", "negative", "two-bad", "int32-max"],
+)
+def test_invalid_int_id_eager_raises(ids, text):
+    layer = make_layer()
+    with pytest.raises(ValueError, match=re.escape(text)):
+        layer(np.array(ids, dtype="int32"))
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [(1.5, "1.5"), (np.nan, "nan"), (np.inf, "inf"), (-0.5, "-0.5"), (10.0, "10.0")],
+    ids=["fraction", "nan", "inf", "negative-fraction", "too-large"],
+)
+def test_invalid_float_id_eager_raises(value, shown):
+    layer = make_layer()
+    ids = np.array([[2.0, 3.0, value]], dtype="float32")
+    with pytest.raises(ValueError, match=re.escape(_message(shown, (0, 2), 1, 3))):
+        layer(ids)
+
+
+def test_invalid_id_eager_raises_for_backend_tensors():
+    layer = make_layer()
+    with pytest.raises(ValueError, match=re.escape(_message("12", (0,), 1, 1))):
+        layer(ops.convert_to_tensor(np.array([12], "int32")))
+
+
+@pytest.mark.skipif(
+    BACKEND != "torch", reason="Keras's default predict is eager only on torch"
+)
+def test_invalid_id_raises_in_torch_predict():
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), make_layer()])
+    with pytest.raises(ValueError, match=re.escape(_message("10", (0, 2), 1, 6))):
+        model.predict(np.array([[1, 2, 10], [0, 0, 0]]), verbose=0)
+
+
+@pytest.mark.skipif(
+    BACKEND != "torch", reason="Keras's default fit is eager only on torch"
+)
+def test_invalid_id_raises_in_torch_fit():
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), make_layer()])
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="Invalid embedding id -1"):
+        model.fit(np.array([[1, -1, 2]]), np.zeros((1, 3, 3)), verbose=0)
+
+
+# --- index policy: compiled ----------------------------------------------------
+
+BAD_INTS = np.array([[1, 10, -1, 9], [-7, 0, 2**31 - 1, 3]], dtype="int32")
+BAD_FLOATS = np.array(
+    [[1.0, 1.5, np.nan, 9.0], [-1.0, 0.0, np.inf, 3.0]], dtype="float32"
+)
+
+
+def _expected(ids):
+    ids = np.asarray(ids)
+    valid = (ids >= 0) & (ids < 10) & (np.floor(ids) == ids)
+    safe = np.where(valid, ids, 0).astype("int64")
+    return np.where(valid[..., None], TABLE[safe], 0.0)
+
+
+@pytest.mark.parametrize("ids", [BAD_INTS, BAD_FLOATS], ids=["int", "float"])
+def test_invalid_ids_compiled_give_zero_rows(ids):
+    layer = make_layer()
+    layer.build()
+    out = to_np(compiled(lambda x: layer(x))(ops.convert_to_tensor(ids)))
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(out, _expected(ids))
+
+
+def test_all_valid_ids_compiled_are_exact():
+    layer = make_layer()
+    layer.build()
+    ids = np.array([[0, 1, 2], [9, 8, 7]], "int32")
+    out = to_np(compiled(lambda x: layer(x))(ops.convert_to_tensor(ids)))
+    np.testing.assert_array_equal(out, TABLE[ids])
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="Keras's predict on torch is eager (it raises)"
+)
+@pytest.mark.parametrize("ids", [BAD_INTS, BAD_FLOATS], ids=["int", "float"])
+def test_invalid_ids_in_compiled_predict_give_zero_rows(ids):
+    model = keras.Sequential([keras.Input((4,), dtype=str(ids.dtype)), make_layer()])
+    out = model.predict(ids, verbose=0)
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(out, _expected(ids))
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="Keras's fit on torch is eager (it raises)"
+)
+def test_invalid_ids_in_compiled_fit_leave_table_finite():
+    layer = make_layer()
+    model = keras.Sequential([keras.Input((4,), dtype="int32"), layer])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(BAD_INTS, np.ones((2, 4, 3)), epochs=2, verbose=0)
+    table = to_np(layer.embeddings)
+    assert np.isfinite(table).all()
+    # Rows that no valid id touched keep their values.
+    untouched = sorted(set(range(10)) - {0, 1, 2, 3, 9})
+    np.testing.assert_array_equal(table[untouched], TABLE[untouched])
