@@ -1,0 +1,186 @@
+"""Lazy optimizers: row-sparse gradients update only the rows they touch.
+
+`LazySGD`, `LazyAdam` and `LazyAdagrad` are subclasses of Keras's `SGD`, `Adam` and
+`Adagrad` with the same arguments, the same variables and the same configs. On a
+dense gradient they run Keras's own update. On a row-sparse gradient (what
+`Embedding(sparse=True)` produces: a `tf.IndexedSlices` on TensorFlow, a sparse COO
+tensor on PyTorch, the rows handed over by `keras_embedding_plus.training.
+SparseTrainer` on JAX) they first sum the rows of duplicate ids, then update only
+those rows of the variable and of its slots, so a step costs O(rows in the batch),
+not O(vocabulary):
+
+* `LazySGD` without momentum, and `LazyAdagrad`, give exactly the dense result:
+  a row with zero gradient does not move under SGD or Adagrad.
+* `LazyAdam`, and `LazySGD` with momentum, are *lazy* (the semantics of TF Addons'
+  `LazyAdam` and PyTorch's `SparseAdam`): the moments of rows absent from a batch
+  are not decayed and those rows do not move, whereas dense Adam keeps moving a
+  row on its decaying momentum. Bias correction uses the global step. On the rows
+  of a batch the update equals dense Adam's whenever those rows' moments are equal
+  (for example after the first step).
+
+Clipping (`clipnorm`, `clipvalue`, `global_clipnorm`) is computed on the summed
+rows, so it equals clipping the dense gradient. `weight_decay`, `use_ema`,
+`gradient_accumulation_steps` and variable constraints keep Keras's semantics and
+touch every row (O(vocabulary) per step).
+"""
+
+import keras
+from keras import ops
+
+from keras_embedding_plus import _sparse
+
+
+class _LazyMixin:
+    """Row-sparse gradient handling shared by the lazy optimizers."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not _sparse.is_row_sparse(gradient):
+            return super().update_step(gradient, variable, learning_rate)
+        ids, rows = _sparse.unique_rows(gradient)
+        dtype = variable.dtype
+        self._update_rows(
+            ids,
+            ops.cast(rows, dtype),
+            variable,
+            ops.cast(learning_rate, dtype),
+        )
+
+    def _clip_gradients(self, grads):
+        clipping = (
+            (self.clipnorm and self.clipnorm > 0)
+            or (self.global_clipnorm and self.global_clipnorm > 0)
+            or (self.clipvalue and self.clipvalue > 0)
+        )
+        if not clipping or not any(_sparse.is_row_sparse(g) for g in grads):
+            return super()._clip_gradients(grads)
+        # Clip the summed rows (what the dense gradient holds), not the raw ones.
+        unique = [
+            _sparse.unique_rows(g) if _sparse.is_row_sparse(g) else None for g in grads
+        ]
+        values = [g if u is None else u[1] for g, u in zip(grads, unique, strict=True)]
+        values = super()._clip_gradients(values)
+        return [
+            v if u is None else _sparse.with_rows(g, u[0], v)
+            for g, u, v in zip(grads, unique, values, strict=True)
+        ]
+
+    def _slot(self, slots, variable):
+        return slots[self._get_variable_index(variable)]
+
+
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class LazySGD(_LazyMixin, keras.optimizers.SGD):
+    """Keras's `SGD`, updating only the touched rows of a row-sparse gradient.
+
+    Without momentum the result equals dense `SGD` exactly. With momentum, the
+    momentum of a row absent from a batch is not decayed and the row does not
+    move (dense `SGD` keeps moving it): lazy momentum.
+
+    Takes the arguments of `keras.optimizers.SGD`.
+
+    Example:
+
+    >>> model.compile(optimizer=LazySGD(0.1), loss="mse")
+    """
+
+    def _update_rows(self, ids, gradient, variable, learning_rate):
+        step = ops.multiply(gradient, learning_rate)
+        if self.momentum == 0:
+            _sparse.scatter_sub(self, variable, ids, step)
+            return
+        m = self._slot(self.momentums, variable)
+        momentum = ops.cast(self.momentum, variable.dtype)
+        m_rows = ops.subtract(ops.multiply(_sparse.gather(m, ids), momentum), step)
+        _sparse.scatter_update(self, m, ids, m_rows)
+        if self.nesterov:
+            delta = ops.subtract(ops.multiply(m_rows, momentum), step)
+        else:
+            delta = m_rows
+        _sparse.scatter_sub(self, variable, ids, ops.negative(delta))
+
+
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class LazyAdam(_LazyMixin, keras.optimizers.Adam):
+    """Keras's `Adam`, updating only the touched rows of a row-sparse gradient.
+
+    The lazy Adam of TF Addons (`tfa.optimizers.LazyAdam`) and PyTorch
+    (`torch.optim.SparseAdam`): on a row-sparse gradient, the first and second
+    moments (and `amsgrad`'s maximum) of the rows in the batch are updated as
+    Adam updates them, with bias correction by the global step, and only those
+    rows move. The moments of other rows are not decayed. On a dense gradient,
+    exactly `keras.optimizers.Adam`. Lazy updates often train large embeddings
+    as well as Adam, at a cost independent of the vocabulary.
+
+    Takes the arguments of `keras.optimizers.Adam`.
+
+    Example:
+
+    >>> model.compile(optimizer=LazyAdam(1e-3), loss="mse")
+    """
+
+    def _update_rows(self, ids, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        local_step = ops.cast(self.iterations + 1, dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
+        alpha = learning_rate * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+
+        m = self._slot(self._momentums, variable)
+        v = self._slot(self._velocities, variable)
+        m_rows = _sparse.gather(m, ids)
+        v_rows = _sparse.gather(v, ids)
+        m_rows = ops.add(
+            m_rows, ops.multiply(ops.subtract(gradient, m_rows), 1 - self.beta_1)
+        )
+        v_rows = ops.add(
+            v_rows,
+            ops.multiply(ops.subtract(ops.square(gradient), v_rows), 1 - self.beta_2),
+        )
+        _sparse.scatter_update(self, m, ids, m_rows)
+        _sparse.scatter_update(self, v, ids, v_rows)
+        if self.amsgrad:
+            v_hat = self._slot(self._velocity_hats, variable)
+            v_rows = ops.maximum(_sparse.gather(v_hat, ids), v_rows)
+            _sparse.scatter_update(self, v_hat, ids, v_rows)
+        _sparse.scatter_sub(
+            self,
+            variable,
+            ids,
+            ops.divide(
+                ops.multiply(m_rows, alpha),
+                ops.add(ops.sqrt(v_rows), self.epsilon),
+            ),
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
+    """Keras's `Adagrad`, updating only the touched rows of a row-sparse gradient.
+
+    Adagrad leaves a row with zero gradient unchanged, so the result equals
+    dense `keras.optimizers.Adagrad` exactly (up to float rounding), at a cost
+    independent of the vocabulary.
+
+    Takes the arguments of `keras.optimizers.Adagrad`.
+
+    Example:
+
+    >>> model.compile(optimizer=LazyAdagrad(0.1), loss="mse")
+    """
+
+    def _update_rows(self, ids, gradient, variable, learning_rate):
+        accumulator = self._slot(self._accumulators, variable)
+        rows = ops.add(_sparse.gather(accumulator, ids), ops.square(gradient))
+        _sparse.scatter_update(self, accumulator, ids, rows)
+        _sparse.scatter_sub(
+            self,
+            variable,
+            ids,
+            ops.divide(
+                ops.multiply(learning_rate, gradient),
+                ops.sqrt(ops.add(rows, self.epsilon)),
+            ),
+        )
+
+
+__all__ = ["LazyAdagrad", "LazyAdam", "LazySGD"]
