@@ -1,0 +1,101 @@
+"""Small helpers shared by the `test_saving_*` files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import keras_embedding_plus
+from keras_embedding_plus import Embedding
+
+BACKEND = keras.backend.backend()
+BACKENDS = ("tensorflow", "jax", "torch")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The float32 tolerance every round trip must meet (issue 3).
+ATOL = 1e-6
+
+
+def outputs(model, ids):
+    """`model.predict(ids)` as a list of float32 NumPy arrays."""
+    out = model.predict(ids, verbose=0)
+    if not isinstance(out, (list, tuple)):
+        out = [out]
+    return [np.asarray(o, dtype=np.float32) for o in out]
+
+
+def max_abs_diff(expected, received):
+    """Largest absolute difference over matching lists of arrays."""
+    assert len(expected) == len(received), (len(expected), len(received))
+    diffs = []
+    for a, b in zip(expected, received, strict=True):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert a.shape == b.shape, (a.shape, b.shape)
+        diffs.append(float(np.max(np.abs(a - b))) if a.size else 0.0)
+    return max(diffs)
+
+
+def assert_same_outputs(expected, received, atol=ATOL):
+    diff = max_abs_diff(expected, received)
+    assert diff <= atol, f"max abs difference {diff} > {atol}"
+
+
+def ids(shape, input_dim, seed=0, pad=True):
+    """Deterministic int32 ids in `1 .. input_dim-1`, with trailing padding zeros."""
+    values = np.random.RandomState(seed).randint(1, input_dim, size=shape)
+    values = values.astype("int32")
+    if pad:
+        values[0, -2:] = 0
+        values[-1, 1:] = 0
+    return values
+
+
+def embedding_layers(model):
+    """Every `keras_embedding_plus.Embedding` in `model` (nested models too)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, Embedding):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(embedding_layers(layer))
+    return found
+
+
+def assert_same_embedding(saved, loaded):
+    """`loaded` is our class with `saved`'s config and table."""
+    assert type(loaded) is Embedding, type(loaded)
+    assert loaded.get_config() == saved.get_config()
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.embeddings),
+        keras.ops.convert_to_numpy(saved.embeddings),
+    )
+
+
+def package_path():
+    """The directory holding the `keras_embedding_plus` this process imported."""
+    return str(Path(keras_embedding_plus.__file__).resolve().parent.parent)
+
+
+def run_python(code, cwd, timeout=240):
+    """Run `code` in a fresh interpreter (this backend, this package) in `cwd`."""
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    # Import the package this test imported (installed or working tree), and
+    # nothing else from the repository: `cwd` is elsewhere.
+    env["PYTHONPATH"] = package_path()
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_manifest(writer):
+    return json.loads((FIXTURES / writer / "manifest.json").read_text())
