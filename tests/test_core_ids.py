@@ -290,3 +290,15 @@ def test_invalid_ids_in_compiled_fit_leave_table_finite():
     # Rows that no valid id touched keep their values.
     untouched = sorted(set(range(10)) - {0, 1, 2, 3, 9})
     np.testing.assert_array_equal(table[untouched], TABLE[untouched])
+
+
+@pytest.mark.parametrize(
+    "ids", [np.int64(3), np.array(3), np.zeros((2, 0), "int32")], ids=str
+)
+def test_scalar_and_empty_ids_like_keras(ids):
+    ours = make_layer()
+    theirs = keras.layers.Embedding(10, 3)
+    theirs.build()
+    theirs.embeddings.assign(TABLE)
+    np.testing.assert_array_equal(to_np(ours(ids)), to_np(theirs(ids)))
+    assert to_np(ours(ids)).shape == (*np.shape(ids), 3)
