@@ -83,6 +83,22 @@ def _validity(values, input_dim, is_float):
     return valid
 
 
+def _all_valid(values, input_dim, is_float):
+    """Whether every id of the concrete `values` is valid.
+
+    Integer ids in a CPU torch tensor are checked in NumPy, without a copy: one
+    single-threaded min/max pass instead of several small multi-threaded torch
+    kernels, which on a busy machine each cost far more than the check itself.
+    """
+    if not is_float and backend.backend() == "torch":
+        import torch
+
+        if isinstance(values, torch.Tensor) and values.device.type == "cpu":
+            array = values.numpy()
+            return array.size == 0 or bool(array.min() >= 0 and array.max() < input_dim)
+    return bool(ops.all(_validity(values, input_dim, is_float)))
+
+
 def _raise_invalid(values, valid, input_dim):
     values = ops.convert_to_numpy(values)
     valid = ops.convert_to_numpy(valid)
@@ -107,17 +123,45 @@ def prepare_ids(ids, input_dim):
     is_float = "float" in dtype
     int_dtype = "int32" if input_dim <= np.iinfo(np.int32).max else "int64"
     values = _values(ids)
-    valid = _validity(values, input_dim, is_float)
     if _is_concrete(values):
-        if not bool(ops.all(valid)):
-            _raise_invalid(values, valid, input_dim)
+        if not _all_valid(values, input_dim, is_float):
+            _raise_invalid(values, _validity(values, input_dim, is_float), input_dim)
         if dtype not in _TAKE_DTYPES:
             values = ops.cast(values, int_dtype)
         return _with_values(ids, values), None
+    valid = _validity(values, input_dim, is_float)
     values = ops.where(valid, values, ops.zeros((), dtype=values.dtype))
     if dtype not in _TAKE_DTYPES:
         values = ops.cast(values, int_dtype)
     return _with_values(ids, values), valid
+
+
+def take(table, ids, valid):
+    """`ops.take(table, ids, axis=0)` for `(ids, valid)` from `prepare_ids`.
+
+    Returns `(rows, valid)`, with `valid` set to `None` where the rows of invalid
+    ids already are zero. The ids are never negative here, so the backends' own
+    lookups can skip `ops.take`'s wrap-around pass over them:
+
+    * JAX, traced: one gather that fills invalid ids with zero rows (XLA fuses the
+      id select into it), instead of a gather and then a `cond` that copies the
+      whole output.
+    * torch: `torch.nn.functional.embedding`, what `ops.take` ends with.
+    """
+    name = backend.backend()
+    if name == "jax" and valid is not None:
+        import jax.numpy as jnp
+
+        ids = jnp.where(valid, ids, table.shape[0])
+        table = ops.convert_to_tensor(table)
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=0), None
+    if name == "torch":
+        import torch
+
+        if isinstance(ids, torch.Tensor):
+            table = ops.convert_to_tensor(table)
+            return torch.nn.functional.embedding(ids, table), valid
+    return ops.take(table, ids, axis=0), valid
 
 
 def zero_invalid(outputs, valid):

@@ -232,7 +232,7 @@ class Embedding(keras.layers.Layer):
     def call(self, inputs, training=None):
         self._check_length(inputs.shape)
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
-        outputs = ops.take(self.embeddings, ids, axis=0)
+        outputs, valid = _ids.take(self.embeddings, ids, valid)
         if training and self.dropout:
             keep = ops.greater_equal(
                 keras.random.uniform((self.input_dim,), seed=self.seed_generator),
