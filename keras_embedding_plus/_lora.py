@@ -50,13 +50,14 @@ def add_factors(add_weight, input_dim, output_dim, rank, a_init, b_init, regular
     """The trainable float32 factors `A` (input_dim, rank) and `B` (rank, output_dim).
 
     float32 whatever the layer's dtype policy, as in Keras, to keep small updates
-    from underflowing.
+    from underflowing, and read in float32 under mixed policies too.
     """
     a = add_weight(
         name="lora_embeddings_a",
         shape=(input_dim, rank),
         initializer=keras.initializers.get(a_init),
         dtype="float32",
+        autocast=False,
         regularizer=regularizer,
     )
     b = add_weight(
@@ -64,6 +65,7 @@ def add_factors(add_weight, input_dim, output_dim, rank, a_init, b_init, regular
         shape=(rank, output_dim),
         initializer=keras.initializers.get(b_init),
         dtype="float32",
+        autocast=False,
         regularizer=regularizer,
     )
     return a, b

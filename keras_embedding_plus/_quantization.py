@@ -112,6 +112,9 @@ def add_weights(add_weight, input_dim, output_dim, mode, block):
         initializer="ones",
         dtype="float32",
         trainable=False,
+        # Not cast to a mixed policy's float16 compute dtype, where large
+        # scales (rows of small values) would overflow.
+        autocast=False,
     )
     return table, scale
 

@@ -1,12 +1,20 @@
 """The `Embedding` layer."""
 
 import numbers
+import types
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import _ids, _legacy, _saving
+from keras_embedding_plus import (
+    _ids,
+    _legacy,
+    _lora,
+    _max_norm,
+    _quantization,
+    _saving,
+)
 
 
 def _is_int(value):
@@ -114,12 +122,51 @@ class Embedding(keras.layers.Layer):
             gets a zero vector, the other rows are scaled by `1 / (1 - dropout)`).
             No effect at inference. Draws one random number per vocabulary row
             each training step.
+        lora_rank: Optional integer. If set, LoRA (low-rank adaptation) is
+            enabled when the layer is built: the table is frozen and two
+            trainable float32 factors `A` `(input_dim, lora_rank)` and `B`
+            `(lora_rank, output_dim)` adapt it to
+            `table + lora_alpha / lora_rank * A @ B`. Lookups gather the rows of
+            `A` first, so the cost does not grow with the vocabulary. Saving
+            merges the adapter into the table (as Keras does), so the saved
+            weights load into any `Embedding`. Also `layer.enable_lora(rank)`.
+            LoRA works on quantized layers (the quantized table stays frozen;
+            saving re-quantizes the merged table) and raises `ValueError` with
+            `embeddings_constraint` (a table constraint cannot bound the factors).
+        lora_alpha: Optional number scaling the adapter by
+            `lora_alpha / lora_rank`; defaults to `lora_rank`.
+        max_norm: Optional positive number. Every looked-up row whose
+            `norm_type`-norm exceeds `max_norm` is used renormalised to
+            `max_norm` (scaled by `max_norm / (norm + 1e-7)`, as in PyTorch). Only
+            the outputs are renormalised, as in TensorFlow's `embedding_lookup`:
+            the stored table never changes; gradients flow through the
+            renormalisation and stay finite for all-zero rows. Applied before
+            `dropout`, and also to `attend`'s table.
+        norm_type: Number >= 1, or `float("inf")`. The p of the p-norm for
+            `max_norm`. Defaults to 2.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...).
             The Keras 1 names `init`, `W_regularizer` and `W_constraint` are
             accepted with a `DeprecationWarning`.
 
+    Quantization: `layer.quantize("int8")` stores an int8 table with one scale
+    per row, `layer.quantize("int4")` two 4-bit values per byte with one scale
+    per row (or per group of columns with
+    `keras.quantizers.Int4QuantizationConfig(block_size=...)`); `model.quantize`
+    reaches the layer as it reaches Keras's `Embedding`. Lookups gather rows,
+    then dequantize only those. Each element is within `max |row| / 254` (int8)
+    or `max |row| / 14` (int4) of the float table. A quantized layer saves and
+    loads quantized (its dtype policy records the mode), cannot be quantized
+    again, and cannot be trained (`ValueError` when called with `training=True`
+    while `trainable`): enable LoRA to fine-tune it, or set `trainable=False`.
+    `layer.embeddings` is then the dequantized table.
+
+    Tied output logits: `layer.attend(x)` (or `layer(x, reverse=True)`) returns
+    `x @ embeddings.T` in the compute dtype, logits over the vocabulary from
+    vectors of size `output_dim`, for language-model heads sharing the table.
+
     Input shape:
         N-D tensor of ids with shape `(batch_size, ...)`, any rank >= 1.
+        With `reverse=True`: `(batch_size, ..., output_dim)` vectors.
 
     Output shape:
         (N+1)-D tensor with shape `(batch_size, ..., output_dim)`.
@@ -148,6 +195,10 @@ class Embedding(keras.layers.Layer):
         input_length=None,
         weights=None,
         dropout=0.0,
+        lora_rank=None,
+        lora_alpha=None,
+        max_norm=None,
+        norm_type=2.0,
         **kwargs,
     ):
         input_dim = _check_dim("input_dim", input_dim, 1)
@@ -181,7 +232,14 @@ class Embedding(keras.layers.Layer):
             )
         input_length = _check_input_length(input_length)
         dropout = _check_dropout(dropout)
+        lora_rank = _lora.check_rank(lora_rank)
+        lora_alpha = _lora.check_alpha(lora_alpha)
+        if lora_rank is not None:
+            _lora.check_constraint(keras.constraints.get(embeddings_constraint))
+        max_norm, norm_type = _max_norm.check(max_norm, norm_type)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        # Unknown quantization modes list the ones this layer supports.
+        self.quantize = _quantization.guard_modes(self.quantize)
         self.input_dim = input_dim
         self.output_dim = output_dim
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
@@ -191,6 +249,12 @@ class Embedding(keras.layers.Layer):
         self.supports_masking = self.mask_zero
         self.input_length = input_length
         self.dropout = dropout
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_enabled = False
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self._reversed = False
         # The table is read in its variable dtype; the looked-up rows are cast.
         self.autocast = False
         if input_length is not None:
@@ -209,30 +273,47 @@ class Embedding(keras.layers.Layer):
     def build(self, input_shape=None):
         if self.built:
             return
-        self._embeddings = self.add_weight(
-            shape=(self.input_dim, self.output_dim),
-            initializer=self.embeddings_initializer,
-            name="embeddings",
-            regularizer=self.embeddings_regularizer,
-            constraint=self.embeddings_constraint,
-            trainable=True,
-        )
+        if self.quantization_mode:  # Loading a quantized layer.
+            self._build_quantized(self.quantization_mode, self._block_size)
+        else:
+            self._embeddings = self.add_weight(
+                shape=(self.input_dim, self.output_dim),
+                initializer=self.embeddings_initializer,
+                name="embeddings",
+                regularizer=self.embeddings_regularizer,
+                constraint=self.embeddings_constraint,
+                trainable=True,
+            )
         self.built = True
+        if self.lora_rank and not self.lora_enabled:
+            self.enable_lora(self.lora_rank, self.lora_alpha)
 
     @property
     def embeddings(self):
-        """The `(input_dim, output_dim)` table (a `keras.Variable`)."""
+        """The `(input_dim, output_dim)` table (a `keras.Variable`).
+
+        With LoRA, the adapted table; when quantized, the dequantized table
+        (float32 tensors, not variables).
+        """
         if not self.built:
             raise AttributeError(
                 "You must build the layer before accessing `embeddings`: call "
                 "`layer.build()` or call the layer on some ids first."
             )
+        if self.quantization_mode or self.lora_enabled:
+            return self._adapted_table()
         return self._embeddings
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, reverse=False):
+        self._reversed = reverse
+        if reverse:
+            return self.attend(inputs)
         self._check_length(inputs.shape)
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
-        outputs, valid = _ids.take(self.embeddings, ids, valid)
+        if self.quantization_mode or self.lora_enabled or self.max_norm:
+            outputs = self._adapted_rows(ids, training)
+        else:
+            outputs = ops.take(self.embeddings, ids, axis=0)
         if training and self.dropout:
             keep = ops.greater_equal(
                 keras.random.uniform((self.input_dim,), seed=self.seed_generator),
@@ -244,7 +325,7 @@ class Embedding(keras.layers.Layer):
         return ops.cast(outputs, self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):
-        if not self.mask_zero:
+        if not self.mask_zero or self._reversed:
             return None
         # `ids != 0`, through an op every loader (legacy `.h5` too) can rebuild.
         return _saving.padding_mask(inputs)
@@ -273,7 +354,12 @@ class Embedding(keras.layers.Layer):
         self._check_length(input_shape)
         return (*input_shape, self.output_dim)
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, training=None, reverse=False):
+        self._reversed = reverse
+        if reverse:
+            return keras.KerasTensor(
+                (*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype
+            )
         _ids.ids_dtype(inputs)
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape),
@@ -285,9 +371,240 @@ class Embedding(keras.layers.Layer):
         _saving.check_weights(self, weights, "set_weights")
         super().set_weights(weights)
 
+    def save_own_variables(self, store):
+        if not self.lora_enabled:
+            return super().save_own_variables(store)
+        for i, value in enumerate(self._merged_values()):
+            store[str(i)] = value
+
     def load_own_variables(self, store):
+        if self.lora_enabled:
+            return self._load_merged(store)
         _saving.check_weights(self, _saving.store_values(store), "load_weights")
         super().load_own_variables(store)
+
+    def attend(self, inputs):
+        """Logits over the vocabulary: `inputs @ embeddings.T`.
+
+        For language-model heads that share the input table ("tied" embeddings).
+        Computed in the layer's compute dtype, from the quantized or LoRA-adapted
+        table when there is one (`max_norm` applies to the table's rows too).
+        Inside a Functional model, call `layer(x, reverse=True)` instead, which
+        records the call in the model.
+
+        Args:
+            inputs: Float tensor of shape `(..., output_dim)`.
+
+        Returns:
+            Tensor of shape `(..., input_dim)`.
+        """
+        if not self.built:
+            self.build()
+        dtype = self.compute_dtype
+        x = ops.cast(inputs, dtype)
+        if self.max_norm:
+            table = _max_norm.renormalize(
+                self.embeddings, self.max_norm, self.norm_type
+            )
+            return ops.matmul(x, ops.transpose(ops.cast(table, dtype)))
+        table = self._embeddings
+        if self.quantization_mode:
+            table = self._dequantized_table()
+        logits = ops.matmul(x, ops.transpose(ops.cast(table, dtype)))
+        if self.lora_enabled:
+            delta = _lora.delta_logits(
+                x, self.lora_embeddings_a, self.lora_embeddings_b, self._lora_scale
+            )
+            logits = ops.add(logits, ops.cast(delta, dtype))
+        return logits
+
+    def enable_lora(
+        self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"
+    ):
+        """Freeze the table and train a low-rank adapter (see `lora_rank`).
+
+        Args:
+            rank: Positive integer, the rank of the adapter.
+            lora_alpha: Optional number; the adapter is scaled by
+                `lora_alpha / rank` (default 1).
+            a_initializer: Initializer of the `(input_dim, rank)` factor.
+            b_initializer: Initializer of the `(rank, output_dim)` factor
+                (zeros: the adapted layer starts equal to the original).
+        """
+        rank = _lora.check_rank(rank, "rank", allow_none=False)
+        lora_alpha = _lora.check_alpha(lora_alpha)
+        _lora.check_constraint(self.embeddings_constraint)
+        if not self.built:
+            raise ValueError(
+                f"Cannot enable LoRA on layer '{self.name}' before it is built: "
+                "call `layer.build()` first, or pass `lora_rank` to the constructor."
+            )
+        if self.lora_enabled:
+            raise ValueError(
+                f"LoRA is already enabled on layer '{self.name}' "
+                f"(lora_rank={self.lora_rank}); it can be enabled once. "
+                f"Received: rank={rank}"
+            )
+        self._tracker.unlock()
+        try:
+            self.lora_embeddings_a, self.lora_embeddings_b = _lora.add_factors(
+                self.add_weight,
+                self.input_dim,
+                self.output_dim,
+                rank,
+                a_initializer,
+                b_initializer,
+                self.embeddings_regularizer,
+            )
+        finally:
+            self._tracker.lock()
+        self._embeddings.trainable = False
+        self.lora_enabled = True
+        self.lora_rank = rank
+        self.lora_alpha = lora_alpha
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Quantize the table: `"int8"` or `"int4"` (see the class docstring)."""
+        del type_check  # Subclasses quantize like the layer itself.
+        if self.dtype_policy.quantization_mode:  # Set through `dtype_policy`.
+            block = self._block_size
+        else:
+            block = _quantization.block_size(config, self.output_dim)
+        block = block if mode == "int4" else None
+        stored, scale = _quantization.quantize_table(self._embeddings, mode, block)
+        del self._embeddings
+        self._build_quantized(mode, block)
+        self._embeddings.assign(stored)
+        self.embeddings_scale.assign(scale)
+        if not self.dtype_policy.quantization_mode:
+            self.dtype_policy = _quantization.policy_name(
+                mode, block, self.dtype_policy.name
+            )
+
+    def _check_quantize_args(self, mode, compute_dtype):
+        if not self.built:
+            raise ValueError(
+                f"Cannot quantize layer '{self.name}' before it is built: call "
+                f"`layer.build()` first. Received: mode={mode!r}"
+            )
+        if getattr(self, "_is_quantized", False):
+            raise ValueError(
+                f"Layer '{self.name}' is already quantized "
+                f"(dtype_policy='{self.dtype_policy.name}'); a layer can be "
+                f"quantized once. Received: mode={mode!r}"
+            )
+        _quantization.check_mode(mode)
+        if mode == "int8" and compute_dtype == "float16":
+            # Keras's `QuantizedDTypePolicy` cannot record int8 with float16.
+            raise ValueError(
+                f"Quantization mode='{mode}' cannot be used with "
+                f"compute_dtype='{compute_dtype}' (layer '{self.name}'): Keras's "
+                "int8 dtype policies reject float16. Use mode='int4', or a "
+                "'bfloat16' / 'mixed_bfloat16' / 'float32' policy. "
+                f"Received: mode={mode!r}"
+            )
+
+    def quantized_call(self, *args, **kwargs):
+        # One `call` for every mode: the index policy, masks and dropout included.
+        return self.call(*args, **kwargs)
+
+    def _build_quantized(self, mode, block):
+        self._embeddings, self.embeddings_scale = _quantization.add_weights(
+            self.add_weight, self.input_dim, self.output_dim, mode, block
+        )
+        self._is_quantized = True
+
+    @property
+    def _block_size(self):
+        return _quantization.block_size(self.dtype_policy, self.output_dim)
+
+    @property
+    def _lora_scale(self):
+        return (self.lora_alpha or self.lora_rank) / self.lora_rank
+
+    def _dequantized_table(self):
+        return _quantization.dequantize(
+            self._embeddings,
+            self.embeddings_scale,
+            self.quantization_mode,
+            self.output_dim,
+            self._block_size,
+        )
+
+    def _adapted_table(self):
+        """The quantized and / or LoRA-adapted table, in float32."""
+        table = self._embeddings
+        if self.quantization_mode:
+            table = self._dequantized_table()
+        if self.lora_enabled:
+            delta = _lora.delta_table(
+                self.lora_embeddings_a, self.lora_embeddings_b, self._lora_scale
+            )
+            table = ops.add(ops.cast(table, "float32"), delta)
+        return table
+
+    def _adapted_rows(self, ids, training):
+        """Rows for (policy-checked) `ids` of a quantized / LoRA / max_norm table."""
+        mode = self.quantization_mode
+        if training and mode and self.trainable and not self.lora_enabled:
+            raise ValueError(
+                f"Layer '{self.name}' holds a quantized ({mode}) table, which "
+                "cannot be trained. Call `layer.enable_lora(rank)` to fine-tune it "
+                "through trainable low-rank factors, or set `layer.trainable = "
+                "False` to train the rest of the model around the frozen table."
+            )
+        flat = _ids._values(ids)
+        if mode:
+            rows = _quantization.gather(
+                self._embeddings,
+                self.embeddings_scale,
+                flat,
+                mode,
+                self.output_dim,
+                self._block_size,
+            )
+        else:
+            rows = ops.take(self._embeddings, flat, axis=0)
+        if self.lora_enabled:
+            rows = _lora.add_delta(
+                rows,
+                flat,
+                self.lora_embeddings_a,
+                self.lora_embeddings_b,
+                self._lora_scale,
+            )
+        if self.max_norm:
+            rows = _max_norm.renormalize(rows, self.max_norm, self.norm_type)
+        return _ids._with_values(ids, rows)
+
+    def _stored_variables(self):
+        if self.quantization_mode:
+            return [self._embeddings, self.embeddings_scale]
+        return [self._embeddings]
+
+    def _merged_values(self):
+        """What a LoRA layer saves: the adapter merged into the stored table."""
+        table = self._adapted_table()
+        if self.quantization_mode:
+            return list(
+                _quantization.quantize_table(
+                    table, self.quantization_mode, self._block_size
+                )
+            )
+        return [ops.cast(table, self._embeddings.dtype)]
+
+    def _load_merged(self, store):
+        """Load a (merged) table into a LoRA layer, whose adapter restarts at 0."""
+        values = _saving.store_values(store)
+        stored = self._stored_variables()
+        _saving.check_weights(
+            types.SimpleNamespace(name=self.name, weights=stored),
+            values,
+            "load_weights",
+        )
+        for variable, value in zip(stored, values, strict=True):
+            variable.assign(value)
+        self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
 
     def get_config(self):
         config = super().get_config()
@@ -314,6 +631,10 @@ class Embedding(keras.layers.Layer):
                     else self.input_length
                 ),
                 "dropout": self.dropout,
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
+                "max_norm": self.max_norm,
+                "norm_type": self.norm_type,
             }
         )
         return config
