@@ -13,6 +13,7 @@ KERAS1_ARGUMENTS = {
 # and how their arguments were called then.
 _KERAS1_OBJECTS = {
     "WeightRegularizer": ("L1L2", {}),
+    "ActivityRegularizer": ("L1L2", {}),
     "L1L2Regularizer": ("L1L2", {}),
     "MaxNorm": ("MaxNorm", {"m": "max_value"}),
     "NonNeg": ("NonNeg", {}),
@@ -64,6 +65,13 @@ def keras1_aliases(kwargs, given):
     return translated
 
 
+def _translate_dtype(dtype):
+    """tf.keras 2's mixed-precision `{"class_name": "Policy", ...}` as a name."""
+    if isinstance(dtype, dict) and dtype.get("class_name") == "Policy":
+        return dtype.get("config", {}).get("name", dtype)
+    return dtype
+
+
 def _length_from_shape(shape):
     """`input_length` from a Keras 1/2 (batch_)input_shape without its batch axis."""
     shape = tuple(shape)
@@ -86,6 +94,8 @@ def translate_config(config):
             config[new] = _translate_object(value)
     for key in _DROPPED_KEYS:
         config.pop(key, None)
+    if "dtype" in config:
+        config["dtype"] = _translate_dtype(config["dtype"])
     batch_input_shape = config.pop("batch_input_shape", None)
     input_shape = config.pop("input_shape", None)
     if config.get("input_length") is None:

@@ -307,8 +307,12 @@ def test_weights_one_element_list_keras1_form():
 
 def test_weights_in_a_model_survive_build():
     table = np.arange(12, dtype="float32").reshape(4, 3)
-    model = keras.Sequential([keras.Input((2,), dtype="int32"), Embedding(4, 3, weights=table)])
-    np.testing.assert_array_equal(model.predict(np.array([[2, 0]]), verbose=0)[0], table[[2, 0]])
+    model = keras.Sequential(
+        [keras.Input((2,), dtype="int32"), Embedding(4, 3, weights=table)]
+    )
+    np.testing.assert_array_equal(
+        model.predict(np.array([[2, 0]]), verbose=0)[0], table[[2, 0]]
+    )
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,11 @@ def test_registered_name():
 @pytest.mark.parametrize(
     "field, value, text",
     [
-        ("input_dim", 0, "`input_dim` must be a positive integer. Received: input_dim=0"),
+        (
+            "input_dim",
+            0,
+            "`input_dim` must be a positive integer. Received: input_dim=0",
+        ),
         ("output_dim", -2, "`output_dim` must be a non-negative integer."),
         ("dropout", 1.5, "`dropout` must be a float in [0, 1). Received: dropout=1.5"),
         ("mask_zero", "yes", "`mask_zero` must be a boolean. Received: "),
@@ -243,3 +247,22 @@ def test_keras_file_round_trip_sequential_input_length(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "seq.keras")
     assert loaded.output_shape == (None, 6, 4)
     np.testing.assert_array_equal(loaded.predict(ids, verbose=0), expected)
+
+
+def test_from_tf_keras_2_mixed_precision_policy():
+    config = dict(TF_KERAS_2_CONFIG)
+    config["dtype"] = {"class_name": "Policy", "config": {"name": "mixed_float16"}}
+    layer = Embedding.from_config(config)
+    assert layer.dtype_policy.name == "mixed_float16"
+    assert layer.variable_dtype == "float32" and layer.compute_dtype == "float16"
+
+
+def test_from_keras_1_activity_regularizer():
+    config = dict(KERAS_1_CONFIG)
+    config["activity_regularizer"] = {
+        "name": "ActivityRegularizer",
+        "l1": 0.0,
+        "l2": 0.5,
+    }
+    layer = Embedding.from_config(config)
+    assert layer.activity_regularizer.get_config()["l2"] == pytest.approx(0.5)
