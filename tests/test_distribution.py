@@ -1,0 +1,269 @@
+"""Issue 4, sharding on the distribution engines Keras already has.
+
+JAX: `keras.distribution.ModelParallel` (table rows sharded by a `LayoutMap` over
+a `DeviceMesh` of the 8 virtual CPU devices conftest.py sets up) and
+`DataParallel`. TensorFlow: `tf.distribute.MirroredStrategy` over the 2 logical
+CPU devices. Each must match the single-device run.
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+from keras_embedding_plus import Embedding
+
+VOCAB, DIM, LENGTH, BATCH = 64, 4, 5, 16
+JAX_ONLY = (
+    "Keras's distribution API is implemented for JAX only (TensorFlow: a "
+    "'do not use' prototype; PyTorch: none)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_distribution_left_behind():
+    yield
+    if BACKEND == "jax":
+        keras.distribution.set_distribution(None)
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, VOCAB, size=(BATCH, LENGTH)).astype("int32")
+    y = rng.normal(size=(BATCH, LENGTH, 2)).astype("float32")
+    return x, y
+
+
+def make_model(vocab=VOCAB):
+    model = keras.Sequential(
+        [
+            keras.Input((LENGTH,), dtype="int32"),
+            Embedding(vocab, DIM, name="embedding"),
+            keras.layers.Dense(2, name="dense"),
+        ]
+    )
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    return model
+
+
+def single_device_run(x, y):
+    """Initial weights, predictions and weights after 3 steps on one device."""
+    model = make_model()
+    weights = model.get_weights()
+    before = model.predict(x, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=BATCH, shuffle=False, verbose=0)
+    return weights, before, model.predict(x, verbose=0), model.get_weights()
+
+
+def assert_matches_single_device(model, reference, x, y):
+    weights, before, after, trained = reference
+    model.set_weights(weights)
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-5)
+    model.fit(x, y, epochs=3, batch_size=BATCH, shuffle=False, verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), after, atol=1e-5)
+    for got, expected in zip(model.get_weights(), trained, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+# --- JAX -------------------------------------------------------------------
+
+
+def model_parallel(shape):
+    mesh = keras.distribution.DeviceMesh(
+        shape, ("batch", "model"), keras.distribution.list_devices()
+    )
+    layout_map = keras.distribution.LayoutMap(mesh)
+    # Keys are regexes matched against the whole variable path
+    # ("sequential/embedding/embeddings" here): hence the leading ".*".
+    layout_map[".*embedding/embeddings"] = ("model", None)
+    return keras.distribution.ModelParallel(
+        layout_map=layout_map, batch_dim_name="batch"
+    )
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+@pytest.mark.parametrize("shape", [(1, 8), (2, 4)], ids=["rows-8", "batch2-rows4"])
+def test_jax_model_parallel_shards_rows(shape):
+    import jax
+
+    x, y = data()
+    reference = single_device_run(x, y)
+    keras.distribution.set_distribution(model_parallel(shape))
+    model = make_model()
+    table = model.get_layer("embedding").embeddings
+    assert table.value.sharding.spec == jax.sharding.PartitionSpec("model", None)
+    rows = VOCAB // shape[1]
+    shards = table.value.addressable_shards
+    assert len(shards) == 8
+    assert {s.data.shape for s in shards} == {(rows, DIM)}
+    assert_matches_single_device(model, reference, x, y)
+    # Still sharded the same way after training.
+    assert table.value.sharding.spec == jax.sharding.PartitionSpec("model", None)
+    assert {s.data.shape for s in table.value.addressable_shards} == {(rows, DIM)}
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+def test_jax_data_parallel_replicates_the_table():
+    x, y = data()
+    reference = single_device_run(x, y)
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+    )
+    model = make_model()
+    value = model.get_layer("embedding").embeddings.value
+    assert len(value.sharding.device_set) == 8
+    assert value.sharding.is_fully_replicated
+    assert_matches_single_device(model, reference, x, y)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+def test_jax_vocabulary_not_divisible_by_the_mesh_axis_says_what_to_change():
+    keras.distribution.set_distribution(model_parallel((1, 8)))
+    with pytest.raises(ValueError, match=r"Make `input_dim` a multiple of 8") as info:
+        make_model(vocab=60)
+    message = str(info.value)
+    assert "input_dim=64" in message and "Received: input_dim=60" in message
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+def test_jax_device_is_ignored_under_a_distribution():
+    keras.distribution.set_distribution(model_parallel((1, 8)))
+    layer = Embedding(VOCAB, DIM, device="cpu:2", name="embedding")
+    with pytest.warns(UserWarning, match="ignored under a Keras distribution"):
+        layer.build()
+    assert len(layer.embeddings.value.sharding.device_set) == 8
+
+
+# --- TensorFlow ------------------------------------------------------------
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is TensorFlow's")
+def test_tf_mirrored_strategy_matches_single_device():
+    import tensorflow as tf
+
+    x, y = data()
+    reference = single_device_run(x, y)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = make_model()
+        table = model.get_layer("embedding").embeddings
+        assert_matches_single_device(model, reference, x, y)
+    devices = sorted(v.device for v in table.value.values)
+    assert [d.rsplit(":", 1)[-1] for d in devices] == ["0", "1"]
+
+
+# --- PyTorch ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="what Keras offers on torch")
+def test_torch_keras_distribution_is_not_implemented_and_ignored():
+    # Keras 3.15 has no torch implementation of its distribution API: it
+    # cannot list devices, and a distribution set with explicit devices is
+    # ignored (variables get no layout, training is one process).
+    with pytest.raises(AttributeError):
+        keras.distribution.list_devices()
+    x, y = data()
+    reference = single_device_run(x, y)
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=["cpu:0"])
+    )
+    try:
+        model = make_model()
+        assert model.get_layer("embedding").embeddings._layout is None
+        assert_matches_single_device(model, reference, x, y)
+    finally:
+        keras.distribution.set_distribution(None)
+
+
+# Two processes on this machine, gloo: what Keras's PyTorch guide does for
+# multi-device training (torch's DistributedDataParallel around the Keras model).
+# The parent imports only torch; each spawned worker imports Keras.
+_DDP_SCRIPT = """
+import sys
+
+import torch.multiprocessing
+
+VOCAB, DIM, LENGTH, BATCH = {sizes}
+
+
+def model_and_data():
+    import keras
+    import numpy as np
+    import torch
+
+    from keras_embedding_plus import Embedding
+
+    keras.utils.set_random_seed(1337)
+    model = keras.Sequential(
+        [keras.Input((LENGTH,), dtype="int32"), Embedding(VOCAB, DIM),
+         keras.layers.Dense(2)]
+    )
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, VOCAB, size=(BATCH, LENGTH)).astype("int32")
+    y = rng.normal(size=(BATCH, LENGTH, 2)).astype("float32")
+    return model, torch.as_tensor(x), torch.as_tensor(y)
+
+
+def train(module, x, y):
+    import torch
+
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(module(x), y).backward()
+        optimizer.step()
+
+
+def worker(rank, world, store, out):
+    import numpy as np
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group(
+        "gloo", init_method="file://" + store, rank=rank, world_size=world
+    )
+    model, x, y = model_and_data()
+    part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    train(DistributedDataParallel(model), x[part], y[part])
+    if rank == 0:
+        np.savez(out, *model.get_weights())
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(worker, args=(2, sys.argv[1], sys.argv[2]), nprocs=2)
+"""
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
+def test_torch_ddp_two_processes_match_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import keras_embedding_plus
+
+    script = _DDP_SCRIPT.format(sizes=(VOCAB, DIM, LENGTH, BATCH))
+    path = tmp_path / "ddp.py"
+    path.write_text(script)
+    root = os.path.dirname(os.path.dirname(keras_embedding_plus.__file__))
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=root)
+    out = tmp_path / "ddp.npz"
+    subprocess.run(
+        [sys.executable, str(path), str(tmp_path / "store"), str(out)],
+        env=env,
+        check=True,
+        timeout=180,
+    )
+    # The same training in this process, on the whole batch.
+    namespace = {}
+    exec(compile(script, str(path), "exec"), namespace)
+    model, x, y = namespace["model_and_data"]()
+    initial = model.get_weights()
+    namespace["train"](model, x, y)
+    with np.load(out) as saved:
+        ddp = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    for got, expected in zip(ddp, model.get_weights(), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(model.get_weights()[0], initial[0])  # it trained
