@@ -12,6 +12,7 @@ from keras_embedding_plus import (
     _legacy,
     _lora,
     _max_norm,
+    _placement,
     _quantization,
     _saving,
 )
@@ -144,6 +145,15 @@ class Embedding(keras.layers.Layer):
             `dropout`, and also to `attend`'s table.
         norm_type: Number >= 1, or `float("inf")`. The p of the p-norm for
             `max_norm`. Defaults to 2.
+        device: Optional string. Where the table lives: `"cpu"`, `"cpu:0"`,
+            `"gpu:1"`, ... or `"host"` (host memory; on JAX, memory kind
+            `pinned_host` of the device that runs the model). The lookup runs
+            there and only the looked-up rows move to the model's device. A
+            device this machine lacks warns once and places the table by
+            default. On JAX a compiled step runs on one device: a table on
+            another device of the same platform pulls the compiled step there
+            (with a warning). See "Big tables" in the README. Defaults to
+            `None` (where Keras puts variables).
         **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...).
             The Keras 1 names `init`, `W_regularizer` and `W_constraint` are
             accepted with a `DeprecationWarning`.
@@ -199,6 +209,7 @@ class Embedding(keras.layers.Layer):
         lora_alpha=None,
         max_norm=None,
         norm_type=2.0,
+        device=None,
         **kwargs,
     ):
         input_dim = _check_dim("input_dim", input_dim, 1)
@@ -237,6 +248,7 @@ class Embedding(keras.layers.Layer):
         if lora_rank is not None:
             _lora.check_constraint(keras.constraints.get(embeddings_constraint))
         max_norm, norm_type = _max_norm.check(max_norm, norm_type)
+        device = _placement.check_device(device)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         # Unknown quantization modes list the ones this layer supports.
         self.quantize = _quantization.guard_modes(self.quantize)
@@ -254,6 +266,8 @@ class Embedding(keras.layers.Layer):
         self.lora_enabled = False
         self.max_norm = max_norm
         self.norm_type = norm_type
+        self.device = device
+        self._table_placement = _placement.resolve(device)
         self._reversed = False
         # The table is read in its variable dtype; the looked-up rows are cast.
         self.autocast = False
@@ -276,14 +290,18 @@ class Embedding(keras.layers.Layer):
         if self.quantization_mode:  # Loading a quantized layer.
             self._build_quantized(self.quantization_mode, self._block_size)
         else:
-            self._embeddings = self.add_weight(
-                shape=(self.input_dim, self.output_dim),
-                initializer=self.embeddings_initializer,
-                name="embeddings",
-                regularizer=self.embeddings_regularizer,
-                constraint=self.embeddings_constraint,
-                trainable=True,
-            )
+            placement = _placement.for_build(self._table_placement)
+            shape = (self.input_dim, self.output_dim)
+            with _placement.build_scope(placement, shape):
+                self._embeddings = self.add_weight(
+                    shape=shape,
+                    initializer=self.embeddings_initializer,
+                    name="embeddings",
+                    regularizer=self.embeddings_regularizer,
+                    constraint=self.embeddings_constraint,
+                    trainable=True,
+                )
+            self._table_placement = _placement.pin(self._embeddings, placement)
         self.built = True
         if self.lora_rank and not self.lora_enabled:
             self.enable_lora(self.lora_rank, self.lora_alpha)
@@ -312,6 +330,8 @@ class Embedding(keras.layers.Layer):
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
         if self.quantization_mode or self.lora_enabled or self.max_norm:
             outputs = self._adapted_rows(ids, training)
+        elif self._table_placement is not None:
+            outputs = _placement.take(self.embeddings, ids, self._table_placement)
         else:
             outputs = ops.take(self.embeddings, ids, axis=0)
         if training and self.dropout:
@@ -635,6 +655,7 @@ class Embedding(keras.layers.Layer):
                 "lora_alpha": self.lora_alpha,
                 "max_norm": self.max_norm,
                 "norm_type": self.norm_type,
+                "device": self.device,
             }
         )
         return config
