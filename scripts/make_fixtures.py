@@ -165,41 +165,50 @@ def write_backend(out_dir):
 
 
 def write_tf_keras(out_dir):
-    """Write the tf.keras 2.x fixture (runs under an interpreter with tf-keras)."""
+    """Write the tf.keras 2.x fixtures (runs under an interpreter with tf-keras).
+
+    `Embedding(20, 4, input_length=6, mask_zero=True)` followed by a masked LSTM
+    (`masked_lstm_keras2.h5`) or a masked pooling (`masked_pooling_keras2.h5`),
+    then a `Dense`, each with the outputs tf.keras computed.
+    """
     import numpy as np
     import tensorflow as tf
     import tf_keras
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tf_keras.utils.set_random_seed(SEED)
-    rng = np.random.RandomState(SEED)
-    ids = _ids(rng, (3, 6), 20)
-    model = tf_keras.Sequential(
-        [
-            tf_keras.layers.Embedding(20, 4, input_length=6, mask_zero=True),
-            tf_keras.layers.LSTM(3, return_sequences=True),
-            tf_keras.layers.Dense(2),
-        ]
-    )
-    _set_weights(model, np.random.RandomState(SEED + 1))
-    outputs = model.predict(ids, verbose=0).astype(np.float32)
-    path = out_dir / "masked_lstm_keras2.h5"
-    model.save(path, save_format="h5")
-    np.savez(
-        out_dir / "masked_lstm_keras2.npz",
-        ids=ids,
-        mask=ids != 0,
-        output_0=outputs,
-        embeddings=model.layers[0].get_weights()[0],
-    )
     manifest = {
         "writer": "tf_keras",
         "tf_keras": tf_keras.__version__,
         "tensorflow": tf.__version__,
-        "fixtures": {"masked_lstm_keras2": {"files": [path.name], "outputs": 1}},
+        "fixtures": {},
     }
+    masked_layers = {
+        "masked_lstm_keras2": lambda: tf_keras.layers.LSTM(3, return_sequences=True),
+        "masked_pooling_keras2": tf_keras.layers.GlobalAveragePooling1D,
+    }
+    for name, masked_layer in masked_layers.items():
+        tf_keras.utils.set_random_seed(SEED)
+        ids = _ids(np.random.RandomState(SEED), (3, 6), 20)
+        model = tf_keras.Sequential(
+            [
+                tf_keras.layers.Embedding(20, 4, input_length=6, mask_zero=True),
+                masked_layer(),
+                tf_keras.layers.Dense(2),
+            ]
+        )
+        _set_weights(model, np.random.RandomState(SEED + 1))
+        outputs = model.predict(ids, verbose=0).astype(np.float32)
+        model.save(out_dir / f"{name}.h5", save_format="h5")
+        np.savez(
+            out_dir / f"{name}.npz",
+            ids=ids,
+            mask=ids != 0,
+            output_0=outputs,
+            embeddings=model.layers[0].get_weights()[0],
+        )
+        manifest["fixtures"][name] = {"files": [f"{name}.h5"], "outputs": 1}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"tf_keras {tf_keras.__version__}: wrote {path.name}")
+    print(f"tf_keras {tf_keras.__version__}: wrote {sorted(manifest['fixtures'])}")
 
 
 def _run(python, args, env):
