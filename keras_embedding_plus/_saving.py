@@ -9,7 +9,14 @@
 * `check_weights(layer, values, source)` checks every value against the layer's
   weights before anything is assigned, so that a wrong-shape table never leaves
   the layer half-loaded.
+* `load_model(filepath, ...)` is `keras.models.load_model` with errors that name
+  the file: Keras reports a truncated `.keras` file as "File not found" and a
+  corrupted one as `BadZipFile: Bad CRC-32 for file 'model.weights.h5'`, without
+  saying which file.
 """
+
+import os
+import zipfile
 
 import keras
 import numpy as np
@@ -69,3 +76,46 @@ def check_weights(layer, values, source):
 def store_values(store):
     """The values of a Keras weights store (`"0"`, `"1"`, ...), in order."""
     return [store[str(i)] for i in range(len(store.keys()))]
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """`keras.models.load_model`, with errors that name the file.
+
+    Loads any model Keras loads (`.keras`, legacy `.h5`), with the same arguments.
+    A missing, truncated or corrupted file raises `ValueError` naming `filepath`
+    and what is wrong with it; the original error is chained (`__cause__`).
+    Errors in the model's config (an unknown key, an invalid value) are raised as
+    Keras raises them, naming the key or the value.
+
+    Args:
+        filepath: String or `pathlib.Path`. The file to load.
+        custom_objects: Optional dict mapping names to custom classes or
+            functions (as in `keras.models.load_model`).
+        compile: Boolean. Whether to compile the model after loading.
+        safe_mode: Boolean. Whether to disallow unsafe `lambda` deserialization.
+
+    Returns:
+        The loaded Keras model.
+    """
+    path = os.fspath(filepath)
+    if not os.path.isfile(path):
+        raise ValueError(f"Cannot load a model from '{path}': there is no such file.")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Cannot load a model from '{path}': it is not a valid `.keras` file "
+            f"(not a zip archive; {os.path.getsize(path)} bytes), so it is "
+            "truncated or corrupted."
+        )
+    try:
+        return keras.models.load_model(
+            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+        )
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise ValueError(
+            f"Cannot load a model from '{path}': the file is truncated or "
+            f"corrupted ({type(e).__name__}: {e})."
+        ) from e
+    except ValueError as e:
+        if path in str(e):
+            raise
+        raise ValueError(f"Cannot load a model from '{path}': {e}") from e
