@@ -6,6 +6,9 @@ a `DeviceMesh` of the 8 virtual CPU devices conftest.py sets up) and
 CPU devices. Each must match the single-device run.
 """
 
+import re
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -267,3 +270,36 @@ def test_torch_ddp_two_processes_match_one(tmp_path):
     for got, expected in zip(ddp, model.get_weights(), strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert not np.allclose(model.get_weights()[0], initial[0])  # it trained
+
+
+# --- README recipes, run as written ----------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_RECIPE = re.compile(
+    r"```python\n# Big tables recipe \(([\w ]+)\): ([^\n]*)\n(.*?)```", re.S
+)
+
+
+def readme_recipes():
+    text = README.read_text() if README.exists() else ""
+    return _RECIPE.findall(text)
+
+
+def test_readme_has_the_recipes():
+    assert sorted(backend for backend, _, _ in readme_recipes()) == [
+        "every backend",
+        "jax",
+        "tensorflow",
+        "tensorflow",
+    ]
+
+
+@pytest.mark.parametrize(
+    "backend, code",
+    [pytest.param(b, code, id=title) for b, title, code in readme_recipes()],
+)
+def test_readme_recipe(backend, code, tmp_path, monkeypatch):
+    if backend not in ("every backend", BACKEND):
+        pytest.skip(f"the README recipe needs the {backend} backend")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec"), {})
