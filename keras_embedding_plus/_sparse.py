@@ -272,6 +272,19 @@ def norm_squared(gradient):
     return ops.sum(ops.square(gradient))
 
 
+def scale(gradient, factor):
+    """`gradient * factor`, keeping a row-sparse gradient row-sparse."""
+    name = backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            return tf.IndexedSlices(
+                gradient.values * factor, gradient.indices, gradient.dense_shape
+            )
+    return gradient * factor
+
+
 def with_rows(gradient, ids, values):
     """A row-sparse gradient of the same type as `gradient`, with unique rows."""
     if isinstance(gradient, IndexedRows):

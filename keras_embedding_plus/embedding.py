@@ -15,6 +15,7 @@ from keras_embedding_plus import (
     _placement,
     _quantization,
     _saving,
+    _sparse,
 )
 
 
@@ -145,6 +146,22 @@ class Embedding(keras.layers.Layer):
             `dropout`, and also to `attend`'s table.
         norm_type: Number >= 1, or `float("inf")`. The p of the p-norm for
             `max_norm`. Defaults to 2.
+        sparse: Boolean. If `True`, training computes a row-sparse gradient for
+            the table and, with a lazy optimizer from
+            `keras_embedding_plus.optimizers`, updates only the rows looked up,
+            so a step costs the same at any vocabulary size (see "Big
+            vocabularies" in the README). TensorFlow: the rows are gathered from
+            the variable itself (its gradient is a `tf.IndexedSlices`);
+            PyTorch: `F.embedding(sparse=True)` (a sparse COO gradient); JAX:
+            only in models with the `keras_embedding_plus.training.SparseTrainer`
+            mixin, otherwise dense. Trade-offs: built-in Keras optimizers other
+            than `SGD` (without momentum) densify the gradient or, on PyTorch,
+            reject it (use `LazySGD`, `LazyAdam`, `LazyAdagrad`); `jit_compile`
+            on PyTorch cannot carry sparse gradients; the table must not be read
+            elsewhere in the model (weight tying) on JAX. Regularizers,
+            constraints, clipping, EMA and `weight_decay` keep working (the
+            first two and the last two touch every row). No effect with
+            `max_norm`, LoRA or quantization. Defaults to `False`.
         device: Optional string. Where the table lives: `"cpu"`, `"cpu:0"`,
             `"gpu:1"`, ... or `"host"` (host memory; on JAX, memory kind
             `pinned_host` of the device that runs the model). The lookup runs
@@ -209,6 +226,7 @@ class Embedding(keras.layers.Layer):
         lora_alpha=None,
         max_norm=None,
         norm_type=2.0,
+        sparse=False,
         device=None,
         **kwargs,
     ):
@@ -266,6 +284,7 @@ class Embedding(keras.layers.Layer):
         self.lora_enabled = False
         self.max_norm = max_norm
         self.norm_type = norm_type
+        self.sparse = _sparse.check_sparse(sparse)
         self.device = device
         self._table_placement = _placement.resolve(device)
         self._reversed = False
@@ -330,6 +349,8 @@ class Embedding(keras.layers.Layer):
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
         if self.quantization_mode or self.lora_enabled or self.max_norm:
             outputs = self._adapted_rows(ids, training)
+        elif self.sparse:
+            outputs = _sparse.lookup(self.embeddings, ids)
         elif self._table_placement is not None:
             outputs = _placement.take(self.embeddings, ids, self._table_placement)
         else:
@@ -655,6 +676,7 @@ class Embedding(keras.layers.Layer):
                 "lora_alpha": self.lora_alpha,
                 "max_norm": self.max_norm,
                 "norm_type": self.norm_type,
+                "sparse": self.sparse,
                 "device": self.device,
             }
         )

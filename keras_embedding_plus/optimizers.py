@@ -45,6 +45,24 @@ class _LazyMixin:
             ops.cast(learning_rate, dtype),
         )
 
+    def apply(self, grads, trainable_variables=None):
+        scale = self.loss_scale_factor
+        if scale is None or not any(_sparse.is_row_sparse(g) for g in grads):
+            return super().apply(grads, trainable_variables)
+        # Keras divides with `/`, which `tf.IndexedSlices` lacks.
+        grads = [None if g is None else _sparse.scale(g, 1.0 / scale) for g in grads]
+        self.loss_scale_factor = None
+        try:
+            return super().apply(grads, trainable_variables)
+        finally:
+            self.loss_scale_factor = scale
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if self.gradient_accumulation_steps:
+            # The accumulators are dense: add dense gradients to them.
+            grads = [_sparse.densify(g) for g in grads]
+        return super()._backend_apply_gradients(grads, trainable_variables)
+
     def _clip_gradients(self, grads):
         clipping = (
             (self.clipnorm and self.clipnorm > 0)

@@ -114,7 +114,7 @@ def sparse_train_step(model, state, data, fallback=None):
     table_index = [position[id(t)] for t in tables]
     dense_index = [i for i in range(len(trainable)) if i not in table_index]
 
-    def forward(dense_values, capture):
+    def forward(dense_values, capture, data=(x, y, sample_weight)):
         values = list(trainable)
         for i, value in zip(dense_index, dense_values, strict=True):
             values[i] = value
@@ -123,9 +123,7 @@ def sparse_train_step(model, state, data, fallback=None):
                 values,
                 non_trainable,
                 metrics_values,
-                x,
-                y,
-                sample_weight,
+                *data,
                 training=True,
                 optimizer_variables=optimizer_values,
             )
@@ -133,7 +131,13 @@ def sparse_train_step(model, state, data, fallback=None):
     dense_values = [trainable[i] for i in dense_index]
     # The shapes of the looked-up rows, without computing anything.
     record = _sparse.RowCapture(tables)
-    jax.eval_shape(lambda v: forward(v, record)[0], dense_values)
+    # The batch is an argument, so that it is traced even when the step runs
+    # eagerly (`run_eagerly=True`).
+    jax.eval_shape(
+        lambda v, data: forward(v, record, data)[0],
+        dense_values,
+        (x, y, sample_weight),
+    )
 
     def loss_fn(dense_values, deltas):
         capture = _sparse.RowCapture(tables, deltas)
