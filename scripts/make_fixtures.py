@@ -2,6 +2,7 @@
 
     python scripts/make_fixtures.py                     # the three Keras 3 backends
     python scripts/make_fixtures.py --tf-keras /tmp/tfk/bin/python   # + tf.keras 2
+    python scripts/make_fixtures.py --measure   # print the writer x reader diffs
 
 Without arguments it runs itself once per backend (TensorFlow, JAX, PyTorch), each in
 a subprocess with `KERAS_BACKEND` set, using the tox interpreters `.tox/<backend>/bin/
@@ -211,9 +212,61 @@ def write_tf_keras(out_dir):
     print(f"tf_keras {tf_keras.__version__}: wrote {sorted(manifest['fixtures'])}")
 
 
+def measure_backend():
+    """Load every writer's fixtures here; print the max abs differences as JSON."""
+    import keras
+    import numpy as np
+
+    import keras_embedding_plus  # noqa: F401  (registers the layer)
+
+    result = {}
+    for writer in BACKENDS:
+        manifest = json.loads((FIXTURES / writer / "manifest.json").read_text())
+        for name, entry in manifest["fixtures"].items():
+            data = np.load(FIXTURES / writer / f"{name}.npz")
+            expected = [data[f"output_{i}"] for i in range(entry["outputs"])]
+            for file in entry["files"]:
+                model = keras.models.load_model(FIXTURES / writer / file)
+                received = _outputs(model, data["ids"])
+                result[f"{writer}/{file}"] = max(
+                    float(np.max(np.abs(a - b)))
+                    for a, b in zip(expected, received, strict=True)
+                )
+    print("MEASURED", json.dumps(result))
+
+
 def _run(python, args, env):
     print("+", python, *args, flush=True)
     subprocess.run([python, __file__, *args], env=env, check=True, cwd=ROOT)
+
+
+def _env(backend):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    # The working tree's package, whatever each interpreter has installed.
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _measure(args):
+    rows = {}
+    for backend in args.backends:
+        python = getattr(args, f"python_{backend}")
+        out = subprocess.run(
+            [python, __file__, "--measure-here"],
+            env=_env(backend),
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        line = next(x for x in out.splitlines() if x.startswith("MEASURED "))
+        rows[backend] = json.loads(line[len("MEASURED ") :])
+    files = sorted(next(iter(rows.values())))
+    print("| fixture (writer/file) | " + " | ".join(rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for file in files:
+        cells = " | ".join(f"{rows[b][file]:.1e}" for b in rows)
+        print(f"| {file} | {cells} |")
 
 
 def main():
@@ -232,6 +285,13 @@ def main():
     parser.add_argument(
         "--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS
     )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="write nothing: load every fixture on each backend, print the max "
+        "abs differences (writer x reader)",
+    )
+    parser.add_argument("--measure-here", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write:
         os.environ.setdefault("KERAS_BACKEND", args.write)
@@ -244,11 +304,14 @@ def main():
     if args.write_tf_keras:
         write_tf_keras(FIXTURES / "tf_keras")
         return
+    if args.measure_here:
+        measure_backend()
+        return
+    if args.measure:
+        _measure(args)
+        return
     for backend in args.backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        # The working tree's package, whatever each interpreter has installed.
-        env["PYTHONPATH"] = str(ROOT)
-        _run(getattr(args, f"python_{backend}"), ["--write", backend], env)
+        _run(getattr(args, f"python_{backend}"), ["--write", backend], _env(backend))
     if args.tf_keras:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
         _run(args.tf_keras, ["--write-tf-keras"], env)
