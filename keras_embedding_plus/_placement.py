@@ -115,6 +115,23 @@ def resolve(device):
     return placement
 
 
+def check_lookup_options(placement, **options):
+    """JAX host-memory tables support the plain lookup only.
+
+    LoRA, `max_norm` and `sparse` gather the table with their own code, which
+    JAX rejects for a `pinned_host` array inside a compiled step.
+    """
+    given = sorted(name for name, value in options.items() if value)
+    if given and getattr(placement, "host_memory", False):
+        raise ValueError(
+            "On JAX, a table in host memory (`device='host'`, or `'cpu'` when "
+            f"JAX computes on an accelerator) cannot be combined with {given}: "
+            "use `device=None` or another device for them. Received: "
+            + ", ".join(f"{name}={options[name]!r}" for name in given)
+            + "."
+        )
+
+
 def for_build(placement):
     """The placement to create the table with, at `build` time.
 

@@ -163,14 +163,16 @@ class Embedding(keras.layers.Layer):
             first two and the last two touch every row). No effect with
             `max_norm`, LoRA or quantization. Defaults to `False`.
         device: Optional string. Where the table lives: `"cpu"`, `"cpu:0"`,
-            `"gpu:1"`, ... or `"host"` (host memory; on JAX, memory kind
-            `pinned_host` of the device that runs the model). The lookup runs
-            there and only the looked-up rows move to the model's device. A
-            device this machine lacks warns once and places the table by
-            default. On JAX a compiled step runs on one device: a table on
-            another device of the same platform pulls the compiled step there
-            (with a warning). See "Big tables" in the README. Defaults to
-            `None` (where Keras puts variables).
+            `"gpu:1"`, ... or `"host"` (host memory, the model computes
+            elsewhere). The lookup runs there and only the looked-up rows move
+            to the model's device; gradients flow back. A device this machine
+            lacks warns once and places the table by default. JAX: `"host"`
+            (and `"cpu"` when JAX computes on an accelerator) is memory kind
+            `pinned_host` of the compute device, not combinable with LoRA,
+            `max_norm` or `sparse`; a compiled step runs on one device, so a
+            table on another device of the same platform pulls the compiled
+            step there (with a warning). See "Big tables" in the README.
+            Defaults to `None` (where Keras puts variables).
         **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...).
             The Keras 1 names `init`, `W_regularizer` and `W_constraint` are
             accepted with a `DeprecationWarning`.
@@ -287,6 +289,9 @@ class Embedding(keras.layers.Layer):
         self.sparse = _sparse.check_sparse(sparse)
         self.device = device
         self._table_placement = _placement.resolve(device)
+        _placement.check_lookup_options(
+            self._table_placement, lora_rank=lora_rank, max_norm=max_norm, sparse=sparse
+        )
         self._reversed = False
         # The table is read in its variable dtype; the looked-up rows are cast.
         self.autocast = False

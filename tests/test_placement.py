@@ -180,6 +180,22 @@ def test_fit_and_predict_match_default_placement(device):
     assert table_where(placed.layers[0]) == table_before
 
 
+@pytest.mark.parametrize(
+    "option",
+    [{"lora_rank": 2}, {"max_norm": 1.0}, {"sparse": True}],
+    ids=["lora", "max_norm", "sparse"],
+)
+def test_host_table_with_options_that_gather_their_own_way(option):
+    if BACKEND == "jax":
+        ((name, value),) = option.items()
+        with pytest.raises(ValueError, match=re.escape(f"Received: {name}={value!r}.")):
+            Embedding(VOCAB, DIM, device="host", **option)
+    else:
+        x, _ = data()
+        outputs = Embedding(VOCAB, DIM, device="host", **option)(x)
+        assert tuple(outputs.shape) == (16, LENGTH, DIM)
+
+
 def test_default_path_does_not_touch_placement(monkeypatch):
     def fail(*args):
         raise AssertionError("the placement lookup ran")
