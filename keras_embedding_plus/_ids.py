@@ -73,30 +73,48 @@ def ids_dtype(ids):
     return dtype
 
 
-def _validity(values, input_dim, is_float):
-    """Boolean tensor: which of `values` are valid ids."""
-    valid = ops.logical_and(ops.greater_equal(values, 0), ops.less(values, input_dim))
-    if is_float:
+def _validity(values, input_dim, dtype):
+    """Boolean tensor: which of `values` are valid ids (`None`: all, by dtype).
+
+    Bounds are compared in a dtype that holds them: a Python int next to narrow
+    ids takes the ids' dtype on JAX and torch, where `uint8(1000)` wraps to 232.
+    """
+    if "float" in dtype:
+        if dtype in ("float16", "bfloat16"):
+            values = ops.cast(values, "float32")  # exact, and holds `input_dim`
+        valid = ops.logical_and(
+            ops.greater_equal(values, 0), ops.less(values, input_dim)
+        )
         # NaN fails `round(x) == x`, so it is invalid too. (`ops.round`, not
         # `ops.floor`: on torch, `floor` of float16 / float64 breaks torch.compile.)
-        valid = ops.logical_and(valid, ops.equal(ops.round(values), values))
-    return valid
+        return ops.logical_and(valid, ops.equal(ops.round(values), values))
+    info = np.iinfo(dtype)
+    checks = []
+    if info.min < 0:
+        checks.append(ops.greater_equal(values, 0))
+    if info.max >= input_dim:
+        checks.append(ops.less(values, input_dim))
+    if not checks:
+        return None  # e.g. uint8 ids into 256 rows or more: every id is valid.
+    return checks[0] if len(checks) == 1 else ops.logical_and(*checks)
 
 
-def _all_valid(values, input_dim, is_float):
+def _all_valid(values, input_dim, dtype):
     """Whether every id of the concrete `values` is valid.
 
     Integer ids in a CPU torch tensor are checked in NumPy, without a copy: one
     single-threaded min/max pass instead of several small multi-threaded torch
     kernels, which on a busy machine each cost far more than the check itself.
     """
+    is_float = "float" in dtype
     if not is_float and backend.backend() == "torch":
         import torch
 
         if isinstance(values, torch.Tensor) and values.device.type == "cpu":
             array = values.numpy()
             return array.size == 0 or bool(array.min() >= 0 and array.max() < input_dim)
-    return bool(ops.all(_validity(values, input_dim, is_float)))
+    valid = _validity(values, input_dim, dtype)
+    return valid is None or bool(ops.all(valid))
 
 
 def _raise_invalid(values, valid, input_dim):
@@ -120,17 +138,17 @@ def prepare_ids(ids, input_dim):
     ids, whose lookups must be zeroed by `zero_invalid`.
     """
     dtype = ids_dtype(ids)
-    is_float = "float" in dtype
     int_dtype = "int32" if input_dim <= np.iinfo(np.int32).max else "int64"
     values = _values(ids)
     if _is_concrete(values):
-        if not _all_valid(values, input_dim, is_float):
-            _raise_invalid(values, _validity(values, input_dim, is_float), input_dim)
+        if not _all_valid(values, input_dim, dtype):
+            _raise_invalid(values, _validity(values, input_dim, dtype), input_dim)
         if dtype not in _TAKE_DTYPES:
             values = ops.cast(values, int_dtype)
         return _with_values(ids, values), None
-    valid = _validity(values, input_dim, is_float)
-    values = ops.where(valid, values, ops.zeros((), dtype=values.dtype))
+    valid = _validity(values, input_dim, dtype)
+    if valid is not None:
+        values = ops.where(valid, values, ops.zeros((), dtype=values.dtype))
     if dtype not in _TAKE_DTYPES:
         values = ops.cast(values, int_dtype)
     return _with_values(ids, values), valid

@@ -302,3 +302,36 @@ def test_scalar_and_empty_ids_like_keras(ids):
     theirs.embeddings.assign(TABLE)
     np.testing.assert_array_equal(to_np(ours(ids)), to_np(theirs(ids)))
     assert to_np(ours(ids)).shape == (*np.shape(ids), 3)
+
+
+NARROW = [
+    ("uint8", 1000, [240, 255, 0], []),
+    ("uint8", 200, [199, 200, 255], [1, 2]),
+    ("int8", 1000, [127, 5, -1], [2]),
+    ("int16", 100_000, [32767, -5, 0], [1]),
+    ("uint16", 100_000, [65535, 7], []),
+    ("bfloat16", 257, [256, 255, -1], [2]),
+    ("float16", 70_000, [65504, 2048, 0.5], [2]),
+]
+
+
+@pytest.mark.parametrize(
+    "dtype, input_dim, ids, invalid",
+    NARROW,
+    ids=[f"{d}-into-{n}" for d, n, _, _ in NARROW],
+)
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_narrow_id_dtypes_near_the_bounds(mode, dtype, input_dim, ids, invalid):
+    """Bounds are not wrapped into the ids' dtype (`uint8(1000)` is 232)."""
+    table = np.arange(1, input_dim + 1, dtype="float32")[:, None]
+    layer = Embedding(input_dim, 1, weights=table)
+    tensor = ops.cast(np.array(ids, dtype="float32"), dtype)
+    expected = [0.0 if i in invalid else v + 1.0 for i, v in enumerate(ids)]
+    if mode == "compiled":
+        out = to_np(compiled(lambda x: layer(x))(tensor))
+        np.testing.assert_array_equal(out[:, 0], expected)
+    elif invalid:
+        with pytest.raises(ValueError, match="Invalid embedding id"):
+            layer(tensor)
+    else:
+        np.testing.assert_array_equal(to_np(layer(tensor))[:, 0], expected)
