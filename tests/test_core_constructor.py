@@ -227,9 +227,19 @@ def test_constraint_forms(constraint):
     np.testing.assert_array_equal(w, np.zeros((6, 3)))
 
 
-def test_invalid_initializer_name_is_a_value_error():
-    with pytest.raises(ValueError, match="not_an_initializer"):
-        Embedding(6, 3, embeddings_initializer="not_an_initializer")
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "embeddings_initializer",
+        "embeddings_regularizer",
+        "activity_regularizer",
+        "embeddings_constraint",
+    ],
+)
+@pytest.mark.parametrize("value", ["not_a_known_name", 3], ids=["name", "int"])
+def test_invalid_initializer_regularizer_constraint(argument, value):
+    with pytest.raises(ValueError, match=f"Could not interpret .*{value}"):
+        Embedding(6, 3, **{argument: value})
 
 
 # --- Keras 1 aliases ------------------------------------------------------------

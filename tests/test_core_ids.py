@@ -104,6 +104,11 @@ def test_wrong_nd_length_names_both_shapes():
         layer(np.zeros((1, 6), "int32"))
 
 
+def test_wrong_length_symbolic():
+    with pytest.raises(ValueError, match="ids of length 6"):
+        Embedding(10, 3, input_length=5)(keras.Input((6,), dtype="int32"))
+
+
 def test_symbolic_call():
     inputs = keras.Input((7,), dtype="int32")
     outputs = Embedding(10, 3, dtype="float16")(inputs)
