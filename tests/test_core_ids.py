@@ -239,6 +239,13 @@ def test_invalid_id_raises_in_torch_fit():
         model.fit(np.array([[1, -1, 2]]), np.zeros((1, 3, 3)), verbose=0)
 
 
+def test_invalid_id_raises_in_eager_predict_on_every_backend():
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), make_layer()])
+    model.compile(run_eagerly=True)
+    with pytest.raises(ValueError, match=re.escape(_message("-3", (1, 0), 1, 6))):
+        model.predict(np.array([[1, 2, 3], [-3, 0, 0]]), verbose=0)
+
+
 # --- index policy: compiled ----------------------------------------------------
 
 BAD_INTS = np.array([[1, 10, -1, 9], [-7, 0, 2**31 - 1, 3]], dtype="int32")
