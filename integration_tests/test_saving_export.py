@@ -4,7 +4,7 @@ Which backend / format pairs Keras 3.15 supports, and what each needs:
 
 * `tf_saved_model`: TensorFlow (tested); JAX needs TensorFlow in the environment
   (tested where importable; the tox `jax` env has none); PyTorch needs TensorFlow
-  and `torch_xla` (skipped).
+  and `torch_xla` (skipped). `keras.layers.TFSMLayer` runs on TensorFlow only.
 * `onnx`: TensorFlow through `tf2onnx` and PyTorch through `torch.onnx` (tested
   with `onnxruntime`; PyTorch exports a fixed batch size, as Keras documents); JAX
   needs `jax2onnx` (skipped: it pulls flax, orbax and tensorstore).
@@ -55,19 +55,38 @@ SAVED_MODEL_REASON = {
     BACKEND == "torch" or not _has("tensorflow"),
     reason=SAVED_MODEL_REASON.get(BACKEND, "TensorFlow is not installed"),
 )
+def _export_saved_model(path):
+    model = _model()
+    model.export(path, format="tf_saved_model", verbose=False)
+    return outputs(model, UNSEEN)
+
+
+# Keras's JAX export passes jax2tf an argument JAX 0.10 deprecates.
+@pytest.mark.filterwarnings(
+    "ignore:The `native_serialization` parameter is deprecated:DeprecationWarning"
+)
+@pytest.mark.skipif(
+    BACKEND == "torch" or not _has("tensorflow"),
+    reason=SAVED_MODEL_REASON.get(BACKEND, "TensorFlow is not installed"),
+)
 def test_tf_saved_model_reloads_for_an_unseen_batch_size(tmp_path):
     import tensorflow as tf
 
-    model = _model()
-    expected = outputs(model, UNSEEN)
     path = str(tmp_path / "saved_model")
-    model.export(path, format="tf_saved_model", verbose=False)
-
-    served = keras.layers.TFSMLayer(path, call_endpoint="serve")
-    assert_same_outputs(expected, [keras.ops.convert_to_numpy(served(UNSEEN))])
-
+    expected = _export_saved_model(path)
     restored = tf.saved_model.load(path)
     assert_same_outputs(expected, [restored.serve(tf.constant(UNSEEN)).numpy()])
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="keras.layers.TFSMLayer runs on the TensorFlow backend only",
+)
+def test_tf_saved_model_reloads_as_tfsm_layer(tmp_path):
+    path = str(tmp_path / "saved_model")
+    expected = _export_saved_model(path)
+    served = keras.layers.TFSMLayer(path, call_endpoint="serve")
+    assert_same_outputs(expected, [keras.ops.convert_to_numpy(served(UNSEEN))])
 
 
 ONNX_REASON = {
