@@ -16,7 +16,9 @@ Cases (the sizes of issue 2):
 
 Contenders are interleaved round by round (the order rotates every round) so that
 drift of a shared machine hits them alike; warm-up rounds (compilation) are
-excluded; the medians and their ratios are what carry over between machines.
+excluded. Reported: each contender's median time, and each ratio as the median
+over rounds of the two contenders' per-round ratio (paired, so drift cancels).
+The ratios are what carry over between machines.
 
 Usage::
 
@@ -74,11 +76,12 @@ FIELDS = (
 )
 
 
-def time_interleaved(fns, budget_s, min_repeats, max_repeats, warmup=3):
+def time_interleaved(fns, budget_s, min_repeats, max_repeats, warmup=3, samples=None):
     """Median, quartiles and count of wall times (ms) per contender.
 
     `fns` maps names to zero-argument callables. Each round calls every contender
-    once, in an order that rotates every round.
+    once, in an order that rotates every round. `samples`, if given, is a dict
+    that receives every contender's list of times (ms), one per round.
     """
     names = list(fns)
     for _ in range(warmup):
@@ -99,6 +102,8 @@ def time_interleaved(fns, budget_s, min_repeats, max_repeats, warmup=3):
                 times[name].append((time.perf_counter() - start) * 1e3)
     finally:
         gc.enable()
+    if samples is not None:
+        samples.update(times)
     stats = {}
     for name, ts in times.items():
         q1, median, q3 = statistics.quantiles(ts, n=4)
@@ -136,13 +141,13 @@ def native_lookup(table, backend):
         def lookup(ids):
             with torch.no_grad():
                 rows = torch.nn.functional.embedding(torch.from_numpy(ids), tensor)
-            return np.array(rows)
+            return np.array(rows.numpy())
 
         return lookup
     raise ValueError(f"Unknown backend {backend!r}.")
 
 
-def bench_forward(layer_classes, backend, rng, budget_s):
+def bench_forward(layer_classes, backend, rng, budget_s, samples):
     import keras
 
     vocab, dim = CASES["forward"][1:]
@@ -160,10 +165,12 @@ def bench_forward(layer_classes, backend, rng, budget_s):
     for name, fn in fns.items():
         diff = float(abs(fn() - reference).max())
         assert diff == 0.0, f"{name} disagrees with keras by {diff}"
-    return time_interleaved(fns, budget_s, min_repeats=15, max_repeats=100)
+    return time_interleaved(
+        fns, budget_s, min_repeats=15, max_repeats=200, samples=samples
+    )
 
 
-def bench_train(layer_classes, case, rng, budget_s):
+def bench_train(layer_classes, case, rng, budget_s, samples):
     import keras
 
     vocab, dim = CASES[case][1:]
@@ -181,7 +188,20 @@ def bench_train(layer_classes, case, rng, budget_s):
         model.compile(keras.optimizers.Adam(1e-3), "mse")
         fns[name] = lambda model=model: model.train_on_batch(ids, y)
     del table
-    return time_interleaved(fns, budget_s, min_repeats=9, max_repeats=300)
+    return time_interleaved(
+        fns, budget_s, min_repeats=9, max_repeats=300, samples=samples
+    )
+
+
+def paired_ratio(samples, name, reference):
+    """Median over rounds of `name`'s time / `reference`'s time in that round.
+
+    Both ran back to back in every round, so this cancels the machine's drift
+    better than a ratio of the two medians.
+    """
+    return statistics.median(
+        a / b for a, b in zip(samples[name], samples[reference], strict=True)
+    )
 
 
 def backend_version(backend):
@@ -208,10 +228,11 @@ def run_backend(budget_s, cases):
     rows = []
     for case in cases:
         rng = np.random.default_rng(0)
+        samples = {}
         if case == "forward":
-            stats = bench_forward(layer_classes, backend, rng, budget_s)
+            stats = bench_forward(layer_classes, backend, rng, budget_s, samples)
         else:
-            stats = bench_train(layer_classes, case, rng, budget_s)
+            stats = bench_train(layer_classes, case, rng, budget_s, samples)
         keras.backend.clear_session()
         gc.collect()
         for name, (median, q1, q3, n) in stats.items():
@@ -224,9 +245,9 @@ def run_backend(budget_s, cases):
                     "q1_ms": f"{q1:.3f}",
                     "q3_ms": f"{q3:.3f}",
                     "repeats": n,
-                    "vs_keras": f"{median / stats['keras'][0]:.3f}",
+                    "vs_keras": f"{paired_ratio(samples, name, 'keras'):.3f}",
                     "vs_native": (
-                        f"{median / stats['native'][0]:.3f}"
+                        f"{paired_ratio(samples, name, 'native'):.3f}"
                         if "native" in stats
                         else ""
                     ),
@@ -241,6 +262,7 @@ def run_backend(budget_s, cases):
 def print_case(case, rows):
     print(f"\n{CASES[case][0]}")
     header = ("median ms", "IQR ms", "n", "/keras", "/native")
+    print("  (ratios: median over rounds of the per-round ratio)")
     print(f"  {'':8} {{:>10}} {{:>15}} {{:>4}} {{:>7}} {{:>8}}".format(*header))
     by_name = {r["contender"]: r for r in rows}
     for r in rows:
@@ -250,9 +272,7 @@ def print_case(case, rows):
             f"{r['repeats']:>4} {r['vs_keras']:>7} {r['vs_native'] or '-':>8}"
         )
     for name, reference, limit in TARGETS[case]:
-        ratio = float(by_name[name]["median_ms"]) / float(
-            by_name[reference]["median_ms"]
-        )
+        ratio = float(by_name[name][f"vs_{reference}"])
         verdict = "met" if ratio <= limit else "MISSED"
         print(f"  target {name} <= {limit:.2f}x {reference}: {ratio:.3f}x, {verdict}")
     sys.stdout.flush()
@@ -285,8 +305,17 @@ def write_rows(new_rows):
         writer.writerows(rows)
 
 
+def _ms(value):
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def plot():
-    """Grouped bars: one panel per case, backends on x, one bar per contender."""
+    """Grouped bars: one panel per case, backends on x, one bar per contender.
+
+    Bar height: time relative to `keras.layers.Embedding` in the same process
+    (the paired ratio), so that panels with 2 ms and 2 s steps read alike; each
+    bar is labelled with its median in ms. Dashed lines: the targets.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,48 +325,73 @@ def plot():
     if not rows:
         return
     colors = {"ours": "#d95f02", "keras": "#7570b3", "native": "#1b9e77"}
-    fig, axes = plt.subplots(1, len(CASES), figsize=(15, 4.8))
+    fig, axes = plt.subplots(1, len(CASES), figsize=(16, 5), sharey=True)
     for ax, (case, (label, _, _)) in zip(axes, CASES.items(), strict=True):
         backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
         width = 0.27
         for i, name in enumerate(CONTENDERS):
-            xs, heights, ratios = [], [], []
-            for j, backend in enumerate(backends):
-                match = [
-                    r
-                    for r in rows
-                    if (r["backend"], r["case"], r["contender"])
-                    == (backend, case, name)
-                ]
-                if match:
-                    xs.append(j + (i - 1) * width)
-                    heights.append(float(match[0]["median_ms"]))
-                    ratios.append(float(match[0]["vs_keras"]))
+            found = {
+                r["backend"]: r
+                for r in rows
+                if (r["case"], r["contender"]) == (case, name)
+            }
+            xs = [j + (i - 1) * width for j, b in enumerate(backends) if b in found]
+            cases = [found[b] for b in backends if b in found]
             if not xs:
                 continue
-            bars = ax.bar(xs, heights, width, label=name, color=colors[name])
-            for bar, height, ratio in zip(bars, heights, ratios, strict=True):
+            ratios = [float(r["vs_keras"]) for r in cases]
+            bars = ax.bar(xs, ratios, width, label=name, color=colors[name])
+            for bar, ratio, row in zip(bars, ratios, cases, strict=True):
                 ax.annotate(
-                    f"{height:.3g}\n{ratio:.2f}x",
-                    (bar.get_x() + bar.get_width() / 2, height),
+                    f"{ratio:.2f}x\n{_ms(float(row['median_ms']))} ms",
+                    (bar.get_x() + bar.get_width() / 2, ratio),
                     ha="center",
                     va="bottom",
-                    fontsize=7,
+                    fontsize=6.5,
                 )
+        for _, reference, limit in TARGETS[case]:
+            if reference == "keras":
+                ax.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
         ax.set_xticks(range(len(backends)), backends)
         ax.set_title(label, fontsize=9)
-        ax.set_ylabel("median ms (lower is better)")
-        ax.margins(y=0.2)
-    axes[0].legend(loc="upper left", fontsize=8)
+        ax.set_ylim(0, 1.45)
+    axes[0].set_ylabel("time relative to keras.layers.Embedding (lower is better)")
+    axes[0].legend(loc="upper left", fontsize=8, ncols=3)
     fig.suptitle(
-        "keras_embedding_plus.Embedding (ours) vs keras.layers.Embedding vs native "
-        "lookup; labels: ms and ratio to Keras",
+        "keras_embedding_plus.Embedding (ours) vs keras.layers.Embedding vs the "
+        "native lookup, one process per backend; dashed: target vs Keras",
         fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(PNG_PATH, dpi=110)
     plt.close(fig)
     print(f"wrote {CSV_PATH.relative_to(ROOT)} and {PNG_PATH.relative_to(ROOT)}")
+
+
+def markdown_table():
+    """The CSV as a Markdown table (what README.md shows)."""
+    rows = read_rows()
+    lines = [
+        "| backend | case | ours ms | keras ms | native ms | ours / keras "
+        "| ours / native |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for backend in BACKENDS:
+        for case in CASES:
+            found = {
+                r["contender"]: r
+                for r in rows
+                if (r["backend"], r["case"]) == (backend, case)
+            }
+            if not found:
+                continue
+            cells = [backend, case]
+            for name in CONTENDERS:
+                row = found.get(name)
+                cells.append(f"{float(row['median_ms']):.1f}" if row else "-")
+            cells += [found["ours"]["vs_keras"], found["ours"]["vs_native"] or "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def run_all(args):
@@ -363,10 +417,16 @@ def main():
     parser.add_argument("--all", action="store_true", help="every backend, one by one")
     parser.add_argument("--plot-only", action="store_true", help="redraw the chart")
     parser.add_argument(
-        "--budget", type=float, default=20.0, help="seconds of timing per case"
+        "--markdown", action="store_true", help="print the CSV as a Markdown table"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=30.0, help="seconds of timing per case"
     )
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_table())
+        return
     if args.all:
         run_all(args)
     elif not args.plot_only:
