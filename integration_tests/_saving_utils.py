@@ -27,6 +27,14 @@ def outputs(model, ids):
     return [np.asarray(o, dtype=np.float32) for o in out]
 
 
+def fill_weights(model, seed=1):
+    """Deterministic values in [-0.5, 0.5) for every weight of `model`."""
+    rng = np.random.RandomState(seed)
+    model.set_weights(
+        [rng.uniform(-0.5, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()]
+    )
+
+
 def max_abs_diff(expected, received):
     """Largest absolute difference over matching lists of arrays."""
     assert len(expected) == len(received), (len(expected), len(received))

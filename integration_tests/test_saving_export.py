@@ -14,9 +14,15 @@ Which backend / format pairs Keras 3.15 supports, and what each needs:
 import importlib.util
 
 import keras
-import numpy as np
 import pytest
-from _saving_utils import BACKEND, Embedding, assert_same_outputs, ids, outputs
+from _saving_utils import (
+    BACKEND,
+    Embedding,
+    assert_same_outputs,
+    fill_weights,
+    ids,
+    outputs,
+)
 
 
 def _has(module):
@@ -28,10 +34,7 @@ def _model():
     x = Embedding(20, 4, mask_zero=True, name="emb")(inputs)
     x = keras.layers.GlobalAveragePooling1D()(x)
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
-    rng = np.random.RandomState(3)
-    model.set_weights(
-        [rng.uniform(-0.5, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()]
-    )
+    fill_weights(model, seed=3)
     model.predict(ids((2, 6), 20), verbose=0)  # The only batch size seen: 2.
     return model
 

@@ -14,6 +14,7 @@ from _saving_utils import (
     Embedding,
     assert_same_embedding,
     assert_same_outputs,
+    fill_weights,
     ids,
     outputs,
 )
@@ -36,13 +37,6 @@ def sequential_input_length():
     )
 
 
-def _fill(model, seed=1):
-    rng = np.random.RandomState(seed)
-    model.set_weights(
-        [rng.uniform(-0.5, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()]
-    )
-
-
 DATA = {"masked_lstm": ids((3, 6), 20), "sequential": ids((3, 4), 30)}
 BUILDERS = {"masked_lstm": masked_lstm, "sequential": sequential_input_length}
 
@@ -50,7 +44,7 @@ BUILDERS = {"masked_lstm": masked_lstm, "sequential": sequential_input_length}
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_weights_h5_round_trip(name, tmp_path):
     model = BUILDERS[name]()
-    _fill(model)
+    fill_weights(model)
     expected = outputs(model, DATA[name])
     model.save_weights(tmp_path / "x.weights.h5")
     fresh = BUILDERS[name]()
@@ -63,7 +57,7 @@ def test_weights_h5_round_trip(name, tmp_path):
 def test_legacy_h5_round_trip(name, tmp_path):
     """Ours beats Keras here for the masked LSTM (see the module docstring)."""
     model = BUILDERS[name]()
-    _fill(model)
+    fill_weights(model)
     expected = outputs(model, DATA[name])
     model.save(tmp_path / "m.h5")
     loaded = keras.models.load_model(tmp_path / "m.h5")
@@ -89,7 +83,7 @@ def test_keras_own_embedding_fails_the_legacy_h5_round_trip(tmp_path):
 def test_legacy_h5_load_weights(tmp_path):
     """`load_weights` also reads a full-model legacy `.h5` file."""
     model = masked_lstm()
-    _fill(model)
+    fill_weights(model)
     expected = outputs(model, DATA["masked_lstm"])
     model.save(tmp_path / "m.h5")
     fresh = masked_lstm()
@@ -100,7 +94,7 @@ def test_legacy_h5_load_weights(tmp_path):
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_json_round_trip(name):
     model = BUILDERS[name]()
-    _fill(model)
+    fill_weights(model)
     expected = outputs(model, DATA[name])
     rebuilt = keras.models.model_from_json(model.to_json())
     rebuilt.set_weights(model.get_weights())

@@ -15,20 +15,13 @@ from _saving_utils import (
     assert_same_embedding,
     assert_same_outputs,
     embedding_layers,
+    fill_weights,
     ids,
     outputs,
     run_python,
 )
 
 from keras_embedding_plus import Embedding
-
-
-def _fill(model, seed=1):
-    """Deterministic weights for every variable of `model`."""
-    rng = np.random.RandomState(seed)
-    model.set_weights(
-        [rng.uniform(-0.5, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()]
-    )
 
 
 def sequential_input_length():
@@ -103,7 +96,7 @@ MODELS = {
 @pytest.mark.parametrize("name", list(MODELS))
 def test_keras_round_trip(name, tmp_path):
     model, data = MODELS[name]()
-    _fill(model)
+    fill_weights(model)
     expected = outputs(model, data)
     path = tmp_path / "m.keras"
     model.save(path)
@@ -117,7 +110,7 @@ def test_keras_round_trip(name, tmp_path):
 def test_masked_round_trip_keeps_the_mask(tmp_path):
     """The mask reaches the pooling after loading: more padding changes nothing."""
     model, data = functional_masked()
-    _fill(model)
+    fill_weights(model)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     padded = np.concatenate([data, np.zeros((3, 3), "int32")], axis=1)
@@ -134,7 +127,7 @@ def test_masked_round_trip_keeps_the_mask(tmp_path):
 
 def test_regularizer_and_constraint_survive(tmp_path):
     model, data = functional_regularized()
-    _fill(model)
+    fill_weights(model)
     model(data)
     losses = [float(keras.ops.convert_to_numpy(x)) for x in model.losses]
     model.save(tmp_path / "m.keras")
@@ -157,7 +150,7 @@ def test_mixed_precision_round_trip(policy, tmp_path):
     x = Embedding(12, 4, mask_zero=True, dtype=policy, name="emb")(inputs)
     x = keras.layers.GlobalAveragePooling1D(dtype=policy)(x)
     model = keras.Model(inputs, keras.layers.Dense(2, dtype="float32")(x))
-    _fill(model)
+    fill_weights(model)
     data = ids((3, 5), 12)
     expected = outputs(model, data)
     model.save(tmp_path / "m.keras")
@@ -192,7 +185,7 @@ print("fresh process:", keras.backend.backend(), keras_embedding_plus.__file__)
 def test_fresh_process_loads_with_only_the_import(tmp_path):
     """Registration happens on `import keras_embedding_plus`: no custom_objects."""
     model, data = functional_masked()
-    _fill(model)
+    fill_weights(model)
     expected = outputs(model, data)
     work = tmp_path / "elsewhere"
     work.mkdir()
