@@ -71,9 +71,12 @@ def add_factors(add_weight, input_dim, output_dim, rank, a_init, b_init, regular
     return a, b
 
 
-def add_delta(rows, ids, a, b, scale):
-    """`rows` plus the adapter's rows for `ids`, in float32 when rows are narrower."""
-    delta = ops.matmul(ops.take(a, ids, axis=0), ops.multiply(b, scale))
+def add_delta(rows, a_rows, b, scale):
+    """`rows` plus the adapter's rows (`a_rows`: the rows of A for the same ids).
+
+    In float32 when the table is narrower.
+    """
+    delta = ops.matmul(a_rows, ops.multiply(b, scale))
     return ops.add(ops.cast(rows, delta.dtype), delta)
 
 

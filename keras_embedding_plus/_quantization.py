@@ -27,6 +27,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embedding_plus import _ids
+
 MODES = ("int8", "int4")
 _QMAX = {"int8": 127, "int4": 7}
 _EPSILON = 1e-7
@@ -144,36 +146,45 @@ def quantize_table(table, mode, block):
 
 
 def _unpack_int4(packed, output_dim):
-    """Signed 4-bit values from int8 bytes along the last axis (any rank)."""
-    width = packed.shape[-1]
-    as_int = ops.cast(packed, "int32")
-    low = ops.bitwise_and(as_int, 15)
-    high = ops.bitwise_and(ops.right_shift(as_int, 4), 15)
-    nibbles = ops.concatenate([low, high], axis=-1)
-    nibbles = ops.where(ops.greater_equal(nibbles, 8), nibbles - 16, nibbles)
-    # Column 2k is byte k's low nibble, column 2k + 1 its high nibble.
-    order = np.stack([np.arange(width), np.arange(width) + width], axis=-1)
-    return ops.take(nibbles, order.reshape(-1)[:output_dim], axis=-1)
+    """Signed 4-bit values from int8 bytes along the last axis (any rank).
+
+    Byte k holds column 2k in its low nibble and column 2k + 1 in its high nibble
+    (`keras.quantizers.pack_int4`); arithmetic shifts of the int8 bytes
+    sign-extend each nibble.
+    """
+    low = ops.right_shift(ops.left_shift(packed, 4), 4)
+    high = ops.right_shift(packed, 4)
+    pairs = ops.stack([low, high], axis=-1)
+    shape = ops.shape(packed)
+    values = ops.reshape(pairs, (*shape[:-1], 2 * shape[-1]))
+    if 2 * shape[-1] != output_dim:
+        values = values[..., :output_dim]
+    return values
 
 
-def dequantize(stored, scale, mode, output_dim, block):
-    """Float32 rows from stored rows and their scales (any leading shape)."""
+def dequantize(stored, scale, mode, output_dim, block, filled=False):
+    """Float32 rows from stored rows and their scales (any leading shape).
+
+    `filled`: some rows were gathered as zeros with zero scales (invalid ids):
+    they dequantize to zeros.
+    """
     if mode == "int4":
-        values = ops.cast(_unpack_int4(stored, output_dim), "float32")
-    else:
-        values = ops.cast(stored, "float32")
+        stored = _unpack_int4(stored, output_dim)
+    values = ops.cast(stored, "float32")
     if block is not None:
-        group = np.arange(output_dim) // block
-        return values / ops.take(scale, group, axis=-1)
-    return values / ops.expand_dims(scale, -1)
+        scale = ops.take(scale, np.arange(output_dim) // block, axis=-1)
+    else:
+        scale = ops.expand_dims(scale, -1)
+    return ops.divide_no_nan(values, scale) if filled else values / scale
 
 
-def gather(stored, scale, ids, mode, output_dim, block):
-    """Dequantized float32 rows of `ids`: gather first, dequantize those rows."""
-    return dequantize(
-        ops.take(stored, ids, axis=0),
-        ops.take(scale, ids, axis=0),
-        mode,
-        output_dim,
-        block,
-    )
+def gather(stored, scale, ids, valid, mode, output_dim, block):
+    """Dequantized float32 rows of `ids`: gather first, dequantize those rows.
+
+    `(ids, valid)` come from `_ids.prepare_ids`; returns `(rows, valid)` as
+    `_ids.take` does (`valid` is `None` where invalid ids' rows already are zero).
+    """
+    rows, rows_valid = _ids.take(stored, ids, valid)
+    scales, _ = _ids.take(scale, ids, valid)
+    filled = valid is not None and rows_valid is None
+    return dequantize(rows, scales, mode, output_dim, block, filled), rows_valid

@@ -353,7 +353,7 @@ class Embedding(keras.layers.Layer):
         self._check_length(inputs.shape)
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
         if self.quantization_mode or self.lora_enabled or self.max_norm:
-            outputs = self._adapted_rows(ids, training)
+            outputs, valid = self._adapted_rows(ids, valid, training)
         elif self.sparse:
             outputs = _sparse.lookup(self.embeddings, ids)
         elif self._table_placement is not None:
@@ -589,8 +589,8 @@ class Embedding(keras.layers.Layer):
             table = ops.add(ops.cast(table, "float32"), delta)
         return table
 
-    def _adapted_rows(self, ids, training):
-        """Rows for (policy-checked) `ids` of a quantized / LoRA / max_norm table."""
+    def _adapted_rows(self, ids, valid, training):
+        """`(rows, valid)` of a quantized / LoRA / max_norm table, as `_ids.take`."""
         mode = self.quantization_mode
         if training and mode and self.trainable and not self.lora_enabled:
             raise ValueError(
@@ -600,28 +600,29 @@ class Embedding(keras.layers.Layer):
                 "False` to train the rest of the model around the frozen table."
             )
         flat = _ids._values(ids)
+        # Invalid ids' rows (and those of A below) already are zero where
+        # `rows_valid` comes back `None`; LoRA and `max_norm` keep zero rows zero.
         if mode:
-            rows = _quantization.gather(
+            rows, rows_valid = _quantization.gather(
                 self._embeddings,
                 self.embeddings_scale,
                 flat,
+                valid,
                 mode,
                 self.output_dim,
                 self._block_size,
             )
         else:
-            rows = ops.take(self._embeddings, flat, axis=0)
+            rows, rows_valid = _ids.take(self._embeddings, flat, valid)
         if self.lora_enabled:
+            a_rows, _ = _ids.take(self.lora_embeddings_a, flat, valid)
             rows = _lora.add_delta(
-                rows,
-                flat,
-                self.lora_embeddings_a,
-                self.lora_embeddings_b,
-                self._lora_scale,
+                rows, a_rows, self.lora_embeddings_b, self._lora_scale
             )
+        valid = rows_valid
         if self.max_norm:
             rows = _max_norm.renormalize(rows, self.max_norm, self.norm_type)
-        return _ids._with_values(ids, rows)
+        return _ids._with_values(ids, rows), valid
 
     def _stored_variables(self):
         if self.quantization_mode:
