@@ -138,10 +138,22 @@ def for_build(placement):
     `placement` (from `device=`) if any, else on JAX the device of an enclosing
     `keras.device(...)` scope when it is not the default device (so that the
     Keras docs' pattern keeps the table there on JAX too). Under a Keras
-    distribution the distribution places the table: `device` is ignored, with a
-    warning.
+    distribution (JAX) or a `tf.distribute` strategy, the engine places the
+    table: `device` is ignored, with a warning.
     """
-    if _backend() != "jax":
+    name = _backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        if placement is not None and tf.distribute.has_strategy():
+            warnings.warn(
+                "Embedding `device` is ignored under a `tf.distribute` strategy: "
+                "the strategy places the table.",
+                stacklevel=3,
+            )
+            return None
+        return placement
+    if name != "jax":
         return placement
     import jax
     import keras

@@ -146,7 +146,13 @@ def test_tf_mirrored_strategy_matches_single_device():
 
     x, y = data()
     reference = single_device_run(x, y)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Not the default all-reduce: in TF 2.21 a second MirroredStrategy in one
+    # process (the README recipe's) whose collective all-reduce sees other
+    # shapes fails with "Shape mismatch in the collective instance", with
+    # `keras.layers.Embedding` too. The README recipe runs the default.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = make_model()
@@ -154,6 +160,18 @@ def test_tf_mirrored_strategy_matches_single_device():
         assert_matches_single_device(model, reference, x, y)
     devices = sorted(v.device for v in table.value.values)
     assert [d.rsplit(":", 1)[-1] for d in devices] == ["0", "1"]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is TensorFlow's")
+def test_tf_device_is_ignored_under_a_strategy():
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        layer = Embedding(VOCAB, DIM, device="cpu:1")
+        with pytest.warns(UserWarning, match="ignored under a `tf.distribute`"):
+            layer.build()
+    assert len(layer.embeddings.value.values) == 2  # mirrored, not placed
 
 
 # --- PyTorch ---------------------------------------------------------------
