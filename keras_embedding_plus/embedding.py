@@ -147,21 +147,24 @@ class Embedding(keras.layers.Layer):
         norm_type: Number >= 1, or `float("inf")`. The p of the p-norm for
             `max_norm`. Defaults to 2.
         sparse: Boolean. If `True`, training computes a row-sparse gradient for
-            the table and, with a lazy optimizer from
+            the table and, with `LazySGD`, `LazyAdagrad` or `LazyAdam` from
             `keras_embedding_plus.optimizers`, updates only the rows looked up,
             so a step costs the same at any vocabulary size (see "Big
             vocabularies" in the README). TensorFlow: the rows are gathered from
-            the variable itself (its gradient is a `tf.IndexedSlices`);
-            PyTorch: `F.embedding(sparse=True)` (a sparse COO gradient); JAX:
-            only in models with the `keras_embedding_plus.training.SparseTrainer`
-            mixin, otherwise dense. Trade-offs: built-in Keras optimizers other
-            than `SGD` (without momentum) densify the gradient or, on PyTorch,
-            reject it (use `LazySGD`, `LazyAdam`, `LazyAdagrad`); `jit_compile`
-            on PyTorch cannot carry sparse gradients; the table must not be read
-            elsewhere in the model (weight tying) on JAX. Regularizers,
-            constraints, clipping, EMA and `weight_decay` keep working (the
-            first two and the last two touch every row). No effect with
-            `max_norm`, LoRA or quantization. Defaults to `False`.
+            the variable itself (a `tf.IndexedSlices` gradient, and no read of
+            the whole table); PyTorch: `F.embedding(sparse=True)` (a sparse COO
+            gradient); JAX: in models with the
+            `keras_embedding_plus.training.SparseTrainer` mixin (elsewhere the
+            JAX gradient stays dense). Trade-offs: Keras's own optimizers other
+            than `SGD` without momentum still touch every row; on PyTorch,
+            Keras's `Adagrad`, `RMSprop`, `Adadelta`, `Adamax`, `Ftrl`, `Lamb`
+            and `Adafactor` reject sparse gradients, and `jit_compile=True`
+            cannot differentiate `sparse=True`; on JAX, a table also read outside
+            the layer (weight tying) gets no gradient from that use. Regularizers,
+            constraints, clipping, loss scaling, EMA, gradient accumulation and
+            `weight_decay` work as with `sparse=False` (tested; regularizers,
+            constraints, EMA, accumulation and `weight_decay` touch every row).
+            Ignored with `max_norm`, LoRA or quantization. Defaults to `False`.
         device: Optional string. Where the table lives: `"cpu"`, `"cpu:0"`,
             `"gpu:1"`, ... or `"host"` (host memory, the model computes
             elsewhere). The lookup runs there and only the looked-up rows move
