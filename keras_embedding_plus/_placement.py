@@ -26,6 +26,7 @@ Per backend:
 """
 
 import contextlib
+import functools
 import re
 import warnings
 
@@ -256,21 +257,6 @@ def take(table, ids, placement):
     return _torch_take(table, ids)
 
 
-def table_device(table):
-    """Where the table's value lives, as `"type:index"` (or a memory kind)."""
-    value = table.value if hasattr(table, "value") else table
-    name = _backend()
-    if name == "jax":
-        (device,) = value.sharding.device_set
-        kind = value.sharding.memory_kind
-        where = f"{device.platform}:{device.id}"
-        return where if kind in (None, "device") else f"{where}/{kind}"
-    if name == "tensorflow":
-        kind, index = value.device.rsplit("device:", 1)[-1].split(":")
-        return f"{kind.lower()}:{index}"
-    return str(value.device)
-
-
 # TensorFlow
 
 
@@ -414,6 +400,7 @@ def _jax_device(name):
     return jax.devices(kind)[int(index or 0)]
 
 
+@functools.cache
 def _jax_host_take():
     """A jitted, differentiable gather from a `pinned_host` table."""
     import jax
@@ -445,9 +432,6 @@ def _jax_host_take():
     return jax.jit(host_take)
 
 
-_HOST_TAKE = []
-
-
 def _jax_take(table, ids, placement):
     import jax
     import jax.numpy as jnp
@@ -456,9 +440,7 @@ def _jax_take(table, ids, placement):
     if placement.is_default:
         return jnp.take(value, ids, axis=0)
     if placement.host_memory:
-        if not _HOST_TAKE:
-            _HOST_TAKE.append(_jax_host_take())
-        return _HOST_TAKE[0](value, ids)
+        return _jax_host_take()(value, ids)
     if isinstance(ids, jax.core.Tracer):
         if not placement.warned:
             placement.warned = True
