@@ -74,6 +74,12 @@ def _check_weights(weights, shape):
     return value
 
 
+_UNBUILT = (
+    "You must build the layer before accessing `embeddings`: call "
+    "`layer.build()` or call the layer on some ids first."
+)
+
+
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
 class Embedding(keras.layers.Layer):
     """Turns non-negative integers (indexes) into dense vectors of fixed size.
@@ -341,13 +347,22 @@ class Embedding(keras.layers.Layer):
         (float32 tensors, not variables).
         """
         if not self.built:
-            raise AttributeError(
-                "You must build the layer before accessing `embeddings`: call "
-                "`layer.build()` or call the layer on some ids first."
-            )
+            raise AttributeError(_UNBUILT)
         if self.quantization_mode or self.lora_enabled:
             return self._adapted_table()
         return self._embeddings
+
+    def __getattr__(self, name):
+        # On torch a property's AttributeError falls through to
+        # `nn.Module.__getattr__`, whose message would hide ours.
+        if name == "embeddings":
+            raise AttributeError(_UNBUILT)
+        parent = getattr(super(), "__getattr__", None)
+        if parent is None:
+            raise AttributeError(
+                f"'{type(self).__name__}' object has no attribute '{name}'"
+            )
+        return parent(name)
 
     def call(self, inputs, training=None, reverse=False):
         self._reversed = reverse
