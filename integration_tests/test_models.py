@@ -158,3 +158,24 @@ def test_invalid_ids_under_xla_give_zero_rows():
     model.compile(jit_compile=True)
     out = model.predict(np.array([[1, 4, -1]]), verbose=0)
     np.testing.assert_array_equal(out[0], [table[1], np.zeros(3), np.zeros(3)])
+
+
+def test_keras2_pretrained_pattern():
+    """The tf.keras 2 recipe: `weights=[matrix]`, `input_length`, frozen table."""
+    matrix = np.random.default_rng(8).normal(size=(40, 5)).astype("float32")
+    model = keras.Sequential(
+        [
+            Embedding(40, 5, weights=[matrix], input_length=6, trainable=False),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    assert model.output_shape == (None, 1)
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    ids = np.random.default_rng(9).integers(0, 40, size=(32, 6))
+    labels = (ids[:, 0] < 20).astype("float32")
+    model.fit(ids, labels, epochs=2, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].embeddings), matrix
+    )
+    assert len(model.trainable_weights) == 2  # the Dense kernel and bias only
