@@ -162,19 +162,24 @@ def _unpack_int4(packed, output_dim):
     return values
 
 
+def _with_group_axis(scale):
+    """Scales as `(input_dim, groups)`: one group is a trailing axis of 1."""
+    return ops.expand_dims(scale, -1) if len(scale.shape) == 1 else scale
+
+
 def dequantize(stored, scale, mode, output_dim, block, filled=False):
     """Float32 rows from stored rows and their scales (any leading shape).
 
-    `filled`: some rows were gathered as zeros with zero scales (invalid ids):
-    they dequantize to zeros.
+    `scale` is the `embeddings_scale` variable or the rows of it gathered with
+    `gather`. `filled`: some rows were gathered as zeros with zero scales (invalid
+    ids): they dequantize to zeros.
     """
     if mode == "int4":
         stored = _unpack_int4(stored, output_dim)
     values = ops.cast(stored, "float32")
+    scale = _with_group_axis(scale)
     if block is not None:
         scale = ops.take(scale, np.arange(output_dim) // block, axis=-1)
-    else:
-        scale = ops.expand_dims(scale, -1)
     return ops.divide_no_nan(values, scale) if filled else values / scale
 
 
@@ -185,6 +190,6 @@ def gather(stored, scale, ids, valid, mode, output_dim, block):
     `_ids.take` does (`valid` is `None` where invalid ids' rows already are zero).
     """
     rows, rows_valid = _ids.take(stored, ids, valid)
-    scales, _ = _ids.take(scale, ids, valid)
+    scales, _ = _ids.take(_with_group_axis(scale), ids, valid)
     filled = valid is not None and rows_valid is None
     return dequantize(rows, scales, mode, output_dim, block, filled), rows_valid
