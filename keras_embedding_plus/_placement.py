@@ -237,6 +237,8 @@ def pin(variable, placement):
     if name == "jax" and placement is not None:
         variable._layout = placement.sharding
         variable.assign(variable.value)
+        if placement.host_memory and variable.regularizer is not None:
+            variable.regularizer = _jax_host_regularizer(variable.regularizer)
     elif name == "torch" and placement is None:
         device = variable.value.device
         if device != _torch_default_device():
@@ -430,6 +432,22 @@ def _jax_host_take():
 
     host_take.defvjp(forward, backward)
     return jax.jit(host_take)
+
+
+def _jax_host_regularizer(regularizer):
+    """`regularizer` for a `pinned_host` table, on a device-memory copy of it.
+
+    JAX differentiates no whole-table reduction over host memory here; the
+    penalty reads every row anyway.
+    """
+    import jax
+    from keras import ops
+
+    def on_device(table):
+        table = ops.convert_to_tensor(table)
+        return regularizer(jax.device_put(table, jax.memory.Space.Device))
+
+    return on_device
 
 
 def _jax_take(table, ids, placement):

@@ -196,6 +196,30 @@ def test_host_table_with_options_that_gather_their_own_way(option):
         assert tuple(outputs.shape) == (16, LENGTH, DIM)
 
 
+def test_host_table_regularizer_and_constraint_match_default():
+    def build(device):
+        layer = Embedding(
+            VOCAB,
+            DIM,
+            device=device,
+            embeddings_regularizer=keras.regularizers.L2(0.1),
+            embeddings_constraint="non_neg",
+        )
+        return model_with(layer)
+
+    placed, default = build("host"), build(None)
+    default.set_weights(placed.get_weights())
+    np.testing.assert_allclose(
+        to_np(placed.losses[0]), to_np(default.losses[0]), rtol=1e-6
+    )
+    x, y = data()
+    placed.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    default.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    for a, b in zip(placed.get_weights(), default.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert placed.get_weights()[0].min() >= 0  # the constraint ran
+
+
 def test_default_path_does_not_touch_placement(monkeypatch):
     def fail(*args):
         raise AssertionError("the placement lookup ran")
