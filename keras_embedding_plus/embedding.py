@@ -45,7 +45,8 @@ def _check_input_length(input_length):
     raise ValueError(
         "`input_length` must be None, a positive integer, or a tuple/list of "
         "positive integers or None (one per axis after the batch axis). "
-        f"Received: input_length={input_length!r}."
+        f"Received: input_length={input_length!r} "
+        f"(of type {type(input_length).__name__})."
     )
 
 

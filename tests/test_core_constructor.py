@@ -131,6 +131,7 @@ def test_input_length_invalid(value):
     with pytest.raises(ValueError, match=re.escape(f"input_length={value!r}")) as info:
         Embedding(10, 4, input_length=value)
     assert "`input_length` must be None, a positive integer" in str(info.value)
+    assert f"(of type {type(value).__name__})." in str(info.value)
 
 
 @pytest.mark.parametrize(
