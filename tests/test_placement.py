@@ -313,9 +313,14 @@ def test_jax_rows_move_to_the_ids_device_and_gradients_back():
     layer.build()
     devices = jax.devices()
     ids = jax.device_put(np.array([[1, 2, 2]], "int32"), devices[5])
+    with keras.device("cpu:5"):  # the rest of the model lives on cpu:5
+        dense = keras.layers.Dense(2)
+        dense.build((None, 3, DIM))
     outputs = layer(ids)
     assert outputs.sharding.device_set == {devices[5]}
     assert layer.embeddings.value.sharding.device_set == {devices[2]}
+    assert dense.kernel.value.sharding.device_set == {devices[5]}
+    assert dense(outputs).sharding.device_set == {devices[5]}
 
     def loss(table):
         outputs, _ = layer.stateless_call([table], [], ids)
