@@ -164,7 +164,8 @@ def take(table, ids, valid):
     * JAX, traced: one gather that fills invalid ids with zero rows (XLA fuses the
       id select into it), instead of a gather and then a `cond` that copies the
       whole output.
-    * torch: `torch.nn.functional.embedding`, what `ops.take` ends with.
+    * TensorFlow (dense ids) and torch: `tf.gather` /
+      `torch.nn.functional.embedding`, what `ops.take` ends with.
     """
     name = backend.backend()
     if name == "jax" and valid is not None:
@@ -173,6 +174,11 @@ def take(table, ids, valid):
         ids = jnp.where(valid, ids, table.shape[0])
         table = ops.convert_to_tensor(table)
         return jnp.take(table, ids, axis=0, mode="fill", fill_value=0), None
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(ids, tf.Tensor):
+            return tf.gather(ops.convert_to_tensor(table), ids), valid
     if name == "torch":
         import torch
 
