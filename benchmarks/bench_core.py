@@ -428,8 +428,9 @@ def main():
         print(markdown_table())
         return
     if args.all:
-        run_all(args)
-    elif not args.plot_only:
+        run_all(args)  # each backend's process redrew the chart
+        return
+    if not args.plot_only:
         write_rows(run_backend(args.budget, args.cases))
     plot()
 
