@@ -130,7 +130,8 @@ def _sgd_step(model, ids, targets):
     return [to_np(w) for w in model.get_weights()]
 
 
-@pytest.mark.parametrize("head", ["dense", "lstm"])
+# (A masked GRU trained side by side with Keras's layer: integration_tests.)
+@pytest.mark.parametrize("head", ["dense", "gap"])
 def test_gradients_equal_keras(head):
     """One SGD step moves every weight (table included) as Keras's layer does."""
 
@@ -140,7 +141,7 @@ def test_gradients_equal_keras(head):
     if head == "dense":  # Flatten would drop (and warn about) a mask.
         ours, theirs = twin_models(dense, mask_zero=False)
     else:
-        ours, theirs = twin_models(HEADS["lstm"])
+        ours, theirs = twin_models(lambda x: keras.layers.Dense(3)(HEADS[head](x)))
     ids = ids_with_padding(seed=3)
     ids[0, 0] = ids[1, 0] = 5  # a repeated id: its gradients add up
     targets = np.random.default_rng(4).normal(size=(4, 2 if head == "dense" else 3))
