@@ -347,3 +347,14 @@ def test_narrow_id_dtypes_near_the_bounds(mode, dtype, input_dim, ids, invalid):
             layer(tensor)
     else:
         np.testing.assert_array_equal(to_np(layer(tensor))[:, 0], expected)
+
+
+@pytest.mark.parametrize("policy", ["float16", "mixed_float16", "mixed_bfloat16"])
+def test_float_ids_are_not_autocast_to_the_compute_dtype(policy):
+    # float16 cannot hold 2049 (nor bfloat16 257): a cast would read another row.
+    table = np.zeros((3000, 1), "float32")
+    table[[257, 2049]] = 1.0
+    layer = Embedding(3000, 1, weights=table, dtype=policy)
+    ids = np.array([2049.0, 257.0, 2048.0, 256.0], "float32")
+    out = to_np(ops.cast(layer(ids), "float32"))[:, 0]
+    np.testing.assert_array_equal(out, [1.0, 1.0, 0.0, 0.0])
