@@ -33,9 +33,10 @@ import warnings
 from keras import backend
 
 # Device types each backend knows (`"host"`: host memory, compute elsewhere).
+# `"cuda"` is `"gpu"` everywhere, so a config saved on torch loads on JAX / TF.
 DEVICE_TYPES = {
-    "jax": ("cpu", "gpu", "tpu", "host"),
-    "tensorflow": ("cpu", "gpu", "tpu", "host"),
+    "jax": ("cpu", "gpu", "cuda", "tpu", "host"),
+    "tensorflow": ("cpu", "gpu", "cuda", "tpu", "host"),
     "torch": ("cpu", "gpu", "cuda", "mps", "xpu", "host"),
 }
 
@@ -268,6 +269,7 @@ def _tf_resolve(device):
     import tensorflow as tf
 
     kind, _, index = device.partition(":")
+    kind = "gpu" if kind == "cuda" else kind
     devices = tf.config.list_logical_devices(kind.upper())
     if not devices or (index and int(index) >= len(devices)):
         return None
@@ -372,7 +374,7 @@ def _jax_resolve(device):
             build_device = compute
     else:
         try:
-            devices = jax.devices(kind)
+            devices = jax.devices("gpu" if kind == "cuda" else kind)
         except RuntimeError:
             return None
         if index and int(index) >= len(devices):
