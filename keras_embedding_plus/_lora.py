@@ -76,7 +76,7 @@ def add_delta(rows, a_rows, b, scale):
 
     One 2-D `(ids, rank) @ (rank, output_dim)` product (a broadcast batched product
     is several times slower on TensorFlow), added in float32; on PyTorch fused
-    with the addition (`torch.addmm`).
+    with the addition, in place (`addmm_`: `addmm` would first copy the rows).
     """
     shape = ops.shape(rows)
     a_rows = ops.reshape(a_rows, (-1, a_rows.shape[-1]))
@@ -85,6 +85,8 @@ def add_delta(rows, a_rows, b, scale):
     if keras.backend.backend() == "torch":
         import torch
 
+        if not rows.requires_grad:  # freshly gathered rows of the frozen table
+            return ops.reshape(rows.addmm_(a_rows, b), shape)
         return ops.reshape(torch.addmm(rows, a_rows, b), shape)
     return ops.reshape(ops.add(rows, ops.matmul(a_rows, b)), shape)
 

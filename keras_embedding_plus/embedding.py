@@ -512,6 +512,11 @@ class Embedding(keras.layers.Layer):
             )
         self._tracker.unlock()
         try:
+            # Re-tracked as non-trainable, so that `layer.trainable = True` (which
+            # sets every trainable-tracked variable) cannot unfreeze the table.
+            self._untrack_variable(self._embeddings)
+            self._embeddings.trainable = False
+            self._track_variable(self._embeddings)
             self.lora_embeddings_a, self.lora_embeddings_b = _lora.add_factors(
                 self.add_weight,
                 self.input_dim,
@@ -523,7 +528,6 @@ class Embedding(keras.layers.Layer):
             )
         finally:
             self._tracker.lock()
-        self._embeddings.trainable = False
         self.lora_enabled = True
         self.lora_rank = rank
         self.lora_alpha = lora_alpha

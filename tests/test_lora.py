@@ -65,6 +65,9 @@ def test_only_the_factors_train():
         "lora_embeddings_b",
     ]
     assert [v.name for v in layer.non_trainable_weights] == ["embeddings"]
+    layer.trainable = False
+    layer.trainable = True  # must not unfreeze the table
+    assert [v.name for v in layer.non_trainable_weights] == ["embeddings"]
     model = seq_model(layer)
     a0 = to_np(layer.lora_embeddings_a)
     y = np.random.default_rng(4).standard_normal((16, 5, 6)).astype("float32")
