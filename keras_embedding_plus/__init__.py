@@ -1,15 +1,22 @@
 """keras_embedding_plus: a drop-in replacement for `keras.layers.Embedding`."""
 
 from keras_embedding_plus import optimizers, training
+from keras_embedding_plus._insight import export_projector, nearest, plot_embeddings
 from keras_embedding_plus._saving import load_model
+from keras_embedding_plus._vectors import Vectors, load_vectors
 from keras_embedding_plus.embedding import Embedding
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Embedding",
+    "Vectors",
+    "export_projector",
     "load_model",
+    "load_vectors",
+    "nearest",
     "optimizers",
+    "plot_embeddings",
     "training",
     "__version__",
 ]

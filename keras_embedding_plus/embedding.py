@@ -16,6 +16,7 @@ from keras_embedding_plus import (
     _quantization,
     _saving,
     _sparse,
+    _vectors,
 )
 
 
@@ -722,3 +723,41 @@ class Embedding(keras.layers.Layer):
                 f"config={config}.\n\nException encountered: {e}"
             ) from e
         return super().from_config(config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        vectors_or_path,
+        vocabulary=None,
+        trainable=True,
+        mask_zero=False,
+        oov_initializer="uniform",
+        **kwargs,
+    ):
+        """Builds a layer holding pretrained vectors (see `load_vectors`).
+
+        Args:
+            vectors_or_path: A `(input_dim, output_dim)` array, or the path of a
+                GloVe / fastText / word2vec file (text or binary, maybe gzipped).
+            vocabulary: Optional, with a path only. A list of tokens or a
+                `StringLookup` / `TextVectorization` layer: row i of the table is
+                token i's vector. `None` takes every vector in the file.
+            trainable: Boolean. `False` freezes the table.
+            mask_zero: Boolean. As in the constructor; with a path, row 0 (the
+                padding row) is set to zeros.
+            oov_initializer: Initializer for the rows of tokens not in the file.
+            **kwargs: Further constructor arguments (`input_dim` / `output_dim`,
+                if given, must match the vectors).
+
+        The layer's `coverage` attribute holds tokens found / tokens looked up
+        (`None` for an array).
+        """
+        return _vectors.from_pretrained(
+            cls,
+            vectors_or_path,
+            vocabulary,
+            trainable,
+            mask_zero,
+            oov_initializer,
+            kwargs,
+        )
