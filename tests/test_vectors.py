@@ -266,7 +266,8 @@ def test_bad_lines_name_file_and_line(tmp_path, text, line, message):
 
 
 @pytest.mark.parametrize(
-    "text,message", [("", "is empty"), ("\n\n", "is empty"), ("4 3\n", "holds only a header")]
+    "text,message",
+    [("", "is empty"), ("\n\n", "is empty"), ("4 3\n", "holds only a header")],
 )
 def test_empty_files(tmp_path, text, message):
     path = _write(tmp_path, "empty.txt", text)
