@@ -205,9 +205,17 @@ def unique_rows(gradient):
         values = tf.reshape(gradient.values, [-1, *gradient.values.shape[1:]])
         summed = tf.math.unsorted_segment_sum(values, position, tf.shape(ids)[0])
         return ids, summed
-    # torch: a sparse COO tensor with one sparse dimension (the rows).
+    # torch: a sparse COO tensor with one sparse dimension (the rows). Eager
+    # even under `torch.compile`, which cannot trace sparse tensors; copies, so
+    # that the compiled code after it receives plain tensors, not views.
+    import torch
+
+    return torch.compiler.disable(_coalesced_rows)(gradient)
+
+
+def _coalesced_rows(gradient):
     gradient = gradient.coalesce()
-    return gradient.indices()[0], gradient.values()
+    return gradient.indices()[0].clone(), gradient.values().clone()
 
 
 def gather(variable, ids):

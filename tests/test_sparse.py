@@ -24,7 +24,14 @@ class SparseSequential(SparseTrainer, keras.Sequential):
     pass
 
 
-def make_model(sparse, optimizer, vocab=VOCAB, run_eagerly=False, **layer_kwargs):
+def make_model(
+    sparse,
+    optimizer,
+    vocab=VOCAB,
+    run_eagerly=False,
+    jit_compile="auto",
+    **layer_kwargs,
+):
     model = (SparseSequential if sparse else keras.Sequential)(
         [
             keras.Input((LENGTH,), dtype="int32"),
@@ -41,7 +48,12 @@ def make_model(sparse, optimizer, vocab=VOCAB, run_eagerly=False, **layer_kwargs
             ),
         ]
     )
-    model.compile(optimizer=optimizer, loss="mse", run_eagerly=run_eagerly)
+    model.compile(
+        optimizer=optimizer,
+        loss="mse",
+        run_eagerly=run_eagerly,
+        jit_compile=jit_compile,
+    )
     return model
 
 
@@ -211,6 +223,18 @@ def test_duplicate_ids_are_summed(optimizer):
     sparse = train(make_model(True, optimizer(0.1)), x, y)
     dense = train(make_model(False, optimizer(0.1)), x, y)
     assert len(np.unique(x[0])) < x[0].size
+    np.testing.assert_allclose(table(sparse), table(dense), rtol=1e-5, atol=1e-6)
+
+
+# Raised by torch.compile and Keras's compiled torch train step: not ours.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not")
+def test_jit_compile():
+    """XLA on TensorFlow, `torch.compile` on PyTorch (JAX always compiles)."""
+    x, y = batches(3, duplicates=True)
+    sparse = train(make_model(True, LazyAdam(0.1), jit_compile=True), x, y)
+    dense = train(make_model(False, LazyAdam(0.1)), x, y)
+    assert sparse.jit_compile
     np.testing.assert_allclose(table(sparse), table(dense), rtol=1e-5, atol=1e-6)
 
 
