@@ -166,9 +166,9 @@ class Embedding(keras.layers.Layer):
             JAX gradient stays dense). Trade-offs: Keras's own optimizers other
             than `SGD` without momentum still touch every row; on PyTorch,
             Keras's `Adagrad`, `RMSprop`, `Adadelta`, `Adamax`, `Ftrl`, `Lamb`
-            and `Adafactor` reject sparse gradients, and `jit_compile=True`
-            cannot differentiate `sparse=True`; on JAX, a table also read outside
-            the layer (weight tying) gets no gradient from that use. Regularizers,
+            and `Adafactor` reject sparse gradients; on JAX, a table also read
+            outside the layer (weight tying) gets no gradient from that use.
+            `jit_compile=True` works on every backend. Regularizers,
             constraints, clipping, loss scaling, EMA, gradient accumulation and
             `weight_decay` work as with `sparse=False` (tested; regularizers,
             constraints, EMA, accumulation and `weight_decay` touch every row).
