@@ -166,8 +166,10 @@ class Embedding(keras.layers.Layer):
             JAX gradient stays dense). Trade-offs: Keras's own optimizers other
             than `SGD` without momentum still touch every row; on PyTorch,
             Keras's `Adagrad`, `RMSprop`, `Adadelta`, `Adamax`, `Ftrl`, `Lamb`
-            and `Adafactor` reject sparse gradients; on JAX, a table also read
-            outside the layer (weight tying) gets no gradient from that use.
+            and `Adafactor` reject sparse gradients, and so does the
+            `LossScaleOptimizer` of `mixed_float16` (`mixed_bfloat16` works); on
+            JAX, a table also read outside the layer (weight tying) gets no
+            gradient from that use.
             `jit_compile=True` works on every backend. Regularizers,
             constraints, clipping, loss scaling, EMA, gradient accumulation and
             `weight_decay` work as with `sparse=False` (tested; regularizers,

@@ -311,3 +311,22 @@ def test_save_and_resume_training(tmp_path):
     train(model, x[2:], y[2:])
     train(loaded, x[2:], y[2:])
     np.testing.assert_allclose(table(loaded), table(model), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="PyTorch: Keras's LossScaleOptimizer cannot check a sparse gradient "
+    "for finiteness (no `ne` for sparse tensors); use sparse=False there",
+)
+def test_mixed_float16_loss_scaling():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        x, y = batches(3, duplicates=True)
+        sparse = train(make_model(True, LazyAdam(0.01)), x, y)
+        dense = train(make_model(False, LazyAdam(0.01)), x, y)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert type(sparse.optimizer).__name__ == "LossScaleOptimizer"
+    assert sparse.layers[0].embeddings.dtype == "float32"
+    np.testing.assert_allclose(table(sparse), table(dense), rtol=1e-3, atol=1e-4)
+    assert not np.allclose(table(sparse), table(make_model(False, "sgd")))
