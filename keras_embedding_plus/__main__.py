@@ -16,7 +16,7 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_embedding_plus import Embedding
+from keras_embedding_plus import Embedding, plot_embeddings
 
 # Token ids of the synthetic language: 0 pads, then the sentiment words, then
 # neutral filler words up to the vocabulary size.
@@ -100,6 +100,19 @@ def save_load_max_diff(model, x):
     return float(np.max(np.abs(before - after)))
 
 
+def save_embedding_plot(layer, path):
+    """Plot the sentiment words and some fillers; False when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    tokens = {f"pos{i}": i for i in POSITIVE}
+    tokens.update({f"neg{i}": i for i in NEGATIVE})
+    tokens.update({f"filler{i}": i for i in range(NEGATIVE[-1] + 1, NEGATIVE[-1] + 11)})
+    plot_embeddings(layer, tokens, path, title="Learned embeddings (demo classifier)")
+    return True
+
+
 def main():
     keras.utils.set_random_seed(0)
     print(f"Keras {keras.__version__}, backend: {keras.backend.backend()}")
@@ -121,8 +134,11 @@ def main():
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     print(f"Test accuracy: {accuracy:.4f}")
 
-    # Further demo steps on the trained model (e.g. a 2-D plot of the learned
-    # embeddings: `model.get_layer("embedding")`, `POSITIVE`, `NEGATIVE`) go here.
+    plot_path = os.path.join(tempfile.gettempdir(), "keras_embedding_plus.png")
+    if save_embedding_plot(model.get_layer("embedding"), plot_path):
+        print(f"Embedding plot (PCA to 2-D of learned vectors) saved to {plot_path}")
+    else:
+        print("No embedding plot: matplotlib is not installed ([plot] extra).")
 
     max_diff = save_load_max_diff(model, x_test)
     reproduced = max_diff <= 1e-6
