@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import compiled
+from conftest import BACKEND, compiled
 from keras import ops
 
 from keras_embedding_plus import Embedding
@@ -268,3 +268,17 @@ def test_keras_quantized_weights_load_into_ours(block):
         np.testing.assert_allclose(
             to_np(ours(ids)), to_np(theirs(ids)), rtol=1e-6, atol=1e-7
         )
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="ragged ids need TensorFlow")
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_ragged_ids(mode):
+    import tensorflow as tf
+
+    table = random_table(10, 6)
+    layer = quantized_layer(table, mode)
+    out = layer(tf.ragged.constant([[1, 2, 3], [4]]))
+    assert isinstance(out, tf.RaggedTensor)
+    rows = out.flat_values.numpy()
+    row_max = np.abs(table[[1, 2, 3, 4]]).max(1, keepdims=True)
+    assert np.all(np.abs(rows - table[[1, 2, 3, 4]]) <= BOUND[mode] * row_max * 1.001)
