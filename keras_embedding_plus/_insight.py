@@ -132,8 +132,9 @@ def nearest(layer, query, k=10, vocabulary=None):
     all_ids, all_scores = [], []
     for start in range(0, vectors.shape[0], _QUERY_BLOCK):
         block = vectors[start : start + _QUERY_BLOCK]
-        # (rows, dim) @ (dim, q): the table is read once, never transposed.
-        scores = ops.transpose(ops.matmul(table, ops.transpose(block)))
+        # (q, rows) scores, contiguous for top_k; einsum reads the table as it
+        # lies (no transposed copy of it).
+        scores = ops.einsum("qd,nd->qn", block, table)
         scores = scores * inverse_norms[None, :]
         # One more than asked for query ids, whose own row is dropped below.
         top_scores, top_ids = ops.top_k(scores, k + (ids is not None))
