@@ -158,3 +158,14 @@ def test_plot_embeddings_writes_labelled_png(tmp_path):
         plot_embeddings(layer, TOKENS, tmp_path / "x.png", select=["w1"])
     with pytest.raises(ValueError, match="not in it"):
         plot_embeddings(layer, TOKENS, tmp_path / "x.png", select=["w1", "zz"])
+
+
+def test_demo_saves_the_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="needs the plot extra")
+    from keras_embedding_plus.__main__ import save_embedding_plot
+
+    layer = Embedding(500, 4)
+    layer.build()
+    path = tmp_path / "demo.png"
+    assert save_embedding_plot(layer, path) is True
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
