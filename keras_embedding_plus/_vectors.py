@@ -25,6 +25,8 @@ _PROGRESS_AFTER_S = 1.0
 # Lines (or binary records) between two looks at the clock.
 _PROGRESS_EVERY = 8192
 _CHUNK = 1 << 20
+# Rows per block while reading a whole file.
+_BLOCK_ROWS = 8192
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -310,20 +312,25 @@ def _check_dim(reader, output_dim):
 
 
 def _read_all(reader, output_dim, dtype):
-    """Every vector of the file, in file order (vocabulary=None)."""
-    tokens, matrix, n = [], None, 0
+    """Every vector of the file, in file order (vocabulary=None).
+
+    Rows go into fixed-size blocks joined at the end: the peak is about twice
+    the matrix, never the file.
+    """
+    tokens, blocks, filled = [], [], _BLOCK_ROWS
     for line, token, values in reader:
-        if matrix is None:
-            _check_dim(reader, output_dim)
-            matrix = np.empty((max(reader.count or 0, 1024), reader.dim), dtype)
-        if n == len(matrix):
-            matrix = np.resize(matrix, (2 * n, reader.dim))
-        matrix[n] = reader.vector(line, token, values)
+        if filled == _BLOCK_ROWS:
+            if not blocks:
+                _check_dim(reader, output_dim)
+            blocks.append(np.empty((_BLOCK_ROWS, reader.dim), dtype))
+            filled = 0
+        blocks[-1][filled] = reader.vector(line, token, values)
         tokens.append(token)
-        n += 1
-    if matrix is None:
+        filled += 1
+    if not blocks:
         return None, []
-    return matrix[:n].copy() if n < len(matrix) else matrix, tokens
+    blocks[-1] = blocks[-1][:filled]
+    return np.concatenate(blocks), tokens
 
 
 def _read_wanted(reader, output_dim, rows, size, dtype):

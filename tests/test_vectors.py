@@ -74,7 +74,11 @@ def test_word2vec_binary(tmp_path, name):
     np.testing.assert_array_equal(found, [True, False])
 
 
-def test_whole_file_without_vocabulary(tmp_path):
+@pytest.mark.parametrize("block_rows", [8192, 4], ids=["one-block", "blocks"])
+def test_whole_file_without_vocabulary(tmp_path, monkeypatch, block_rows):
+    from keras_embedding_plus import _vectors
+
+    monkeypatch.setattr(_vectors, "_BLOCK_ROWS", block_rows)
     path = _write(tmp_path, "v.txt", _text())
     vectors = load_vectors(path)
     assert vectors.tokens == WORDS and vectors.coverage == 1.0 and vectors.dim == 5
