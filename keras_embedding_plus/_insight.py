@@ -84,8 +84,8 @@ def _query(query, table_rows, vocabulary):
 def nearest(layer, query, k=10, vocabulary=None):
     """The `k` rows of an embedding table nearest to a query by cosine similarity.
 
-    Computed in `keras.ops` on the active backend: the table is never copied or
-    normalized as a whole.
+    Computed in `keras.ops` on the active backend: scores are divided by the row
+    norms; no normalized copy of the table is made.
 
     Args:
         layer: An `Embedding` layer (ours or Keras's), or a 2-D table.
