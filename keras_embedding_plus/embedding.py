@@ -381,7 +381,7 @@ class Embedding(keras.layers.Layer):
         elif self._table_placement is not None:
             outputs = _placement.take(self.embeddings, ids, self._table_placement)
         else:
-            outputs = ops.take(self.embeddings, ids, axis=0)
+            outputs, valid = _ids.take(self.embeddings, ids, valid)
         if training and self.dropout:
             keep = ops.greater_equal(
                 keras.random.uniform((self.input_dim,), seed=self.seed_generator),
