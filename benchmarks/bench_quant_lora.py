@@ -295,8 +295,9 @@ def main():
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     args = parser.parse_args()
     if args.all:
-        run_all(args)
-    elif not args.plot_only:
+        run_all(args)  # Each backend's process redraws the chart itself.
+        return
+    if not args.plot_only:
         write_rows(run_backend(args.budget, args.cases))
     plot()
 
