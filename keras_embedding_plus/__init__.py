@@ -1,6 +1,7 @@
 """keras_embedding_plus: a drop-in replacement for `keras.layers.Embedding`."""
 
 from keras_embedding_plus import optimizers, training
+from keras_embedding_plus._convert import from_keras, to_keras
 from keras_embedding_plus._insight import export_projector, nearest, plot_embeddings
 from keras_embedding_plus._saving import load_model
 from keras_embedding_plus._vectors import Vectors, load_vectors
@@ -12,11 +13,13 @@ __all__ = [
     "Embedding",
     "Vectors",
     "export_projector",
+    "from_keras",
     "load_model",
     "load_vectors",
     "nearest",
     "optimizers",
     "plot_embeddings",
+    "to_keras",
     "training",
     "__version__",
 ]
