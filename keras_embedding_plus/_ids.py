@@ -60,6 +60,14 @@ def _with_values(ids, values):
     return values
 
 
+def densify(ids):
+    """Sparse ids (`tf.SparseTensor`, JAX `BCOO`) as dense ids, as Keras's layer
+    takes them: entries not stored are id 0."""
+    if type(ids).__name__ in ("SparseTensor", "BCOO"):
+        return ops.convert_to_tensor(ids, sparse=False)
+    return ids
+
+
 def ids_dtype(ids):
     """The standardized dtype name of `ids`, or a ValueError for non-numeric ids."""
     dtype = backend.standardize_dtype(_values(ids).dtype)

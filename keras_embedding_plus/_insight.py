@@ -3,6 +3,7 @@
 import numbers
 import os
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -17,7 +18,16 @@ _PLOT_DEFAULT_ROWS = 100
 
 def _table(layer):
     """The table of a layer (anything with `embeddings`), a variable or an array."""
-    table = layer.embeddings if hasattr(layer, "embeddings") else layer
+    if isinstance(layer, keras.layers.Layer):
+        if not layer.built:
+            raise ValueError(
+                f"Layer '{layer.name}' is not built yet: call `layer.build()` (or "
+                "call the layer on some ids) before reading its table."
+            )
+        # Ours: the dequantized / LoRA-adapted float table; Keras's: `embeddings`.
+        table = getattr(layer, "_float_table", lambda: layer.embeddings)()
+    else:
+        table = layer
     table = ops.convert_to_tensor(table)
     if len(table.shape) != 2:
         raise ValueError(

@@ -39,10 +39,11 @@ def check_alpha(alpha):
 def check_constraint(constraint):
     if constraint is not None:
         raise ValueError(
-            "LoRA cannot be combined with `embeddings_constraint`: LoRA freezes the "
-            "table and trains two factors, which a table constraint cannot bound. "
-            "Remove the constraint (e.g. use `max_norm` to bound looked-up rows) "
-            f"to enable LoRA. Received: embeddings_constraint={constraint!r}"
+            "Lora is incompatible with embedding constraints. In order to enable "
+            "lora on this layer, remove the `embeddings_constraint` argument "
+            "(LoRA freezes the table and trains two factors, which a table "
+            "constraint cannot bound; `max_norm` bounds looked-up rows instead). "
+            f"Received: embeddings_constraint={constraint!r}"
         )
 
 

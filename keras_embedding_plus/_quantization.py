@@ -1,26 +1,29 @@
-"""Row-wise int8 / int4 quantization of the embedding table.
+"""int8 / int4 quantization of the embedding table, in Keras 3.15's formats.
 
-Storage (the names and layout of Keras's quantized `Embedding`, so that its int8 and
-per-row int4 weights load into ours):
+The variables, their names, order, shapes and meaning are those of Keras's quantized
+`keras.layers.Embedding`, so that its weights load into ours and back:
 
 * ``int8``: ``embeddings`` int8 ``(input_dim, output_dim)`` and ``embeddings_scale``
-  float32 ``(input_dim,)``; a row is ``embeddings[i] / embeddings_scale[i]``.
-* ``int4``: ``embeddings`` int8 ``(input_dim, ceil(output_dim / 2))``, two signed
-  4-bit values a byte (``keras.quantizers.pack_int4`` along the last axis: the low
-  nibble holds the even column), and ``embeddings_scale`` float32 ``(input_dim,)``,
-  or ``(input_dim, groups)`` when a `block_size` smaller than ``output_dim`` splits
-  each row into groups of columns with a scale each.
+  ``(input_dim,)``; a row is ``embeddings[i] / embeddings_scale[i]`` (symmetric
+  abs-max, values in [-127, 127]).
+* ``int4``, one scale per row (``block_size`` None or -1): ``embeddings`` int8
+  ``(input_dim, ceil(output_dim / 2))``, two signed 4-bit values a byte
+  (``keras.quantizers.pack_int4``), and ``embeddings_scale`` ``(input_dim,)``;
+  symmetric abs-max into [-8, 7].
+* ``int4`` with ``block_size`` b (groups of b columns): the same packed table,
+  ``embeddings_scale`` and ``embeddings_zero`` (int8) of shape
+  ``(input_dim, ceil(output_dim / b))``, and ``g_idx`` float32 ``(output_dim,)``,
+  the group of each column. A value is ``(q - zero) * scale`` (asymmetric,
+  ``keras.quantizers.abs_max_quantize_grouped_with_zero_point``).
 
-Scales are symmetric abs-max: ``scale = qmax / (max |row| + 1e-7)`` with ``qmax``
-127 (int8) or 7 (int4), so the rounding error of an element is at most
-``max |row| / (2 * qmax)``: 1/254 of the row's largest magnitude for int8, 1/14 for
-int4 (of the group's, with groups).
+The block size is resolved as Keras 3.15 resolves it: an `Int4QuantizationConfig`'s
+``block_size`` (default 128, so a bare ``quantize("int4")`` is grouped; a block
+wider than the row is one group), else the dtype policy's (``"int4/64_from_..."``),
+else one scale per row (the legacy ``"int4_from_..."`` policy name).
 
-Lookups gather the stored rows of the ids first and dequantize only those rows: the
-cost grows with the number of ids, not with the vocabulary.
+Lookups gather the stored rows of the ids first and dequantize only those rows.
 """
 
-import functools
 import math
 
 import keras
@@ -30,127 +33,153 @@ from keras import ops
 from keras_embedding_plus import _ids
 
 MODES = ("int8", "int4")
-_QMAX = {"int8": 127, "int4": 7}
-_EPSILON = 1e-7
-# Error bound of one element, as a fraction of its row's (group's) max magnitude.
-ERROR_BOUND = {mode: 1.0 / (2 * qmax) for mode, qmax in _QMAX.items()}
+_RANGE = {"int8": (-127, 127), "int4": (-8, 7)}
 
 
 class UnsupportedModeError(ValueError, NotImplementedError):
-    """An unsupported quantization mode.
+    """A quantization mode the embedding table cannot take.
 
-    A `ValueError` for whoever calls `layer.quantize(mode)`; also a
-    `NotImplementedError`, which `Model.quantize` turns into a warning and skips the
-    layer, as it does for Keras's `Embedding` in modes it lacks (e.g. "float8").
+    Its text starts as Keras's ("Invalid quantization mode."). A `ValueError`, and
+    also a `NotImplementedError`, which `Model.quantize` turns into a warning and
+    skips the layer, as it does for Keras's `Embedding` in modes it lacks.
     """
+
+
+def mode_error(mode, where=""):
+    return UnsupportedModeError(
+        f"Invalid quantization mode. Expected one of {MODES}. "
+        f"Received: quantization_mode={mode}{where}"
+    )
 
 
 def check_mode(mode):
     if mode not in MODES:
-        raise UnsupportedModeError(
-            f"`mode` must be one of {MODES} for an Embedding layer. "
-            f"Received: mode={mode!r}"
-        )
+        raise mode_error(mode)
     return mode
 
 
-def guard_modes(keras_quantize):
-    """Wrap Keras's `quantize` wrapper so that unknown modes list *our* modes.
+def resolve_block_size(policy, config, mode):
+    """Columns per int4 group as Keras resolves it (`None` or -1: one per row).
 
-    Keras checks the mode against every mode it knows ("float8", "gptq", ...) before
-    the layer sees it.
+    Kept as given (Keras's `_int4_block_size` keeps a config's -1); `_block` below
+    normalises it.
     """
-
-    @functools.wraps(keras_quantize)
-    def quantize(mode=None, config=None, **kwargs):
-        requested = config if isinstance(config, str) else mode
-        if config is not None and not isinstance(config, str):
-            requested = getattr(config, "mode", mode)
-        if requested is not None:
-            check_mode(requested)
-        return keras_quantize(mode=mode, config=config, **kwargs)
-
-    return quantize
-
-
-def block_size(source, output_dim):
-    """Columns per scale: `None` (one scale per row) or an int < output_dim.
-
-    `source` is a quantization config or a dtype policy (`block_size` attribute,
-    absent, `None` or -1 meaning one scale per row).
-    """
-    size = getattr(source, "block_size", None)
-    if size is None or size == -1 or size >= output_dim:
+    if mode != "int4":
         return None
-    return int(size)
+    if isinstance(config, keras.quantizers.Int4QuantizationConfig):
+        return config.block_size
+    size = getattr(policy, "block_size", None)
+    return None if size is None or size == -1 else int(size)
+
+
+def _block(size):
+    return None if size is None or size == -1 else int(size)
 
 
 def policy_name(mode, block, base_name):
-    """The dtype policy name Keras uses for a quantized layer."""
+    """The dtype policy name Keras gives a layer it quantizes."""
     if mode == "int4":
         return f"int4/{-1 if block is None else block}_from_{base_name}"
     return f"{mode}_from_{base_name}"
 
 
-def _scale_shape(input_dim, output_dim, block):
-    if block is None:
-        return (input_dim,)
-    return (input_dim, math.ceil(output_dim / block))
+def _groups(output_dim, block):
+    return math.ceil(output_dim / block)
 
 
-def add_weights(add_weight, input_dim, output_dim, mode, block):
-    """Create the frozen stored table and its scales with `add_weight`."""
+def add_weights(layer, mode, block_size):
+    """Create the frozen quantized variables on `layer`, in Keras's order."""
+    block = _block(block_size)
+    input_dim, output_dim = layer.input_dim, layer.output_dim
     width = output_dim if mode == "int8" else (output_dim + 1) // 2
-    table = add_weight(
+    layer._embeddings = layer.add_weight(
         name="embeddings",
         shape=(input_dim, width),
         initializer="zeros",
         dtype="int8",
         trainable=False,
     )
-    scale = add_weight(
+    scale_shape = (input_dim,) if block is None else (input_dim, _groups(output_dim, block))
+    layer.embeddings_scale = layer.add_weight(
         name="embeddings_scale",
-        shape=_scale_shape(input_dim, output_dim, block),
+        shape=scale_shape,
         initializer="ones",
         dtype="float32",
         trainable=False,
-        # Not cast to a mixed policy's float16 compute dtype, where large
-        # scales (rows of small values) would overflow.
+        # Not cast to a mixed policy's float16 compute dtype, where large scales
+        # (rows of small values) would overflow.
         autocast=False,
     )
-    return table, scale
+    if block is not None:
+        layer.embeddings_zero = layer.add_weight(
+            name="embeddings_zero",
+            shape=scale_shape,
+            initializer="zeros",
+            dtype="int8",
+            trainable=False,
+        )
+        layer.g_idx = layer.add_weight(
+            name="g_idx",
+            shape=(output_dim,),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+        )
+        layer.g_idx.assign(np.arange(output_dim, dtype="float32") // block)
+    layer._int4_block_size = block_size if mode == "int4" else None
+    layer._orig_output_dim = output_dim
+    layer._is_quantized = True
 
 
-def quantize_table(table, mode, block):
+def stored_variables(layer):
+    """The variables that hold the table, in the order Keras saves them."""
+    names = ("_embeddings", "embeddings_scale", "embeddings_zero", "g_idx")
+    return [getattr(layer, n) for n in names if hasattr(layer, n)]
+
+
+def quantize_table(table, mode, block, config=None):
     """Quantize a float `(input_dim, output_dim)` table (on the host, in NumPy).
 
-    Returns `(stored, scale)` NumPy arrays, laid out as `add_weights` creates them.
+    Returns the values of `stored_variables`, minus `g_idx` (fixed by the block).
+    `config`'s `weight_quantizer`, when set, replaces the default abs-max one of
+    the per-row modes, as in Keras.
     """
     values = np.asarray(ops.convert_to_numpy(table), dtype="float32")
-    input_dim, output_dim = values.shape
-    qmax = _QMAX[mode]
-    if block is not None:
-        groups = math.ceil(output_dim / block)
-        padded = np.zeros((input_dim, groups * block), "float32")
-        padded[:, :output_dim] = values
-        values = padded.reshape(input_dim, groups, block)
-    quantized, scale = keras.quantizers.abs_max_quantize(
-        values, axis=-1, value_range=(-qmax, qmax), epsilon=_EPSILON, to_numpy=True
-    )
-    quantized = ops.convert_to_numpy(quantized).reshape(input_dim, -1)[:, :output_dim]
-    scale = ops.convert_to_numpy(scale).astype("float32").squeeze(-1)
+    block = _block(block)
+    if mode == "int4" and block is not None:
+        quantized_t, scale_t, zero_t = (
+            keras.quantizers.abs_max_quantize_grouped_with_zero_point(
+                values.T, block_size=block, value_range=_RANGE["int4"], to_numpy=True
+            )
+        )
+        quantized = np.asarray(ops.convert_to_numpy(quantized_t)).T
+        extra = [
+            np.asarray(ops.convert_to_numpy(scale_t)).T.astype("float32"),
+            np.asarray(ops.convert_to_numpy(zero_t)).T.astype("int8"),
+        ]
+    else:
+        default = keras.quantizers.AbsMaxQuantizer(
+            axis=-1, value_range=_RANGE[mode], output_dtype="int8"
+        )
+        quantizer = default
+        if config is not None:
+            quantizer = keras.quantizers.QuantizationConfig.weight_quantizer_or_default(
+                config, default
+            )
+        quantized, scale = quantizer(values, to_numpy=True)
+        quantized = np.asarray(ops.convert_to_numpy(quantized))
+        extra = [np.asarray(ops.convert_to_numpy(scale)).astype("float32")[..., 0]]
     if mode == "int4":
-        packed, _, _ = keras.quantizers.pack_int4(quantized, axis=-1)
+        packed, _, _ = keras.quantizers.pack_int4(quantized.astype("int8"), axis=-1)
         quantized = ops.convert_to_numpy(packed)
-    return quantized.astype("int8"), scale
+    return [np.asarray(quantized).astype("int8"), *extra]
 
 
 def _unpack_int4(packed, output_dim):
     """Signed 4-bit values from int8 bytes along the last axis (any rank).
 
     Byte k holds column 2k in its low nibble and column 2k + 1 in its high nibble
-    (`keras.quantizers.pack_int4`); arithmetic shifts of the int8 bytes
-    sign-extend each nibble.
+    (`keras.quantizers.pack_int4`); arithmetic shifts sign-extend each nibble.
     """
     low = ops.right_shift(ops.left_shift(packed, 4), 4)
     high = ops.right_shift(packed, 4)
@@ -162,34 +191,65 @@ def _unpack_int4(packed, output_dim):
     return values
 
 
-def _with_group_axis(scale):
-    """Scales as `(input_dim, groups)`: one group is a trailing axis of 1."""
-    return ops.expand_dims(scale, -1) if len(scale.shape) == 1 else scale
+def unpacked(stored, mode, output_dim):
+    """The stored integer values, int4 unpacked (what Keras's `embeddings` is)."""
+    return _unpack_int4(stored, output_dim) if mode == "int4" else stored
 
 
-def dequantize(stored, scale, mode, output_dim, block, filled=False):
-    """Float32 rows from stored rows and their scales (any leading shape).
+def dequantize(parts, mode, output_dim, block, filled=False):
+    """Float32 rows from gathered stored rows (`parts`: as `stored_variables`).
 
-    `scale` is the `embeddings_scale` variable or the rows of it gathered with
-    `gather`. `filled`: some rows were gathered as zeros with zero scales (invalid
-    ids): they dequantize to zeros.
+    `filled`: some rows were gathered as zeros with zero scales (invalid ids):
+    they dequantize to zeros.
     """
-    if mode == "int4":
-        stored = _unpack_int4(stored, output_dim)
-    values = ops.cast(stored, "float32")
-    scale = _with_group_axis(scale)
-    if block is not None:
-        scale = ops.take(scale, np.arange(output_dim) // block, axis=-1)
-    return ops.divide_no_nan(values, scale) if filled else values / scale
+    values = ops.cast(unpacked(parts[0], mode, output_dim), "float32")
+    scale = ops.cast(parts[1], "float32")
+    if block is None:
+        scale = ops.expand_dims(scale, -1)
+        return ops.divide_no_nan(values, scale) if filled else values / scale
+    columns = np.arange(output_dim) // block
+    scale = ops.take(scale, columns, axis=-1)
+    zero = ops.cast(ops.take(parts[2], columns, axis=-1), "float32")
+    return (values - zero) * scale
 
 
-def gather(stored, scale, ids, valid, mode, output_dim, block):
+def dequantized_table(layer):
+    """The whole float32 table (merging, `attend`)."""
+    stored = stored_variables(layer)[:3]
+    mode, block = layer.quantization_mode, _block(layer._int4_block_size)
+    return dequantize(stored, mode, layer.output_dim, block)
+
+
+def gather(layer, ids, valid):
     """Dequantized float32 rows of `ids`: gather first, dequantize those rows.
 
     `(ids, valid)` come from `_ids.prepare_ids`; returns `(rows, valid)` as
     `_ids.take` does (`valid` is `None` where invalid ids' rows already are zero).
     """
-    rows, rows_valid = _ids.take(stored, ids, valid)
-    scales, _ = _ids.take(_with_group_axis(scale), ids, valid)
+    parts = []
+    rows_valid = None
+    for variable in stored_variables(layer)[:3]:
+        if len(variable.shape) == 1:  # One scale per row: gathered as a column.
+            rows, rows_valid = _ids.take(ops.expand_dims(variable, -1), ids, valid)
+            rows = rows[..., 0]
+        else:
+            rows, rows_valid = _ids.take(variable, ids, valid)
+        parts.append(rows)
     filled = valid is not None and rows_valid is None
-    return dequantize(rows, scales, mode, output_dim, block, filled), rows_valid
+    block = _block(layer._int4_block_size)
+    rows = dequantize(parts, layer.quantization_mode, layer.output_dim, block, filled)
+    return rows, rows_valid
+
+
+def check_config(config):
+    """`None` or a `keras.quantizers.QuantizationConfig` (a serialized one too)."""
+    if isinstance(config, dict):
+        config = keras.saving.deserialize_keras_object(config)
+    if config is None or isinstance(config, keras.quantizers.QuantizationConfig):
+        return config
+    raise ValueError(
+        "`quantization_config` must be None or a `keras.quantizers."
+        "QuantizationConfig` (e.g. `Int8QuantizationConfig()`, "
+        "`Int4QuantizationConfig(block_size=64)`). "
+        f"Received: quantization_config={config!r} (of type {type(config).__name__})."
+    )

@@ -26,7 +26,9 @@ def _is_int(value):
 
 def _check_dim(name, value, minimum):
     if not _is_int(value) or value < minimum:
-        allowed = "a positive integer" if minimum == 1 else "a non-negative integer"
+        allowed = "a positive integer"
+        if minimum == 0:  # Keras 3's text, then what Keras 1 / 2 also allowed.
+            allowed += " (or 0, an empty last axis, as in Keras 1 and 2)"
         raise ValueError(
             f"`{name}` must be {allowed}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})."
@@ -186,21 +188,27 @@ class Embedding(keras.layers.Layer):
             table on another device of the same platform pulls the compiled
             step there (with a warning). See "Big tables" in the README.
             Defaults to `None` (where Keras puts variables).
+        quantization_config: Optional `keras.quantizers.QuantizationConfig`
+            (e.g. `Int8QuantizationConfig`, `Int4QuantizationConfig(block_size=
+            64)`), as in Keras: how a quantized dtype policy builds the table,
+            and what `quantize` used; serialized in `get_config`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...).
             The Keras 1 names `init`, `W_regularizer` and `W_constraint` are
             accepted with a `DeprecationWarning`.
 
-    Quantization: `layer.quantize("int8")` stores an int8 table with one scale
-    per row, `layer.quantize("int4")` two 4-bit values per byte with one scale
-    per row (or per group of columns with
-    `keras.quantizers.Int4QuantizationConfig(block_size=...)`); `model.quantize`
-    reaches the layer as it reaches Keras's `Embedding`. Lookups gather rows,
-    then dequantize only those. Each element is within `max |row| / 254` (int8)
-    or `max |row| / 14` (int4) of the float table. A quantized layer saves and
-    loads quantized (its dtype policy records the mode), cannot be quantized
-    again, and cannot be trained (`ValueError` when called with `training=True`
-    while `trainable`): enable LoRA to fine-tune it, or set `trainable=False`.
-    `layer.embeddings` is then the dequantized table.
+    Quantization, as in Keras 3.15: `layer.quantize("int8")` stores an int8 table
+    with one scale per row; `layer.quantize("int4")` packs two 4-bit values per
+    byte and resolves as Keras does, to `Int4QuantizationConfig()` whose
+    `block_size` is 128: groups of 128 columns (one group when `output_dim <=
+    128`), each with a scale and a zero point (policy `int4/128_from_...`);
+    `Int4QuantizationConfig(block_size=None)` gives one scale per row.
+    `model.quantize` reaches the layer as it reaches Keras's `Embedding`.
+    Lookups gather rows, then dequantize only those. Each element is within
+    `max |row| / 254` (int8) or `max |row| / 14` (int4) of the float table. A
+    quantized layer saves and loads quantized, cannot be quantized again, and
+    its table is not trainable (`fit` trains the rest of the model; enable LoRA
+    to adapt it). `layer.embeddings` is then the stored int8 variable (int4: the
+    unpacked values), as in Keras.
 
     Tied output logits: `layer.attend(x)` (or `layer(x, reverse=True)`) returns
     `x @ embeddings.T` in the compute dtype, logits over the vocabulary from
@@ -243,6 +251,7 @@ class Embedding(keras.layers.Layer):
         norm_type=2.0,
         sparse=False,
         device=None,
+        quantization_config=None,
         **kwargs,
     ):
         input_dim = _check_dim("input_dim", input_dim, 1)
@@ -282,9 +291,13 @@ class Embedding(keras.layers.Layer):
             _lora.check_constraint(keras.constraints.get(embeddings_constraint))
         max_norm, norm_type = _max_norm.check(max_norm, norm_type)
         device = _placement.check_device(device)
+        quantization_config = _quantization.check_config(quantization_config)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        # Unknown quantization modes list the ones this layer supports.
-        self.quantize = _quantization.guard_modes(self.quantize)
+        if self.quantization_mode not in (None, *_quantization.MODES):
+            raise _quantization.mode_error(
+                self.quantization_mode, f" (dtype={self.dtype_policy.name!r})"
+            )
+        self.quantization_config = quantization_config
         self.input_dim = input_dim
         self.output_dim = output_dim
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
@@ -325,7 +338,11 @@ class Embedding(keras.layers.Layer):
         if self.built:
             return
         if self.quantization_mode:  # Loading a quantized layer.
-            self._build_quantized(self.quantization_mode, self._block_size)
+            self.quantized_build(
+                (self.input_dim, self.output_dim),
+                self.quantization_mode,
+                self.quantization_config,
+            )
         else:
             placement = _placement.for_build(self._table_placement)
             shape = (self.input_dim, self.output_dim)
@@ -345,16 +362,25 @@ class Embedding(keras.layers.Layer):
 
     @property
     def embeddings(self):
-        """The `(input_dim, output_dim)` table (a `keras.Variable`).
+        """The `(input_dim, output_dim)` table (a `keras.Variable`), as in Keras.
 
-        With LoRA, the adapted table; when quantized, the dequantized table
-        (float32 tensors, not variables).
+        When quantized: the stored int8 variable (int4: the unpacked int8 values),
+        not the dequantized table. With LoRA: the table plus the adapter's delta,
+        in the compute dtype (a tensor, not a variable).
         """
         if not self.built:
             raise AttributeError(_UNBUILT)
-        if self.quantization_mode or self.lora_enabled:
-            return self._adapted_table()
-        return self._embeddings
+        table = self._embeddings
+        if self.quantization_mode:
+            table = _quantization.unpacked(
+                table, self.quantization_mode, self.output_dim
+            )
+        if self.lora_enabled:
+            delta = _lora.delta_table(
+                self.lora_embeddings_a, self.lora_embeddings_b, self._lora_scale
+            )
+            table = ops.cast(ops.add(table, delta), self.compute_dtype)
+        return table
 
     def __getattr__(self, name):
         # On torch a property's AttributeError falls through to
@@ -372,16 +398,17 @@ class Embedding(keras.layers.Layer):
         self._reversed = reverse
         if reverse:
             return self.attend(inputs)
+        inputs = _ids.densify(inputs)
         self._check_length(inputs.shape)
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
         if self.quantization_mode or self.lora_enabled or self.max_norm:
             outputs, valid = self._adapted_rows(ids, valid, training)
         elif self.sparse:
-            outputs = _sparse.lookup(self.embeddings, ids)
+            outputs = _sparse.lookup(self._embeddings, ids)
         elif self._table_placement is not None:
-            outputs = _placement.take(self.embeddings, ids, self._table_placement)
+            outputs = _placement.take(self._embeddings, ids, self._table_placement)
         else:
-            outputs, valid = _ids.take(self.embeddings, ids, valid)
+            outputs, valid = _ids.take(self._embeddings, ids, valid)
         if training and self.dropout:
             keep = ops.greater_equal(
                 keras.random.uniform((self.input_dim,), seed=self.seed_generator),
@@ -440,16 +467,30 @@ class Embedding(keras.layers.Layer):
         super().set_weights(weights)
 
     def save_own_variables(self, store):
-        if not self.lora_enabled:
-            return super().save_own_variables(store)
-        for i, value in enumerate(self._merged_values()):
+        # Keras's layout: the stored table's variables only; LoRA merged in.
+        if not self.built:
+            return
+        values = (
+            self._merged_values()
+            if self.lora_enabled
+            else _quantization.stored_variables(self)
+        )
+        for i, value in enumerate(values):
             store[str(i)] = value
 
     def load_own_variables(self, store):
+        """Load the (merged) table; a LoRA adapter restarts at 0 (B = 0)."""
+        values = _saving.store_values(store)
+        stored = _quantization.stored_variables(self)
+        _saving.check_weights(
+            types.SimpleNamespace(name=self.name, weights=stored),
+            values,
+            "load_weights",
+        )
+        for variable, value in zip(stored, values, strict=True):
+            variable.assign(value)
         if self.lora_enabled:
-            return self._load_merged(store)
-        _saving.check_weights(self, _saving.store_values(store), "load_weights")
-        super().load_own_variables(store)
+            self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
 
     def attend(self, inputs):
         """Logits over the vocabulary: `inputs @ embeddings.T`.
@@ -472,12 +513,12 @@ class Embedding(keras.layers.Layer):
         x = ops.cast(inputs, dtype)
         if self.max_norm:
             table = _max_norm.renormalize(
-                self.embeddings, self.max_norm, self.norm_type
+                self._float_table(), self.max_norm, self.norm_type
             )
             return ops.matmul(x, ops.transpose(ops.cast(table, dtype)))
         table = self._embeddings
         if self.quantization_mode:
-            table = self._dequantized_table()
+            table = _quantization.dequantized_table(self)
         logits = ops.matmul(x, ops.transpose(ops.cast(table, dtype)))
         if self.lora_enabled:
             delta = _lora.delta_logits(
@@ -504,22 +545,18 @@ class Embedding(keras.layers.Layer):
         _lora.check_constraint(self.embeddings_constraint)
         if not self.built:
             raise ValueError(
-                f"Cannot enable LoRA on layer '{self.name}' before it is built: "
-                "call `layer.build()` first, or pass `lora_rank` to the constructor."
+                "Cannot enable lora on a layer that isn't yet built. "
+                f"Layer '{self.name}': call `layer.build()` first, or pass "
+                "`lora_rank` to the constructor."
             )
         if self.lora_enabled:
             raise ValueError(
-                f"LoRA is already enabled on layer '{self.name}' "
-                f"(lora_rank={self.lora_rank}); it can be enabled once. "
+                "lora is already enabled. This can only be done once per layer. "
+                f"Layer '{self.name}' has lora_rank={self.lora_rank}. "
                 f"Received: rank={rank}"
             )
         self._tracker.unlock()
         try:
-            # Re-tracked as non-trainable, so that `layer.trainable = True` (which
-            # sets every trainable-tracked variable) cannot unfreeze the table.
-            self._untrack_variable(self._embeddings)
-            self._embeddings.trainable = False
-            self._track_variable(self._embeddings)
             self.lora_embeddings_a, self.lora_embeddings_b = _lora.add_factors(
                 self.add_weight,
                 self.input_dim,
@@ -531,83 +568,70 @@ class Embedding(keras.layers.Layer):
             )
         finally:
             self._tracker.lock()
+        # Frozen where it stands, so that the weights keep Keras's order
+        # `[embeddings, lora_embeddings_a, lora_embeddings_b]`; the `trainable`
+        # setter below keeps it frozen.
+        self._embeddings.trainable = False
         self.lora_enabled = True
         self.lora_rank = rank
         self.lora_alpha = lora_alpha
 
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.layers.Layer.trainable.fset(self, value)
+        # Unlike Keras's layer, `layer.trainable = True` cannot unfreeze a table
+        # under LoRA or quantization: only the adapter trains.
+        if getattr(self, "lora_enabled", False) or self.quantization_mode:
+            for variable in _quantization.stored_variables(self):
+                variable.trainable = False
+
     def quantize(self, mode=None, type_check=True, config=None):
         """Quantize the table: `"int8"` or `"int4"` (see the class docstring)."""
-        del type_check  # Subclasses quantize like the layer itself.
-        if self.dtype_policy.quantization_mode:  # Set through `dtype_policy`.
-            block = self._block_size
-        else:
-            block = _quantization.block_size(config, self.output_dim)
-        block = block if mode == "int4" else None
-        stored, scale = _quantization.quantize_table(self._embeddings, mode, block)
+        if type_check and type(self) is not Embedding:
+            # As Keras: a subclass quantizes only when it says it can.
+            raise self._not_implemented_error(self.quantize)
+        _quantization.check_mode(mode)
+        block = _quantization.resolve_block_size(self.dtype_policy, config, mode)
+        values = _quantization.quantize_table(self._embeddings, mode, block, config)
+        self.quantization_config = config
         del self._embeddings
-        self._build_quantized(mode, block)
-        self._embeddings.assign(stored)
-        self.embeddings_scale.assign(scale)
+        self.quantized_build((self.input_dim, self.output_dim), mode, config)
+        for variable, value in zip(
+            _quantization.stored_variables(self), values, strict=False
+        ):
+            variable.assign(value)
         if not self.dtype_policy.quantization_mode:
             self.dtype_policy = _quantization.policy_name(
                 mode, block, self.dtype_policy.name
             )
 
-    def _check_quantize_args(self, mode, compute_dtype):
-        if not self.built:
-            raise ValueError(
-                f"Cannot quantize layer '{self.name}' before it is built: call "
-                f"`layer.build()` first. Received: mode={mode!r}"
-            )
-        if getattr(self, "_is_quantized", False):
-            raise ValueError(
-                f"Layer '{self.name}' is already quantized "
-                f"(dtype_policy='{self.dtype_policy.name}'); a layer can be "
-                f"quantized once. Received: mode={mode!r}"
-            )
+    def quantized_build(self, embeddings_shape, mode, config=None):
+        del embeddings_shape  # Always `(input_dim, output_dim)`.
         _quantization.check_mode(mode)
-        if mode == "int8" and compute_dtype == "float16":
-            # Keras's `QuantizedDTypePolicy` cannot record int8 with float16.
-            raise ValueError(
-                f"Quantization mode='{mode}' cannot be used with "
-                f"compute_dtype='{compute_dtype}' (layer '{self.name}'): Keras's "
-                "int8 dtype policies reject float16. Use mode='int4', or a "
-                "'bfloat16' / 'mixed_bfloat16' / 'float32' policy. "
-                f"Received: mode={mode!r}"
-            )
+        block = _quantization.resolve_block_size(self.dtype_policy, config, mode)
+        _quantization.add_weights(self, mode, block)
 
     def quantized_call(self, *args, **kwargs):
         # One `call` for every mode: the index policy, masks and dropout included.
+        _quantization.check_mode(self.quantization_mode)
         return self.call(*args, **kwargs)
 
-    def _build_quantized(self, mode, block):
-        self._embeddings, self.embeddings_scale = _quantization.add_weights(
-            self.add_weight, self.input_dim, self.output_dim, mode, block
-        )
-        self._is_quantized = True
-
-    @property
-    def _block_size(self):
-        return _quantization.block_size(self.dtype_policy, self.output_dim)
+    def _quantization_mode_error(self, mode):
+        return _quantization.mode_error(mode)
 
     @property
     def _lora_scale(self):
         return (self.lora_alpha or self.lora_rank) / self.lora_rank
 
-    def _dequantized_table(self):
-        return _quantization.dequantize(
-            self._embeddings,
-            self.embeddings_scale,
-            self.quantization_mode,
-            self.output_dim,
-            self._block_size,
-        )
-
-    def _adapted_table(self):
-        """The quantized and / or LoRA-adapted table, in float32."""
+    def _float_table(self):
+        """The dequantized and / or LoRA-adapted table, in float32."""
         table = self._embeddings
         if self.quantization_mode:
-            table = self._dequantized_table()
+            table = _quantization.dequantized_table(self)
         if self.lora_enabled:
             delta = _lora.delta_table(
                 self.lora_embeddings_a, self.lora_embeddings_b, self._lora_scale
@@ -617,27 +641,12 @@ class Embedding(keras.layers.Layer):
 
     def _adapted_rows(self, ids, valid, training):
         """`(rows, valid)` of a quantized / LoRA / max_norm table, as `_ids.take`."""
-        mode = self.quantization_mode
-        if training and mode and self.trainable and not self.lora_enabled:
-            raise ValueError(
-                f"Layer '{self.name}' holds a quantized ({mode}) table, which "
-                "cannot be trained. Call `layer.enable_lora(rank)` to fine-tune it "
-                "through trainable low-rank factors, or set `layer.trainable = "
-                "False` to train the rest of the model around the frozen table."
-            )
+        del training
         flat = _ids._values(ids)
         # Invalid ids' rows (and those of A below) already are zero where
         # `rows_valid` comes back `None`; LoRA and `max_norm` keep zero rows zero.
-        if mode:
-            rows, rows_valid = _quantization.gather(
-                self._embeddings,
-                self.embeddings_scale,
-                flat,
-                valid,
-                mode,
-                self.output_dim,
-                self._block_size,
-            )
+        if self.quantization_mode:
+            rows, rows_valid = _quantization.gather(self, flat, valid)
         else:
             rows, rows_valid = _ids.take(self._embeddings, flat, valid)
         if self.lora_enabled:
@@ -650,34 +659,14 @@ class Embedding(keras.layers.Layer):
             rows = _max_norm.renormalize(rows, self.max_norm, self.norm_type)
         return _ids._with_values(ids, rows), valid
 
-    def _stored_variables(self):
-        if self.quantization_mode:
-            return [self._embeddings, self.embeddings_scale]
-        return [self._embeddings]
-
     def _merged_values(self):
         """What a LoRA layer saves: the adapter merged into the stored table."""
-        table = self._adapted_table()
-        if self.quantization_mode:
-            return list(
-                _quantization.quantize_table(
-                    table, self.quantization_mode, self._block_size
-                )
-            )
+        table = self._float_table()
+        mode = self.quantization_mode
+        if mode:
+            values = _quantization.quantize_table(table, mode, self._int4_block_size)
+            return [*values, *_quantization.stored_variables(self)[len(values) :]]
         return [ops.cast(table, self._embeddings.dtype)]
-
-    def _load_merged(self, store):
-        """Load a (merged) table into a LoRA layer, whose adapter restarts at 0."""
-        values = _saving.store_values(store)
-        stored = self._stored_variables()
-        _saving.check_weights(
-            types.SimpleNamespace(name=self.name, weights=stored),
-            values,
-            "load_weights",
-        )
-        for variable, value in zip(stored, values, strict=True):
-            variable.assign(value)
-        self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
 
     def get_config(self):
         config = super().get_config()
@@ -710,6 +699,9 @@ class Embedding(keras.layers.Layer):
                 "norm_type": self.norm_type,
                 "sparse": self.sparse,
                 "device": self.device,
+                "quantization_config": keras.saving.serialize_keras_object(
+                    self.quantization_config
+                ),
             }
         )
         return config
@@ -719,6 +711,9 @@ class Embedding(keras.layers.Layer):
         """Rebuild a layer from a config written by Keras 1, tf.keras 2 or Keras 3."""
         try:
             config = _legacy.translate_config(config)
+            config["quantization_config"] = _quantization.check_config(
+                config.get("quantization_config")
+            )
         except ValueError as e:
             raise TypeError(
                 f"Error when deserializing class '{cls.__name__}' using "

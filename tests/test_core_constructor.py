@@ -50,7 +50,7 @@ def test_input_dim_invalid(value, shown):
 def test_output_dim_invalid(value, shown):
     with pytest.raises(ValueError, match=re.escape(shown)) as info:
         Embedding(10, value)
-    assert "`output_dim` must be a non-negative integer. Received: " in str(info.value)
+    assert "`output_dim` must be a positive integer (or 0" in str(info.value)
 
 
 @pytest.mark.parametrize(

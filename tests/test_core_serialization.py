@@ -110,7 +110,7 @@ def test_registered_name():
             0,
             "`input_dim` must be a positive integer. Received: input_dim=0",
         ),
-        ("output_dim", -2, "`output_dim` must be a non-negative integer."),
+        ("output_dim", -2, "`output_dim` must be a positive integer (or 0"),
         ("dropout", 1.5, "`dropout` must be a float in [0, 1). Received: dropout=1.5"),
         ("mask_zero", "yes", "`mask_zero` must be a boolean. Received: "),
         ("input_length", 0, "`input_length` must be None, a positive integer"),
