@@ -6,11 +6,13 @@ from keras_embedding_plus._insight import export_projector, nearest, plot_embedd
 from keras_embedding_plus._saving import load_model
 from keras_embedding_plus._vectors import Vectors, load_vectors
 from keras_embedding_plus.embedding import Embedding
+from keras_embedding_plus.reversible import ReversibleEmbedding
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Embedding",
+    "ReversibleEmbedding",
     "Vectors",
     "export_projector",
     "from_keras",
