@@ -47,29 +47,20 @@ def check_constraint(constraint):
         )
 
 
-def add_factors(add_weight, input_dim, output_dim, rank, a_init, b_init, regularizer):
-    """The trainable float32 factors `A` (input_dim, rank) and `B` (rank, output_dim).
+def add_factor(add_weight, name, shape, initializer, regularizer=None):
+    """A trainable float32 LoRA factor (`A` or `B`), as Keras makes them.
 
     float32 whatever the layer's dtype policy, as in Keras, to keep small updates
     from underflowing, and read in float32 under mixed policies too.
     """
-    a = add_weight(
-        name="lora_embeddings_a",
-        shape=(input_dim, rank),
-        initializer=keras.initializers.get(a_init),
+    return add_weight(
+        name=name,
+        shape=shape,
+        initializer=keras.initializers.get(initializer),
         dtype="float32",
         autocast=False,
         regularizer=regularizer,
     )
-    b = add_weight(
-        name="lora_embeddings_b",
-        shape=(rank, output_dim),
-        initializer=keras.initializers.get(b_init),
-        dtype="float32",
-        autocast=False,
-        regularizer=regularizer,
-    )
-    return a, b
 
 
 def add_delta(rows, a_rows, b, scale):

@@ -32,6 +32,8 @@ import warnings
 
 from keras import backend
 
+from keras_embedding_plus import _sparse
+
 # Device types each backend knows (`"host"`: host memory, compute elsewhere).
 # `"cuda"` is `"gpu"` everywhere, so a config saved on torch loads on JAX / TF.
 DEVICE_TYPES = {
@@ -117,20 +119,22 @@ def resolve(device):
     return placement
 
 
-def check_lookup_options(placement, **options):
-    """JAX host-memory tables support the plain lookup only.
+def check_lookup_options(placement, sparse=False):
+    """JAX: a host-memory table cannot train row-sparse.
 
-    LoRA, `max_norm` and `sparse` gather the table with their own code, which
-    JAX rejects for a `pinned_host` array inside a compiled step.
+    `SparseTrainer` differentiates the looked-up rows with a gather that JAX
+    rejects for a `pinned_host` array inside a compiled step (LoRA, `max_norm`
+    and quantized tables read host memory through the same host gather as the
+    plain lookup, and work).
     """
-    given = sorted(name for name, value in options.items() if value)
-    if given and getattr(placement, "host_memory", False):
+    if sparse and getattr(placement, "host_memory", False):
         raise ValueError(
             "On JAX, a table in host memory (`device='host'`, or `'cpu'` when "
-            f"JAX computes on an accelerator) cannot be combined with {given}: "
-            "use `device=None` or another device for them. Received: "
-            + ", ".join(f"{name}={options[name]!r}" for name in given)
-            + "."
+            "JAX computes on an accelerator) cannot be combined with `sparse=True`: "
+            "JAX's row-sparse training step cannot gather from host memory. Use "
+            "`sparse=False` (the host lookup's gradient is already scattered on "
+            "the host), or `device=None` for row-sparse updates. Received: "
+            "device='host', sparse=True."
         )
 
 
@@ -247,17 +251,37 @@ def pin(variable, placement):
     return placement
 
 
-def take(table, ids, placement):
+def take(table, ids, placement, sparse=False):
     """`ops.take(table, ids, axis=0)` run where the table lives.
 
     Returns the looked-up rows on the device that runs the rest of the model.
+    `table` is a `keras.Variable` (or a tensor on the same device); `sparse`: the
+    gradient of a variable stays row-sparse (as `_sparse.lookup`).
     """
     name = _backend()
     if name == "tensorflow":
-        return _tf_take(table, ids, placement)
+        return _tf_take(table, ids, placement, sparse)
     if name == "jax":
-        return _jax_take(table, ids, placement)
-    return _torch_take(table, ids)
+        return _jax_take(table, ids, placement, sparse)
+    return _torch_take(table, ids, sparse)
+
+
+def fetch(table, placement):
+    """The whole of `table` where the model computes (tied logits, merging).
+
+    JAX: a host-memory table is copied to device memory (inside a compiled step
+    too); torch: the table moves to the default device. TensorFlow copies
+    between devices by itself.
+    """
+    name = _backend()
+    value = getattr(table, "value", table)
+    if name == "jax" and getattr(placement, "host_memory", False):
+        import jax
+
+        return jax.device_put(value, jax.memory.Space.Device)
+    if name == "torch":
+        return value.to(_torch_default_device())
+    return value
 
 
 # TensorFlow
@@ -276,11 +300,15 @@ def _tf_resolve(device):
     return devices[int(index) if index else 0].name
 
 
-def _tf_take(table, ids, placement):
+def _tf_take(table, ids, placement, sparse):
     import tensorflow as tf
 
+    # A variable's `value` is the `tf.Variable`: a ResourceGather, whose gradient
+    # is row-sparse (`IndexedSlices`) with or without `sparse`.
+    del sparse
+    value = getattr(table, "value", table)
     with tf.device(placement):
-        rows = tf.gather(table.value, ids)
+        rows = tf.gather(value, ids)
     # Outside the scope: the rows alone move to where the model runs.
     if isinstance(rows, tf.RaggedTensor):
         return rows.with_flat_values(tf.identity(rows.flat_values))
@@ -330,11 +358,11 @@ def _torch_default_device():
     return device
 
 
-def _torch_take(table, ids):
+def _torch_take(table, ids, sparse):
     import torch
 
-    value = table.value
-    rows = torch.nn.functional.embedding(ids.to(value.device), value)
+    value = getattr(table, "value", table)
+    rows = torch.nn.functional.embedding(ids.to(value.device), value, sparse=sparse)
     return rows.to(ids.device)
 
 
@@ -452,11 +480,13 @@ def _jax_host_regularizer(regularizer):
     return on_device
 
 
-def _jax_take(table, ids, placement):
+def _jax_take(table, ids, placement, sparse):
     import jax
     import jax.numpy as jnp
 
-    value = table.value
+    if sparse and _sparse.capturing(table):  # `SparseTrainer`: see `_sparse`.
+        return _sparse.lookup(table, ids)
+    value = getattr(table, "value", table)
     if placement.is_default:
         return jnp.take(value, ids, axis=0)
     if placement.host_memory:

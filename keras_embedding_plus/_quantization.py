@@ -99,7 +99,9 @@ def add_weights(layer, mode, block_size):
         dtype="int8",
         trainable=False,
     )
-    scale_shape = (input_dim,) if block is None else (input_dim, _groups(output_dim, block))
+    scale_shape = (
+        (input_dim,) if block is None else (input_dim, _groups(output_dim, block))
+    )
     layer.embeddings_scale = layer.add_weight(
         name="embeddings_scale",
         shape=scale_shape,
@@ -129,6 +131,7 @@ def add_weights(layer, mode, block_size):
     layer._int4_block_size = block_size if mode == "int4" else None
     layer._orig_output_dim = output_dim
     layer._is_quantized = True
+    return tuple(stored_variables(layer))
 
 
 def stored_variables(layer):

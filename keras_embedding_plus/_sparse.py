@@ -62,6 +62,12 @@ def _current_capture():
     return getattr(_local, "capture", None)
 
 
+def capturing(table):
+    """Whether a `RowCapture` is reading `table`'s rows now (JAX training)."""
+    capture = _current_capture()
+    return capture is not None and id(table) in capture._tables
+
+
 class RowCapture:
     """Context: the sparse lookups of `tables` read their rows through it (JAX).
 

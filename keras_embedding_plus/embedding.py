@@ -1,5 +1,6 @@
 """The `Embedding` layer."""
 
+import functools
 import numbers
 import types
 
@@ -10,6 +11,7 @@ from keras import ops
 from keras_embedding_plus import (
     _ids,
     _legacy,
+    _lookup,
     _lora,
     _max_norm,
     _placement,
@@ -315,10 +317,7 @@ class Embedding(keras.layers.Layer):
         self.sparse = _sparse.check_sparse(sparse)
         self.device = device
         self._table_placement = _placement.resolve(device)
-        _placement.check_lookup_options(
-            self._table_placement, lora_rank=lora_rank, max_norm=max_norm, sparse=sparse
-        )
-        self._reversed = False
+        _placement.check_lookup_options(self._table_placement, sparse=self.sparse)
         # The table is read in its variable dtype; the looked-up rows are cast.
         self.autocast = False
         if input_length is not None:
@@ -344,21 +343,30 @@ class Embedding(keras.layers.Layer):
                 self.quantization_config,
             )
         else:
-            placement = _placement.for_build(self._table_placement)
-            shape = (self.input_dim, self.output_dim)
-            with _placement.build_scope(placement, shape):
-                self._embeddings = self.add_weight(
-                    shape=shape,
+            self._embeddings = self._placed(
+                lambda: self.add_weight(
+                    shape=(self.input_dim, self.output_dim),
                     initializer=self.embeddings_initializer,
                     name="embeddings",
                     regularizer=self.embeddings_regularizer,
                     constraint=self.embeddings_constraint,
                     trainable=True,
                 )
-            self._table_placement = _placement.pin(self._embeddings, placement)
+            )
         self.built = True
+        self._lookup = _lookup.compose(self)
         if self.lora_rank and not self.lora_enabled:
             self.enable_lora(self.lora_rank, self.lora_alpha)
+
+    def _placed(self, create):
+        """Variables made by `create()` where the table lives (`device`)."""
+        placement = _placement.for_build(self._table_placement)
+        with _placement.build_scope(placement, (self.input_dim, self.output_dim)):
+            created = create()
+        for variable in created if isinstance(created, tuple) else (created,):
+            pinned = _placement.pin(variable, placement)
+        self._table_placement = pinned
+        return created
 
     @property
     def embeddings(self):
@@ -376,10 +384,7 @@ class Embedding(keras.layers.Layer):
                 table, self.quantization_mode, self.output_dim
             )
         if self.lora_enabled:
-            delta = _lora.delta_table(
-                self.lora_embeddings_a, self.lora_embeddings_b, self._lora_scale
-            )
-            table = ops.cast(ops.add(table, delta), self.compute_dtype)
+            table = ops.cast(self._lookup.lora().table(table), self.compute_dtype)
         return table
 
     def __getattr__(self, name):
@@ -394,33 +399,30 @@ class Embedding(keras.layers.Layer):
             )
         return parent(name)
 
+    def __call__(self, *args, reverse=False, **kwargs):
+        if not reverse:
+            return super().__call__(*args, **kwargs)
+        # Logits carry no mask (as Keras's ReversibleEmbedding): `compute_mask`
+        # answers for ids, so it is told so for this one call; no state
+        # survives it.
+        self._computing_logits = True
+        try:
+            return super().__call__(*args, reverse=True, **kwargs)
+        finally:
+            self._computing_logits = False
+
     def call(self, inputs, training=None, reverse=False):
-        self._reversed = reverse
         if reverse:
             return self.attend(inputs)
         inputs = _ids.densify(inputs)
         self._check_length(inputs.shape)
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
-        if self.quantization_mode or self.lora_enabled or self.max_norm:
-            outputs, valid = self._adapted_rows(ids, valid, training)
-        elif self.sparse:
-            outputs = _sparse.lookup(self._embeddings, ids)
-        elif self._table_placement is not None:
-            outputs = _placement.take(self._embeddings, ids, self._table_placement)
-        else:
-            outputs, valid = _ids.take(self._embeddings, ids, valid)
-        if training and self.dropout:
-            keep = ops.greater_equal(
-                keras.random.uniform((self.input_dim,), seed=self.seed_generator),
-                self.dropout,
-            )
-            scale = ops.take(ops.cast(keep, outputs.dtype), ids, axis=0)
-            outputs = outputs * ops.expand_dims(scale, -1) / (1.0 - self.dropout)
-        outputs = _ids.zero_invalid(outputs, valid)
-        return ops.cast(outputs, self.compute_dtype)
+        rows, valid = self._lookup.rows(_ids._values(ids), valid, training)
+        rows = ops.cast(_ids.zero_invalid(rows, valid), self.compute_dtype)
+        return _ids._with_values(ids, rows)
 
     def compute_mask(self, inputs, mask=None):
-        if not self.mask_zero or self._reversed:
+        if not self.mask_zero or getattr(self, "_computing_logits", False):
             return None
         # `ids != 0`, through an op every loader (legacy `.h5` too) can rebuild.
         return _saving.padding_mask(inputs)
@@ -450,7 +452,6 @@ class Embedding(keras.layers.Layer):
         return (*input_shape, self.output_dim)
 
     def compute_output_spec(self, inputs, training=None, reverse=False):
-        self._reversed = reverse
         if reverse:
             return keras.KerasTensor(
                 (*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype
@@ -509,23 +510,7 @@ class Embedding(keras.layers.Layer):
         """
         if not self.built:
             self.build()
-        dtype = self.compute_dtype
-        x = ops.cast(inputs, dtype)
-        if self.max_norm:
-            table = _max_norm.renormalize(
-                self._float_table(), self.max_norm, self.norm_type
-            )
-            return ops.matmul(x, ops.transpose(ops.cast(table, dtype)))
-        table = self._embeddings
-        if self.quantization_mode:
-            table = _quantization.dequantized_table(self)
-        logits = ops.matmul(x, ops.transpose(ops.cast(table, dtype)))
-        if self.lora_enabled:
-            delta = _lora.delta_logits(
-                x, self.lora_embeddings_a, self.lora_embeddings_b, self._lora_scale
-            )
-            logits = ops.add(logits, ops.cast(delta, dtype))
-        return logits
+        return self._lookup.logits(inputs, self.compute_dtype)
 
     def enable_lora(
         self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"
@@ -557,14 +542,17 @@ class Embedding(keras.layers.Layer):
             )
         self._tracker.unlock()
         try:
-            self.lora_embeddings_a, self.lora_embeddings_b = _lora.add_factors(
+            add = functools.partial(
+                _lora.add_factor,
                 self.add_weight,
-                self.input_dim,
-                self.output_dim,
-                rank,
-                a_initializer,
-                b_initializer,
-                self.embeddings_regularizer,
+                regularizer=self.embeddings_regularizer,
+            )
+            # A is read by id, where the table lives; B joins the rows.
+            self.lora_embeddings_a = self._placed(
+                lambda: add("lora_embeddings_a", (self.input_dim, rank), a_initializer)
+            )
+            self.lora_embeddings_b = add(
+                "lora_embeddings_b", (rank, self.output_dim), b_initializer
             )
         finally:
             self._tracker.lock()
@@ -575,6 +563,7 @@ class Embedding(keras.layers.Layer):
         self.lora_enabled = True
         self.lora_rank = rank
         self.lora_alpha = lora_alpha
+        self._lookup = _lookup.compose(self)
 
     @property
     def trainable(self):
@@ -608,12 +597,13 @@ class Embedding(keras.layers.Layer):
             self.dtype_policy = _quantization.policy_name(
                 mode, block, self.dtype_policy.name
             )
+        self._lookup = _lookup.compose(self)
 
     def quantized_build(self, embeddings_shape, mode, config=None):
         del embeddings_shape  # Always `(input_dim, output_dim)`.
         _quantization.check_mode(mode)
         block = _quantization.resolve_block_size(self.dtype_policy, config, mode)
-        _quantization.add_weights(self, mode, block)
+        self._placed(lambda: _quantization.add_weights(self, mode, block))
 
     def quantized_call(self, *args, **kwargs):
         # One `call` for every mode: the index policy, masks and dropout included.
@@ -623,41 +613,9 @@ class Embedding(keras.layers.Layer):
     def _quantization_mode_error(self, mode):
         return _quantization.mode_error(mode)
 
-    @property
-    def _lora_scale(self):
-        return (self.lora_alpha or self.lora_rank) / self.lora_rank
-
     def _float_table(self):
         """The dequantized and / or LoRA-adapted table, in float32."""
-        table = self._embeddings
-        if self.quantization_mode:
-            table = _quantization.dequantized_table(self)
-        if self.lora_enabled:
-            delta = _lora.delta_table(
-                self.lora_embeddings_a, self.lora_embeddings_b, self._lora_scale
-            )
-            table = ops.add(ops.cast(table, "float32"), delta)
-        return table
-
-    def _adapted_rows(self, ids, valid, training):
-        """`(rows, valid)` of a quantized / LoRA / max_norm table, as `_ids.take`."""
-        del training
-        flat = _ids._values(ids)
-        # Invalid ids' rows (and those of A below) already are zero where
-        # `rows_valid` comes back `None`; LoRA and `max_norm` keep zero rows zero.
-        if self.quantization_mode:
-            rows, rows_valid = _quantization.gather(self, flat, valid)
-        else:
-            rows, rows_valid = _ids.take(self._embeddings, flat, valid)
-        if self.lora_enabled:
-            a_rows, _ = _ids.take(self.lora_embeddings_a, flat, valid)
-            rows = _lora.add_delta(
-                rows, a_rows, self.lora_embeddings_b, self._lora_scale
-            )
-        valid = rows_valid
-        if self.max_norm:
-            rows = _max_norm.renormalize(rows, self.max_norm, self.norm_type)
-        return _ids._with_values(ids, rows), valid
+        return self._lookup.adapted_table()
 
     def _merged_values(self):
         """What a LoRA layer saves: the adapter merged into the stored table."""

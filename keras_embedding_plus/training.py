@@ -58,29 +58,23 @@ class SparseTrainer:
 
 
 def sparse_tables(model):
-    """The table variables of `model` that train with row-sparse gradients."""
+    """The variables of `model` that train with row-sparse gradients.
+
+    Those a `sparse=True` layer's lookup reads by id (its table, or LoRA's `A`
+    when the table is frozen under LoRA), unless a regularizer reads them whole.
+    """
     from keras_embedding_plus.embedding import Embedding
 
     tables = []
     for layer in model._flatten_layers(include_self=False):
         if (
             isinstance(layer, Embedding)
-            and layer.sparse
             and layer.built
             and layer.trainable
             and layer.embeddings_regularizer is None
-            and not _adapted(layer)
         ):
-            tables.append(layer._embeddings)
+            tables.extend(layer._lookup.sparse_variables)
     return tables
-
-
-def _adapted(layer):
-    """Whether `layer` looks up through quantization, LoRA or `max_norm`."""
-    return any(
-        getattr(layer, name, None)
-        for name in ("quantization_mode", "lora_enabled", "max_norm")
-    )
 
 
 def sparse_train_step(model, state, data, fallback=None):

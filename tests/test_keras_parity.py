@@ -43,7 +43,9 @@ def test_quantization_config_survives_config_and_matches_keras(config):
     ours.quantize(config.mode, config=config)
     rebuilt = Embedding.from_config(ours.get_config())
     assert type(rebuilt.quantization_config) is type(config)
-    assert rebuilt.get_config()["quantization_config"] == keras.saving.serialize_keras_object(config)
+    assert rebuilt.get_config()[
+        "quantization_config"
+    ] == keras.saving.serialize_keras_object(config)
     # Same stored variables and outputs as Keras's quantized layer.
     assert [w.path.split("/")[-1] for w in ours.weights] == [
         w.path.split("/")[-1] for w in theirs.weights

@@ -149,7 +149,9 @@ def test_lora_on_a_quantized_layer(mode, tmp_path):
 
 def test_constraint_is_a_clear_error():
     constraint = keras.constraints.MaxNorm(1.0, axis=1)
-    with pytest.raises(ValueError, match="Lora is incompatible with embedding constraints"):
+    with pytest.raises(
+        ValueError, match="Lora is incompatible with embedding constraints"
+    ):
         Embedding(10, 4, embeddings_constraint=constraint, lora_rank=2)
     layer = Embedding(10, 4, embeddings_constraint=constraint)
     layer.build()

@@ -52,7 +52,9 @@ def numpy_dequantized(layer):
     scale = to_np(layer.embeddings_scale)
     out = layer.output_dim
     if layer.quantization_mode == "int4":  # low nibble = even column, sign-extended
-        nibbles = np.stack([stored.astype("int8") << 4 >> 4, stored.astype("int8") >> 4])
+        nibbles = np.stack(
+            [stored.astype("int8") << 4 >> 4, stored.astype("int8") >> 4]
+        )
         stored = np.moveaxis(nibbles, 0, -1).reshape(len(stored), -1)[:, :out]
         stored = stored.astype("float32")
     if not hasattr(layer, "embeddings_zero"):
@@ -161,7 +163,10 @@ def test_model_quantize_reaches_the_layer_and_saves_quantized(mode, tmp_path):
     loaded_layer = loaded.get_layer("emb")
     assert loaded_layer.quantization_mode == mode
     # Keras's layout; a bare "int4" is grouped (block_size=128) with zero points.
-    dtypes = {"int8": ["int8", "float32"], "int4": ["int8", "float32", "int8", "float32"]}
+    dtypes = {
+        "int8": ["int8", "float32"],
+        "int4": ["int8", "float32", "int8", "float32"],
+    }
     assert [w.dtype for w in loaded_layer.weights] == dtypes[mode]
     np.testing.assert_array_equal(loaded.predict(ids, verbose=0), expected)
     # The file holds the small table: int8 ~0.27x, int4 ~0.15x of float + overhead.
@@ -217,7 +222,9 @@ def test_quantized_output_in_compute_dtype(policy, mode):
 def test_int8_with_float16_compute_is_refused_before_anything_changes():
     layer = Embedding(20, 8, dtype="mixed_float16")
     layer.build()
-    with pytest.raises(ValueError, match="doesn't work well with compute_dtype='float16'"):
+    with pytest.raises(
+        ValueError, match="doesn't work well with compute_dtype='float16'"
+    ):
         layer.quantize("int8")
     assert layer.quantization_mode is None and layer.weights[0].dtype == "float32"
 
@@ -244,7 +251,9 @@ def test_quantize_twice_or_unbuilt_is_a_clear_error():
     layer = quantized_layer(random_table(10, 4), "int8")
     with pytest.raises(ValueError, match="is already quantized with dtype_policy="):
         layer.quantize("int4")
-    with pytest.raises(ValueError, match="Cannot quantize a layer that isn't yet built."):
+    with pytest.raises(
+        ValueError, match="Cannot quantize a layer that isn't yet built."
+    ):
         Embedding(10, 4).quantize("int8")
 
 

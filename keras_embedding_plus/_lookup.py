@@ -1,0 +1,260 @@
+"""The lookup pipeline: one composition of small stages behind every lookup.
+
+```
+ids -> policy (_ids.prepare_ids)
+    -> storage.rows: the stored variables' rows (float | int8 | int4, dequantized)
+         each variable read by one `gather` (dense, row-sparse gradient, on its
+         device), chosen once for the layer
+    -> row transforms, in order: LoRA delta, max_norm, dropout
+    -> output: zero the rows of invalid ids, cast to the compute dtype
+```
+
+`compose(layer)` builds the `Lookup` of a layer when it is built, quantized or
+given LoRA; `call`, `attend`, saving (`float_table`) and the JAX sparse trainer
+(`sparse_variables`) all read it. A new option is a new stage here, not a branch in
+`Embedding.call`.
+"""
+
+import functools
+
+import keras
+from keras import ops
+
+from keras_embedding_plus import (
+    _ids,
+    _lora,
+    _max_norm,
+    _placement,
+    _quantization,
+    _sparse,
+)
+
+# ---- gather: how one variable's rows are read ----------------------------------
+
+
+def _sparse_gather(variable, ids, valid):
+    """Rows whose gradient stays row-sparse (`_sparse.lookup`)."""
+    return _sparse.lookup(variable, ids), valid
+
+
+def _placed_gather(variable, ids, valid, placement, sparse):
+    """Rows read where the variable lives; only the rows move."""
+    return _placement.take(variable, ids, placement, sparse=sparse), valid
+
+
+def make_gather(sparse, placement):
+    """`gather(variable, ids, valid) -> (rows, valid)`, as `_ids.take` returns.
+
+    One function for every variable of a layer that is read by id (the table,
+    its quantization scales and zero points, LoRA's `A`), so that `sparse` and
+    `device` hold on every path.
+    """
+    if placement is not None:
+        return functools.partial(_placed_gather, placement=placement, sparse=sparse)
+    if sparse:
+        return _sparse_gather
+    return _ids.take
+
+
+def _gather_column(gather, variable, ids, valid):
+    """`gather` of a 1-D variable (one value a row), as a column and back."""
+    rows, valid = gather(ops.expand_dims(variable, -1), ids, valid)
+    return rows[..., 0], valid
+
+
+# ---- storage: what is stored, and its float rows -------------------------------
+
+
+def _here(variable):
+    return variable
+
+
+class FloatStorage:
+    """A float table: its rows are the looked-up rows."""
+
+    def __init__(self, table, fetch=_here):
+        self.table = table
+        self.fetch = fetch  # the whole variable, where the model computes
+
+    def rows(self, gather, ids, valid):
+        return gather(self.table, ids, valid)
+
+    def dense(self):
+        return self.fetch(self.table)
+
+
+class QuantizedStorage:
+    """An int8 / int4 table (Keras's formats): rows gathered, then dequantized."""
+
+    def __init__(self, parts, mode, output_dim, block, fetch=_here):
+        self.parts = parts  # stored table, scales [, zero points]
+        self.mode = mode
+        self.output_dim = output_dim
+        self.block = block
+        self.fetch = fetch
+
+    def rows(self, gather, ids, valid):
+        parts, rows_valid = [], valid
+        for variable in self.parts:
+            if len(variable.shape) == 1:
+                rows, rows_valid = _gather_column(gather, variable, ids, valid)
+            else:
+                rows, rows_valid = gather(variable, ids, valid)
+            parts.append(rows)
+        filled = valid is not None and rows_valid is None
+        rows = _quantization.dequantize(
+            parts, self.mode, self.output_dim, self.block, filled
+        )
+        return rows, rows_valid
+
+    def dense(self):
+        parts = [self.fetch(part) for part in self.parts]
+        return _quantization.dequantize(parts, self.mode, self.output_dim, self.block)
+
+
+# ---- row transforms ------------------------------------------------------------
+
+
+class LoraDelta:
+    """Adds `scale * A[ids] @ B`: the rows of A are gathered, never `A @ B`."""
+
+    def __init__(self, a, b, scale, fetch=_here):
+        self.a, self.b, self.scale = a, b, scale
+        self.fetch = fetch
+
+    def rows(self, rows, ids, valid, gather, training):
+        a_rows, _ = gather(self.a, ids, valid)
+        return _lora.add_delta(rows, a_rows, self.b, self.scale)
+
+    def table(self, table):
+        delta = _lora.delta_table(self.fetch(self.a), self.b, self.scale)
+        return ops.add(ops.cast(table, "float32"), delta)
+
+
+class MaxNorm:
+    """Renormalises rows whose p-norm exceeds `max_norm` (outputs only)."""
+
+    def __init__(self, max_norm, norm_type):
+        self.max_norm, self.norm_type = max_norm, norm_type
+
+    def rows(self, rows, ids, valid, gather, training):
+        return _max_norm.renormalize(rows, self.max_norm, self.norm_type)
+
+    def table(self, table):
+        return _max_norm.renormalize(table, self.max_norm, self.norm_type)
+
+
+class RowDropout:
+    """Keras 1's embedding dropout: whole vocabulary rows, in training only."""
+
+    def __init__(self, rate, input_dim, seed_generator):
+        self.rate, self.input_dim, self.seed = rate, input_dim, seed_generator
+
+    def rows(self, rows, ids, valid, gather, training):
+        if not training:
+            return rows
+        draw = keras.random.uniform((self.input_dim,), seed=self.seed)
+        keep = ops.cast(ops.greater_equal(draw, self.rate), rows.dtype)
+        scale = ops.take(keep, ids, axis=0) / (1.0 - self.rate)
+        return rows * ops.expand_dims(scale, -1)
+
+    def table(self, table):
+        return table  # Logits (`attend`) are an inference read: no dropout.
+
+
+# ---- the composition -----------------------------------------------------------
+
+
+class Lookup:
+    """`ids -> rows` for one layer: storage, gather and row transforms."""
+
+    def __init__(self, storage, storage_gather, gather, transforms, sparse_variables):
+        self.storage = storage
+        self.storage_gather = storage_gather
+        self.gather = gather
+        self.transforms = transforms
+        self.sparse_variables = sparse_variables
+
+    def rows(self, ids, valid, training=None):
+        """`(rows, valid)` of valid integer `ids` (flat values), as `_ids.take`."""
+        rows, rows_valid = self.storage.rows(self.storage_gather, ids, valid)
+        # Invalid ids' rows already are zero where `rows_valid` comes back
+        # `None`; every transform keeps zero rows zero.
+        for transform in self.transforms:
+            rows = transform.rows(rows, ids, valid, self.gather, training)
+        return rows, rows_valid
+
+    def adapted_table(self):
+        """The stored table, dequantized, with LoRA's delta: what saving merges."""
+        lora = self.lora()
+        table = self.storage.dense()
+        return table if lora is None else lora.table(table)
+
+    def lora(self):
+        return next((t for t in self.transforms if isinstance(t, LoraDelta)), None)
+
+    def float_table(self):
+        """The whole float table after the transforms (tied logits, merging)."""
+        table = self.storage.dense()
+        for transform in self.transforms:
+            table = transform.table(table)
+        return table
+
+    def logits(self, inputs, dtype):
+        """`inputs @ float_table().T` in `dtype` (tied output logits).
+
+        With LoRA alone, `(x @ B.T) @ A.T` is added to `x @ table.T`, never
+        forming the vocab x dim `A @ B`.
+        """
+        x = ops.cast(inputs, dtype)
+        lora, *others = self.transforms or [None]
+        if isinstance(lora, LoraDelta) and not any(
+            isinstance(t, MaxNorm) for t in others
+        ):
+            table = ops.cast(self.storage.dense(), dtype)
+            delta = _lora.delta_logits(x, lora.fetch(lora.a), lora.b, lora.scale)
+            return ops.add(ops.matmul(x, ops.transpose(table)), ops.cast(delta, dtype))
+        table = ops.cast(self.float_table(), dtype)
+        return ops.matmul(x, ops.transpose(table))
+
+
+def compose(layer):
+    """The `Lookup` of a built layer, from its current state."""
+    mode = layer.quantization_mode
+    placement = layer._table_placement
+    fetch = _here
+    if placement is not None:
+        fetch = functools.partial(_placement.fetch, placement=placement)
+    if mode:
+        storage = QuantizedStorage(
+            _quantization.stored_variables(layer)[:3],
+            mode,
+            layer.output_dim,
+            _quantization._block(layer._int4_block_size),
+            fetch,
+        )
+    else:
+        storage = FloatStorage(layer._embeddings, fetch)
+    transforms = []
+    if layer.lora_enabled:
+        scale = (layer.lora_alpha or layer.lora_rank) / layer.lora_rank
+        a, b = layer.lora_embeddings_a, layer.lora_embeddings_b
+        transforms.append(LoraDelta(a, b, scale, fetch))
+    if layer.max_norm:
+        transforms.append(MaxNorm(layer.max_norm, layer.norm_type))
+    if layer.dropout:
+        transforms.append(
+            RowDropout(layer.dropout, layer.input_dim, layer.seed_generator)
+        )
+    # What trains by id, and so gets a row-sparse gradient with `sparse=True`.
+    sparse_variables = []
+    if layer.sparse:
+        if layer.lora_enabled:
+            sparse_variables.append(layer.lora_embeddings_a)
+        elif not mode:
+            sparse_variables.append(layer._embeddings)
+    gather = make_gather(layer.sparse, placement)
+    # A quantized or frozen (LoRA) table is never trained: a dense read.
+    table_trains = any(v is layer._embeddings for v in sparse_variables)
+    storage_gather = gather if table_trains else make_gather(False, placement)
+    return Lookup(storage, storage_gather, gather, transforms, sparse_variables)
