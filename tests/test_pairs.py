@@ -1,0 +1,298 @@
+"""Issue 11: every option alone and every pair of options composes, or is refused.
+
+For each combination of `tests/pairs.py`: either `make_layer` raises the
+`ValueError` of `pairs.REFUSED`, or the layer's output and the gradients of
+`sum(outputs * U)` with respect to each trainable variable equal the NumPy
+reference, eager and compiled. Combinations in `pairs.KNOWN_BROKEN` are strict
+xfails.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pairs
+import pytest
+from conftest import BACKEND, compiled
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params():
+    out = []
+    for options in pairs.combinations():
+        marks = []
+        reason = pairs.broken(options, BACKEND)
+        if reason:
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        out.append(pytest.param(options, marks=marks, id=pairs.combination_id(options)))
+    return out
+
+
+def _numpy(x):
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(x, tf.IndexedSlices):
+            x = tf.convert_to_tensor(x)
+    if BACKEND == "torch" and x.is_sparse:
+        x = x.to_dense()
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")))
+
+
+def _is_row_sparse(grad):
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(grad, tf.IndexedSlices)
+    if BACKEND == "torch":
+        return grad.is_sparse
+    return False
+
+
+def _forward_and_grads(layer, ids, training, compile_):
+    """`(outputs, {name: gradient})` of `sum(outputs * U)`, each backend's autodiff.
+
+    Gradients come back as the backend gives them (row-sparse ones too).
+    """
+    variables = layer.trainable_variables
+    upstream = keras.ops.convert_to_tensor(pairs.UPSTREAM)
+    names = [v.name for v in variables]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def step(ids):
+            with tf.GradientTape() as tape:
+                out = layer(ids, training=training)
+                loss = tf.reduce_sum(tf.cast(out, "float32") * upstream)
+            return out, tape.gradient(loss, variables)
+
+        out, grads = (compiled(step) if compile_ else step)(ids)
+    elif BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss_fn(trainable, non_trainable, ids):
+            out, _ = layer.stateless_call(
+                trainable, non_trainable, ids, training=training
+            )
+            return jnp.sum(out.astype("float32") * upstream), out
+
+        step = jax.value_and_grad(loss_fn, has_aux=True)
+        if compile_:
+            step = compiled(step)
+        (_, out), grads = step(
+            [v.value for v in variables],
+            [v.value for v in layer.non_trainable_variables],
+            ids,
+        )
+    else:
+        for v in variables:
+            v.value.grad = None
+
+        def forward(ids):
+            return layer(ids, training=training)
+
+        out = (compiled(forward) if compile_ else forward)(ids)
+        if variables:
+            (out.float() * upstream).sum().backward()
+        grads = [v.value.grad for v in variables]
+    return out, dict(zip(names, grads, strict=True))
+
+
+def _trainable_names(options):
+    """LoRA freezes the table, and a quantized table never trains."""
+    if "lora" in options:
+        return ["lora_embeddings_a", "lora_embeddings_b"]
+    return [] if pairs.quantization_of(options) else ["embeddings"]
+
+
+def _sparse_names(options):
+    """The variables whose gradient must be row-sparse with `sparse=True`."""
+    return [n for n in _trainable_names(options) if n != "lora_embeddings_b"]
+
+
+def _observed_keep(out, params, options):
+    """Dropout's kept rows, read from training outputs (checking they are rows
+    of the reference, 0 or scaled by 1 / (1 - p), the same for every occurrence
+    of an id)."""
+    rtol, atol = pairs.tolerance(options)
+    full = pairs.reference(params, options, keep=np.ones(pairs.INPUT_DIM))
+    keep = {}
+    for position in np.ndindex(*pairs.IDS.shape):
+        row, expected = out[position], full[position]
+        kept = np.allclose(row, expected, rtol=rtol, atol=atol)
+        dropped = np.allclose(row, 0.0, atol=0.0)
+        assert kept or dropped, (
+            f"dropout: row {row} at {position} is neither 0 nor the reference "
+            f"row / (1 - p) = {expected}"
+        )
+        i = pairs.IDS[position]
+        assert keep.setdefault(i, kept) == kept, (
+            f"dropout: id {i} is kept at one position and dropped at another"
+        )
+    return np.array([float(keep.get(i, 1.0)) for i in range(pairs.INPUT_DIM)])
+
+
+def _check_placement(layer, options):
+    """With `device=`, the table's stored variables live there."""
+    for name in ("embeddings", "embeddings_scale", "embeddings_zero"):
+        v = pairs.variable(layer, name)
+        if v is None:
+            continue
+        value = v.value
+        if BACKEND == "tensorflow":
+            assert value.device.endswith("CPU:0"), (name, value.device)
+        elif BACKEND == "torch":
+            assert value.device.type == "cpu", (name, value.device)
+        elif "host" in options:
+            assert value.sharding.memory_kind == "pinned_host", (
+                f"`{name}` is in {value.sharding.memory_kind} memory, not the "
+                "host memory `device='host'` asks for"
+            )
+        else:
+            import jax
+
+            assert value.devices() == {jax.devices("cpu")[0]}, (name, value)
+
+
+def _check_combination(options):
+    layer = pairs.make_layer(options)
+    params = pairs.reference_params(layer, options)
+    names = _trainable_names(options)
+    assert sorted(v.name for v in layer.trainable_variables) == sorted(names)
+    rtol, atol = pairs.tolerance(options)
+    dtype = pairs.compute_dtype(options)
+    ids = keras.ops.convert_to_tensor(pairs.IDS)
+    if "cpu" in options or "host" in options:
+        _check_placement(layer, options)
+    if "mask_zero" in options:
+        mask = _numpy(layer.compute_mask(ids, None))
+        np.testing.assert_array_equal(mask, pairs.IDS != 0)
+    if "dropout" in options:  # Inference: no dropout.
+        np.testing.assert_allclose(
+            _numpy(layer(ids, training=False)),
+            pairs.reference(params, options),
+            rtol=rtol,
+            atol=atol,
+            err_msg="inference",
+        )
+    for compile_ in (False, True):
+        where = "compiled" if compile_ else "eager"
+        out, grads = _forward_and_grads(layer, ids, True, compile_)
+        assert keras.backend.standardize_dtype(out.dtype) == dtype
+        out = _numpy(out)
+        keep = None
+        if "dropout" in options:
+            keep = _observed_keep(out, params, options)
+        np.testing.assert_allclose(
+            out,
+            pairs.reference(params, options, keep=keep),
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"{where} forward",
+        )
+        expected_grads = pairs.reference_gradients(params, options, names, keep=keep)
+        for name in names:
+            np.testing.assert_allclose(
+                _numpy(grads[name]),
+                expected_grads[name],
+                rtol=rtol,
+                atol=atol,
+                err_msg=f"{where} gradient of {name}",
+            )
+        if "sparse" in options and BACKEND != "jax":
+            for name in _sparse_names(options):
+                assert _is_row_sparse(grads[name]), (
+                    f"{where}: the gradient of `{name}` is dense with sparse=True "
+                    f"({type(grads[name]).__name__})"
+                )
+    if "sparse" in options and BACKEND == "jax":
+        _check_jax_sparse_step(layer, options, params)
+
+
+def _check_jax_sparse_step(layer, options, params):
+    """One `fit` step with `SparseTrainer` and `LazySGD` equals NumPy's SGD step,
+    with the sparse variables differentiated through their rows."""
+    from keras_embedding_plus.optimizers import LazySGD
+    from keras_embedding_plus.training import SparseTrainer, sparse_tables
+
+    class Model(SparseTrainer, keras.Sequential):
+        pass
+
+    model = Model([keras.Input((pairs.LENGTH,), dtype="int32"), layer])
+
+    class Dot(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            y_pred = keras.ops.cast(y_pred, "float32")
+            return keras.ops.sum(y_pred * y_true, axis=-1)
+
+    lr = 0.1
+    model.compile(
+        optimizer=LazySGD(learning_rate=lr),
+        loss=Dot(reduction="sum"),
+    )
+    names = _trainable_names(options)
+    sparse = {id(v) for v in sparse_tables(model)}
+    for name in _sparse_names(options):
+        assert id(pairs.variable(layer, name)) in sparse, (
+            f"SparseTrainer does not differentiate `{name}` through its rows"
+        )
+    upstream = pairs.UPSTREAM
+    if "mask_zero" in options:  # Keras masks the loss at padding ids.
+        upstream = upstream * (pairs.IDS != 0)[..., None]
+    model.fit(pairs.IDS, upstream, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    rtol, atol = pairs.tolerance(options)
+    if "dropout" not in options:
+        grads = pairs.reference_gradients(params, options, names, upstream)
+        for name in names:
+            np.testing.assert_allclose(
+                _numpy(pairs.variable(layer, name).value),
+                params[name] - lr * grads[name],
+                rtol=rtol,
+                atol=atol,
+                err_msg=f"{name} after one LazySGD step",
+            )
+        return
+    # Dropout: each looked-up row moved by its full step, or (dropped) not at all.
+    ones = np.ones(pairs.INPUT_DIM)
+    grads = pairs.reference_gradients(params, options, names, upstream, keep=ones)
+    for name in _sparse_names(options):
+        after = _numpy(pairs.variable(layer, name).value)
+        for i in range(pairs.INPUT_DIM):
+            step = params[name][i] - lr * grads[name][i]
+            assert np.allclose(after[i], step, rtol=rtol, atol=atol) or np.allclose(
+                after[i], params[name][i], rtol=rtol, atol=atol
+            ), f"{name} row {i} after one LazySGD step with dropout"
+
+
+# torch.compile: resuming after a graph break, Dynamo reads `.grad` of non-leaf
+# tensors and warns about its own access.
+@pytest.mark.filterwarnings(
+    "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
+)
+@pytest.mark.parametrize("options", _params())
+def test_pair(options):
+    fragment = pairs.refusal(options, BACKEND)
+    if fragment is not None:
+        with pytest.raises(ValueError, match=None) as info:
+            pairs.make_layer(options)
+        message = str(info.value)
+        assert fragment in message, message
+        for option in options:
+            assert pairs.NAMES[option] in message, (option, message)
+        return
+    _check_combination(options)
+
+
+def test_readme_pair_table():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    start, end = "<!-- pair-table -->", "<!-- /pair-table -->"
+    if start not in readme or end not in readme:
+        pytest.skip("README.md has no `<!-- pair-table -->` markers yet")
+    found = readme.split(start, 1)[1].split(end, 1)[0]
+    assert found.strip() == pairs.markdown_table().strip(), (
+        "README's pair table is stale: run `python scripts/pair_table.py` and "
+        "paste its output between the markers"
+    )
