@@ -47,6 +47,26 @@ def check_constraint(constraint):
         )
 
 
+def check_enable(layer, rank, alpha):
+    """`(rank, alpha)` for `layer.enable_lora`, or Keras's error texts."""
+    rank = check_rank(rank, "rank", allow_none=False)
+    alpha = check_alpha(alpha)
+    check_constraint(layer.embeddings_constraint)
+    if not layer.built:
+        raise ValueError(
+            "Cannot enable lora on a layer that isn't yet built. "
+            f"Layer '{layer.name}': call `layer.build()` first, or pass "
+            "`lora_rank` to the constructor."
+        )
+    if layer.lora_enabled:
+        raise ValueError(
+            "lora is already enabled. This can only be done once per layer. "
+            f"Layer '{layer.name}' has lora_rank={layer.lora_rank}. "
+            f"Received: rank={rank}"
+        )
+    return rank, alpha
+
+
 def add_factor(add_weight, name, shape, initializer, regularizer=None):
     """A trainable float32 LoRA factor (`A` or `B`), as Keras makes them.
 

@@ -52,6 +52,12 @@ def mode_error(mode, where=""):
     )
 
 
+def check_policy(policy):
+    """A dtype policy's quantization mode must be one the table can take."""
+    if policy.quantization_mode not in (None, *MODES):
+        raise mode_error(policy.quantization_mode, f" (dtype={policy.name!r})")
+
+
 def check_mode(mode):
     if mode not in MODES:
         raise mode_error(mode)
@@ -256,3 +262,13 @@ def check_config(config):
         "`Int4QuantizationConfig(block_size=64)`). "
         f"Received: quantization_config={config!r} (of type {type(config).__name__})."
     )
+
+
+def merged(table, stored, layer):
+    """What a LoRA layer saves: `stored` with the merged float `table` in place
+    of the table's variables (re-quantized when the layer is quantized)."""
+    mode = layer.quantization_mode
+    if not mode:
+        return [ops.cast(table, stored[0].dtype), *stored[1:]]
+    values = quantize_table(table, mode, layer._int4_block_size)
+    return [*values, *stored[len(values) :]]

@@ -16,6 +16,7 @@
 """
 
 import os
+import types
 import zipfile
 
 import keras
@@ -119,3 +120,17 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         if path in str(e):
             raise
         raise ValueError(f"Cannot load a model from '{path}': {e}") from e
+
+
+def assign_checked(name, variables, store):
+    """Assign a store's values to `variables`, all shapes checked first.
+
+    Nothing is assigned unless every value fits (a failed load keeps the old
+    weights).
+    """
+    values = store_values(store)
+    check_weights(
+        types.SimpleNamespace(name=name, weights=variables), values, "load_weights"
+    )
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)

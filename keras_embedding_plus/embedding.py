@@ -1,16 +1,17 @@
-"""The `Embedding` layer."""
+"""The `Embedding` layer: arguments, weights and the Keras hooks.
+
+The lookup itself is the pipeline of `_lookup` (storage -> gather -> row transforms
+-> output), composed when the layer is built, quantized or given LoRA.
+"""
 
 import functools
-import numbers
-import types
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_embedding_plus import (
+    _args,
     _ids,
-    _legacy,
     _lookup,
     _lora,
     _max_norm,
@@ -21,207 +22,110 @@ from keras_embedding_plus import (
     _vectors,
 )
 
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_dim(name, value, minimum):
-    if not _is_int(value) or value < minimum:
-        allowed = "a positive integer"
-        if minimum == 0:  # Keras 3's text, then what Keras 1 / 2 also allowed.
-            allowed += " (or 0, an empty last axis, as in Keras 1 and 2)"
-        raise ValueError(
-            f"`{name}` must be {allowed}. "
-            f"Received: {name}={value!r} (of type {type(value).__name__})."
-        )
-    return int(value)
-
-
-def _check_input_length(input_length):
-    if input_length is None:
-        return None
-    if _is_int(input_length) and input_length >= 1:
-        return int(input_length)
-    if isinstance(input_length, (tuple, list)) and all(
-        d is None or (_is_int(d) and d >= 1) for d in input_length
-    ):
-        return tuple(None if d is None else int(d) for d in input_length)
-    raise ValueError(
-        "`input_length` must be None, a positive integer, or a tuple/list of "
-        "positive integers or None (one per axis after the batch axis). "
-        f"Received: input_length={input_length!r} "
-        f"(of type {type(input_length).__name__})."
-    )
-
-
-def _check_dropout(dropout):
-    if (
-        not isinstance(dropout, numbers.Real)
-        or isinstance(dropout, bool)
-        or not 0 <= dropout < 1
-    ):
-        raise ValueError(
-            "`dropout` must be a float in [0, 1). "
-            f"Received: dropout={dropout!r} (of type {type(dropout).__name__})."
-        )
-    return float(dropout)
-
-
-def _check_weights(weights, shape):
-    if isinstance(weights, (list, tuple)) and len(weights) == 1:
-        weights = weights[0]  # Keras 1 form: a one-element list.
-    value = np.asarray(ops.convert_to_numpy(weights))
-    if value.shape != shape:
-        raise ValueError(
-            f"`weights` must be an (input_dim, output_dim) = {shape} array or a "
-            f"one-element list of it. Received: weights of shape {value.shape}."
-        )
-    return value
-
-
 _UNBUILT = (
     "You must build the layer before accessing `embeddings`: call "
     "`layer.build()` or call the layer on some ids first."
 )
+# Config entries stored as they are (the table objects are serialized).
+_PLAIN_CONFIG = (
+    "input_dim",
+    "output_dim",
+    "mask_zero",
+    "dropout",
+    "lora_rank",
+    "lora_alpha",
+    "max_norm",
+    "norm_type",
+    "sparse",
+    "device",
+)
+_SERIALIZED_CONFIG = {
+    "embeddings_initializer": keras.initializers.serialize,
+    "embeddings_regularizer": keras.regularizers.serialize,
+    "activity_regularizer": keras.regularizers.serialize,
+    "embeddings_constraint": keras.constraints.serialize,
+    "quantization_config": keras.saving.serialize_keras_object,
+}
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
 class Embedding(keras.layers.Layer):
     """Turns non-negative integers (indexes) into dense vectors of fixed size.
 
-    A drop-in replacement for `keras.layers.Embedding` that also accepts what Keras 1
-    and Keras 2 accepted (`input_length`, `weights`, `dropout`, the Keras 1 argument
-    names) and gives the same answer for bad ids on every backend.
+    A drop-in replacement for `keras.layers.Embedding` (Keras 3.15's arguments,
+    quantization and LoRA, and its own tests pass) that also takes what Keras 1
+    and 2 took (`input_length`, `weights`, `dropout`, the Keras 1 names), gives
+    the same answer for bad ids on every backend, and composes every option with
+    every other (placement, row-sparse training, `max_norm`).
 
     e.g. `[[4], [20]] -> [[0.25, 0.1], [0.6, -0.2]]`
 
-    Index policy (the same on TensorFlow, JAX and PyTorch): valid ids are the
-    integers `0 .. input_dim - 1`, in any integer dtype, or floats holding whole
-    numbers. Wherever the ids' values are known at the call (eager execution,
-    including Keras's default `predict` / `fit` on PyTorch), any other id (too
-    large, negative, or a float with a fraction) raises `ValueError` naming the id,
-    its position and the valid range. Inside traced or compiled functions
-    (`tf.function`, `jax.jit`, Keras's compiled `predict` / `fit` on TensorFlow and
-    JAX), invalid ids look up all-zero vectors: never NaN, never another row.
+    Valid ids are the integers `0 .. input_dim - 1` (any integer dtype, or floats
+    holding whole numbers). Where the ids' values are known (eager calls,
+    Keras's default `predict` / `fit` on PyTorch), any other id raises
+    `ValueError` naming it; inside compiled functions invalid ids look up
+    all-zero rows: never NaN, never another row.
 
     Args:
         input_dim: Integer. Size of the vocabulary, i.e. maximum integer index + 1.
-        output_dim: Integer. Dimension of the dense embedding (0 gives an empty
-            last axis).
+        output_dim: Integer. Dimension of the dense embedding (0: an empty last
+            axis, as Keras 1 / 2 allowed).
         embeddings_initializer: Initializer for the `embeddings` matrix (see
             `keras.initializers`).
-        embeddings_regularizer: Regularizer function applied to the `embeddings`
-            matrix (see `keras.regularizers`).
-        activity_regularizer: Regularizer function applied to the output of the
-            layer (see `keras.regularizers`).
-        embeddings_constraint: Constraint function applied to the `embeddings`
-            matrix after every optimizer step (see `keras.constraints`; note that
-            `MaxNorm` bounds rows only with `axis=1`).
-        mask_zero: Boolean. Whether the input value 0 is a special "padding" value
-            to be masked out. If `True`, index 0 cannot be used in the vocabulary
-            (`input_dim` should equal the size of the vocabulary + 1).
-        input_length: None, integer, or tuple of integers / None. The length of the
-            input sequences (one entry per axis after the batch axis for N-D
-            inputs). When set, a `Sequential` model is built as soon as the layer
-            is added, so that `Flatten` and `Dense` can follow without data.
-            Calling the layer with another length raises `ValueError`. Keras
-            turns the expected shape into a float32 `Input`; use
-            `keras.Input(shape, dtype="int32")` instead for vocabularies over
-            2**24 ids, which float32 cannot hold exactly.
-        weights: Optional. The initial table: a `(input_dim, output_dim)` array or
-            a one-element list of it (Keras 1 form).
-        dropout: Float in [0, 1). Keras 1's embedding dropout: during training
-            whole rows of the table are dropped (every occurrence of a dropped id
-            gets a zero vector, the other rows are scaled by `1 / (1 - dropout)`).
-            No effect at inference. Draws one random number per vocabulary row
-            each training step.
-        lora_rank: Optional integer. If set, LoRA (low-rank adaptation) is
-            enabled when the layer is built: the table is frozen and two
-            trainable float32 factors `A` `(input_dim, lora_rank)` and `B`
+        embeddings_regularizer: Regularizer applied to the `embeddings` matrix
+            (see `keras.regularizers`).
+        activity_regularizer: Regularizer applied to the output of the layer.
+        embeddings_constraint: Constraint applied to the `embeddings` matrix
+            after every optimizer step (`MaxNorm` bounds rows with `axis=1`).
+        mask_zero: Boolean. Whether the input value 0 is a special "padding"
+            value to be masked out (`input_dim` should then be the size of the
+            vocabulary + 1).
+        input_length: None, integer, or tuple of integers / None. The length of
+            the input sequences: a `Sequential` model is built as soon as the
+            layer is added, and other lengths raise `ValueError`.
+        weights: Optional. The initial `(input_dim, output_dim)` table, or a
+            one-element list of it (Keras 1 form).
+        dropout: Float in [0, 1). Keras 1's embedding dropout: in training,
+            whole vocabulary rows are dropped and the others scaled by
+            `1 / (1 - dropout)`.
+        lora_rank: Optional integer. Enables LoRA at build: the table is frozen
+            and trainable float32 factors `A` `(input_dim, lora_rank)` and `B`
             `(lora_rank, output_dim)` adapt it to
-            `table + lora_alpha / lora_rank * A @ B`. Lookups gather the rows of
-            `A` first, so the cost does not grow with the vocabulary. Saving
-            merges the adapter into the table (as Keras does), so the saved
-            weights load into any `Embedding`. Also `layer.enable_lora(rank)`.
-            LoRA works on quantized layers (the quantized table stays frozen;
-            saving re-quantizes the merged table) and raises `ValueError` with
-            `embeddings_constraint` (a table constraint cannot bound the factors).
-        lora_alpha: Optional number scaling the adapter by
-            `lora_alpha / lora_rank`; defaults to `lora_rank`.
-        max_norm: Optional positive number. Every looked-up row whose
-            `norm_type`-norm exceeds `max_norm` is used renormalised to
-            `max_norm` (scaled by `max_norm / (norm + 1e-7)`, as in PyTorch). Only
-            the outputs are renormalised, as in TensorFlow's `embedding_lookup`:
-            the stored table never changes; gradients flow through the
-            renormalisation and stay finite for all-zero rows. Applied before
-            `dropout`, and also to `attend`'s table.
-        norm_type: Number >= 1, or `float("inf")`. The p of the p-norm for
-            `max_norm`. Defaults to 2.
-        sparse: Boolean. If `True`, training computes a row-sparse gradient for
-            the table and, with `LazySGD`, `LazyAdagrad` or `LazyAdam` from
-            `keras_embedding_plus.optimizers`, updates only the rows looked up,
-            so a step costs the same at any vocabulary size (see "Big
-            vocabularies" in the README). TensorFlow: the rows are gathered from
-            the variable itself (a `tf.IndexedSlices` gradient, and no read of
-            the whole table); PyTorch: `F.embedding(sparse=True)` (a sparse COO
-            gradient); JAX: in models with the
-            `keras_embedding_plus.training.SparseTrainer` mixin (elsewhere the
-            JAX gradient stays dense). Trade-offs: Keras's own optimizers other
-            than `SGD` without momentum still touch every row; on PyTorch,
-            Keras's `Adagrad`, `RMSprop`, `Adadelta`, `Adamax`, `Ftrl`, `Lamb`
-            and `Adafactor` reject sparse gradients, and so does the
-            `LossScaleOptimizer` of `mixed_float16` (`mixed_bfloat16` works); on
-            JAX, a table also read outside the layer (weight tying) gets no
-            gradient from that use.
-            `jit_compile=True` works on every backend. Regularizers,
-            constraints, clipping, loss scaling, EMA, gradient accumulation and
-            `weight_decay` work as with `sparse=False` (tested; regularizers,
-            constraints, EMA, accumulation and `weight_decay` touch every row).
-            Ignored with `max_norm`, LoRA or quantization. Defaults to `False`.
-        device: Optional string. Where the table lives: `"cpu"`, `"cpu:0"`,
-            `"gpu:1"`, ... or `"host"` (host memory, the model computes
-            elsewhere). The lookup runs there and only the looked-up rows move
-            to the model's device; gradients flow back. A device this machine
-            lacks warns once and places the table by default. JAX: `"host"`
-            (and `"cpu"` when JAX computes on an accelerator) is memory kind
-            `pinned_host` of the compute device, not combinable with LoRA,
-            `max_norm` or `sparse`; a compiled step runs on one device, so a
-            table on another device of the same platform pulls the compiled
-            step there (with a warning). See "Big tables" in the README.
-            Defaults to `None` (where Keras puts variables).
-        quantization_config: Optional `keras.quantizers.QuantizationConfig`
-            (e.g. `Int8QuantizationConfig`, `Int4QuantizationConfig(block_size=
-            64)`), as in Keras: how a quantized dtype policy builds the table,
-            and what `quantize` used; serialized in `get_config`.
-        **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...).
-            The Keras 1 names `init`, `W_regularizer` and `W_constraint` are
-            accepted with a `DeprecationWarning`.
+            `table + lora_alpha / lora_rank * A @ B` (rows of `A` are gathered,
+            never `A @ B`). Saving merges the adapter, as Keras does.
+        lora_alpha: Optional number scaling the adapter; defaults to `lora_rank`.
+        max_norm: Optional positive number. Looked-up rows whose `norm_type`-norm
+            exceeds it are used renormalised to it (outputs only, as in
+            TensorFlow's `embedding_lookup`; the stored table never changes).
+        norm_type: Number >= 1, or `float("inf")`: the p of `max_norm`'s norm.
+        sparse: Boolean. Training computes row-sparse gradients for what trains
+            by id (the table, or LoRA's `A`), which the lazy optimizers of
+            `keras_embedding_plus.optimizers` apply to the looked-up rows only
+            (JAX: in models with `keras_embedding_plus.training.SparseTrainer`).
+        device: Optional string: where the table lives (`"cpu"`, `"gpu:1"`, ...,
+            or `"host"` for host memory). Every lookup runs there and only the
+            rows move.
+        quantization_config: Optional `keras.quantizers.QuantizationConfig`, as
+            in Keras: how a quantized dtype policy builds the table, and what
+            `quantize` used.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...);
+            the Keras 1 names `init`, `W_regularizer` and `W_constraint` too.
 
-    Quantization, as in Keras 3.15: `layer.quantize("int8")` stores an int8 table
-    with one scale per row; `layer.quantize("int4")` packs two 4-bit values per
-    byte and resolves as Keras does, to `Int4QuantizationConfig()` whose
-    `block_size` is 128: groups of 128 columns (one group when `output_dim <=
-    128`), each with a scale and a zero point (policy `int4/128_from_...`);
-    `Int4QuantizationConfig(block_size=None)` gives one scale per row.
-    `model.quantize` reaches the layer as it reaches Keras's `Embedding`.
-    Lookups gather rows, then dequantize only those. Each element is within
-    `max |row| / 254` (int8) or `max |row| / 14` (int4) of the float table. A
-    quantized layer saves and loads quantized, cannot be quantized again, and
-    its table is not trainable (`fit` trains the rest of the model; enable LoRA
-    to adapt it). `layer.embeddings` is then the stored int8 variable (int4: the
-    unpacked values), as in Keras.
-
-    Tied output logits: `layer.attend(x)` (or `layer(x, reverse=True)`) returns
-    `x @ embeddings.T` in the compute dtype, logits over the vocabulary from
-    vectors of size `output_dim`, for language-model heads sharing the table.
+    Quantization, as in Keras 3.15: `quantize("int8")` stores an int8 table with
+    one scale per row; `quantize("int4")` resolves to `Int4QuantizationConfig()`
+    (groups of 128 columns with scales and zero points;
+    `Int4QuantizationConfig(block_size=None)`: one scale per row). Lookups gather
+    rows, then dequantize only those. Tied output logits: `layer.attend(x)` or
+    `layer(x, reverse=True)`.
 
     Input shape:
-        N-D tensor of ids with shape `(batch_size, ...)`, any rank >= 1.
-        With `reverse=True`: `(batch_size, ..., output_dim)` vectors.
+        N-D tensor of ids with shape `(batch_size, ...)`, any rank >= 1 (dense,
+        ragged or sparse on TensorFlow, sparse `BCOO` on JAX). With
+        `reverse=True`: `(batch_size, ..., output_dim)` vectors.
 
     Output shape:
-        (N+1)-D tensor with shape `(batch_size, ..., output_dim)`.
+        (N+1)-D tensor with shape `(batch_size, ..., output_dim)` (with
+        `reverse=True`: `(batch_size, ..., input_dim)` logits).
 
     Example:
 
@@ -256,80 +160,52 @@ class Embedding(keras.layers.Layer):
         quantization_config=None,
         **kwargs,
     ):
-        input_dim = _check_dim("input_dim", input_dim, 1)
-        output_dim = _check_dim("output_dim", output_dim, 0)
-        aliases = _legacy.keras1_aliases(
+        input_dim = _args.check_dim("input_dim", input_dim, 1)
+        output_dim = _args.check_dim("output_dim", output_dim, 0)
+        initializer, regularizer, constraint = _args.table_objects(
             kwargs,
-            {
-                "embeddings_initializer": (
-                    None
-                    if embeddings_initializer == "uniform"
-                    else embeddings_initializer
-                ),
-                "embeddings_regularizer": embeddings_regularizer,
-                "embeddings_constraint": embeddings_constraint,
-            },
+            embeddings_initializer,
+            embeddings_regularizer,
+            embeddings_constraint,
         )
-        embeddings_initializer = aliases.get(
-            "embeddings_initializer", embeddings_initializer
+        mask_zero = _args.check_bool("mask_zero", mask_zero)
+        input_length = _args.check_input_length(input_length)
+        dropout = _args.check_dropout(dropout)
+        lora_rank, lora_alpha = (
+            _lora.check_rank(lora_rank),
+            _lora.check_alpha(lora_alpha),
         )
-        embeddings_regularizer = aliases.get(
-            "embeddings_regularizer", embeddings_regularizer
-        )
-        embeddings_constraint = aliases.get(
-            "embeddings_constraint", embeddings_constraint
-        )
-        if not isinstance(mask_zero, (bool, np.bool_)):
-            raise ValueError(
-                "`mask_zero` must be a boolean. "
-                f"Received: mask_zero={mask_zero!r} "
-                f"(of type {type(mask_zero).__name__})."
-            )
-        input_length = _check_input_length(input_length)
-        dropout = _check_dropout(dropout)
-        lora_rank = _lora.check_rank(lora_rank)
-        lora_alpha = _lora.check_alpha(lora_alpha)
         if lora_rank is not None:
-            _lora.check_constraint(keras.constraints.get(embeddings_constraint))
+            _lora.check_constraint(constraint)
         max_norm, norm_type = _max_norm.check(max_norm, norm_type)
         device = _placement.check_device(device)
         quantization_config = _quantization.check_config(quantization_config)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if self.quantization_mode not in (None, *_quantization.MODES):
-            raise _quantization.mode_error(
-                self.quantization_mode, f" (dtype={self.dtype_policy.name!r})"
-            )
-        self.quantization_config = quantization_config
-        self.input_dim = input_dim
-        self.output_dim = output_dim
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
-        self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
-        self.mask_zero = bool(mask_zero)
-        self.supports_masking = self.mask_zero
-        self.input_length = input_length
-        self.dropout = dropout
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
+        _quantization.check_policy(self.dtype_policy)
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.embeddings_initializer = initializer
+        self.embeddings_regularizer = regularizer
+        self.embeddings_constraint = constraint
+        self.mask_zero = self.supports_masking = mask_zero
+        self.input_length, self.dropout = input_length, dropout
+        self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
         self.lora_enabled = False
-        self.max_norm = max_norm
-        self.norm_type = norm_type
+        self.max_norm, self.norm_type = max_norm, norm_type
         self.sparse = _sparse.check_sparse(sparse)
-        self.device = device
+        self.device, self.quantization_config = device, quantization_config
         self._table_placement = _placement.resolve(device)
         _placement.check_lookup_options(self._table_placement, sparse=self.sparse)
         # The table is read in its variable dtype; the looked-up rows are cast.
         self.autocast = False
         if input_length is not None:
-            # What `Sequential.add` reads to build an `InputLayer` up front, as
-            # Keras 2 did from `input_length`.
+            # What `Sequential.add` reads to build an `InputLayer` up front.
             self._input_shape_arg = (
                 input_length if isinstance(input_length, tuple) else (input_length,)
             )
         if dropout:
             self.seed_generator = keras.random.SeedGenerator()
         if weights is not None:
-            value = _check_weights(weights, (input_dim, output_dim))
+            value = _args.check_weights(weights, (input_dim, output_dim))
             self.build()
             self._embeddings.assign(value)
 
@@ -337,10 +213,9 @@ class Embedding(keras.layers.Layer):
         if self.built:
             return
         if self.quantization_mode:  # Loading a quantized layer.
+            shape = (self.input_dim, self.output_dim)
             self.quantized_build(
-                (self.input_dim, self.output_dim),
-                self.quantization_mode,
-                self.quantization_config,
+                shape, self.quantization_mode, self.quantization_config
             )
         else:
             self._embeddings = self._placed(
@@ -364,17 +239,15 @@ class Embedding(keras.layers.Layer):
         with _placement.build_scope(placement, (self.input_dim, self.output_dim)):
             created = create()
         for variable in created if isinstance(created, tuple) else (created,):
-            pinned = _placement.pin(variable, placement)
-        self._table_placement = pinned
+            self._table_placement = _placement.pin(variable, placement)
         return created
 
     @property
     def embeddings(self):
         """The `(input_dim, output_dim)` table (a `keras.Variable`), as in Keras.
 
-        When quantized: the stored int8 variable (int4: the unpacked int8 values),
-        not the dequantized table. With LoRA: the table plus the adapter's delta,
-        in the compute dtype (a tensor, not a variable).
+        When quantized: the stored int8 variable (int4: the unpacked int8 values).
+        With LoRA: the table plus the adapter's delta, in the compute dtype.
         """
         if not self.built:
             raise AttributeError(_UNBUILT)
@@ -390,21 +263,17 @@ class Embedding(keras.layers.Layer):
     def __getattr__(self, name):
         # On torch a property's AttributeError falls through to
         # `nn.Module.__getattr__`, whose message would hide ours.
-        if name == "embeddings":
-            raise AttributeError(_UNBUILT)
         parent = getattr(super(), "__getattr__", None)
-        if parent is None:
-            raise AttributeError(
-                f"'{type(self).__name__}' object has no attribute '{name}'"
-            )
+        if name == "embeddings" or parent is None:
+            message = f"'{type(self).__name__}' object has no attribute '{name}'"
+            raise AttributeError(_UNBUILT if name == "embeddings" else message)
         return parent(name)
 
     def __call__(self, *args, reverse=False, **kwargs):
         if not reverse:
             return super().__call__(*args, **kwargs)
         # Logits carry no mask (as Keras's ReversibleEmbedding): `compute_mask`
-        # answers for ids, so it is told so for this one call; no state
-        # survives it.
+        # answers for ids, so it is told so for this one call only.
         self._computing_logits = True
         try:
             return super().__call__(*args, reverse=True, **kwargs)
@@ -415,7 +284,7 @@ class Embedding(keras.layers.Layer):
         if reverse:
             return self.attend(inputs)
         inputs = _ids.densify(inputs)
-        self._check_length(inputs.shape)
+        _args.check_length(self.name, self.input_length, inputs.shape)
         ids, valid = _ids.prepare_ids(inputs, self.input_dim)
         rows, valid = self._lookup.rows(_ids._values(ids), valid, training)
         rows = ops.cast(_ids.zero_invalid(rows, valid), self.compute_dtype)
@@ -427,80 +296,26 @@ class Embedding(keras.layers.Layer):
         # `ids != 0`, through an op every loader (legacy `.h5` too) can rebuild.
         return _saving.padding_mask(inputs)
 
-    def _check_length(self, shape):
-        if self.input_length is None:
-            return
-        expected = (
-            self.input_length
-            if isinstance(self.input_length, tuple)
-            else (self.input_length,)
-        )
-        received = tuple(shape)[1:]
-        if len(received) != len(expected) or any(
-            e is not None and r is not None and e != r
-            for e, r in zip(expected, received, strict=False)
-        ):
-            raise ValueError(
-                f"Layer '{self.name}' expects ids of length {self.input_length} "
-                f"(`input_length`), but it was called with ids of length "
-                f"{received[0] if len(received) == 1 else received} "
-                f"(shape {tuple(shape)})."
-            )
-
     def compute_output_shape(self, input_shape):
-        self._check_length(input_shape)
+        _args.check_length(self.name, self.input_length, input_shape)
         return (*input_shape, self.output_dim)
 
     def compute_output_spec(self, inputs, training=None, reverse=False):
         if reverse:
-            return keras.KerasTensor(
-                (*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype
-            )
+            shape = (*inputs.shape[:-1], self.input_dim)
+            return keras.KerasTensor(shape, dtype=self.compute_dtype)
         _ids.ids_dtype(inputs)
-        return keras.KerasTensor(
-            self.compute_output_shape(inputs.shape),
-            dtype=self.compute_dtype,
-            ragged=getattr(inputs, "ragged", False),
-        )
-
-    def set_weights(self, weights):
-        _saving.check_weights(self, weights, "set_weights")
-        super().set_weights(weights)
-
-    def save_own_variables(self, store):
-        # Keras's layout: the stored table's variables only; LoRA merged in.
-        if not self.built:
-            return
-        values = (
-            self._merged_values()
-            if self.lora_enabled
-            else _quantization.stored_variables(self)
-        )
-        for i, value in enumerate(values):
-            store[str(i)] = value
-
-    def load_own_variables(self, store):
-        """Load the (merged) table; a LoRA adapter restarts at 0 (B = 0)."""
-        values = _saving.store_values(store)
-        stored = _quantization.stored_variables(self)
-        _saving.check_weights(
-            types.SimpleNamespace(name=self.name, weights=stored),
-            values,
-            "load_weights",
-        )
-        for variable, value in zip(stored, values, strict=True):
-            variable.assign(value)
-        if self.lora_enabled:
-            self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
+        shape = self.compute_output_shape(inputs.shape)
+        ragged = getattr(inputs, "ragged", False)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype, ragged=ragged)
 
     def attend(self, inputs):
         """Logits over the vocabulary: `inputs @ embeddings.T`.
 
-        For language-model heads that share the input table ("tied" embeddings).
-        Computed in the layer's compute dtype, from the quantized or LoRA-adapted
-        table when there is one (`max_norm` applies to the table's rows too).
-        Inside a Functional model, call `layer(x, reverse=True)` instead, which
-        records the call in the model.
+        For language-model heads that share the input table ("tied" embeddings),
+        in the compute dtype, from the quantized or LoRA-adapted table (with
+        `max_norm` applied to its rows). Inside a Functional model, call
+        `layer(x, reverse=True)`, which records the call.
 
         Args:
             inputs: Float tensor of shape `(..., output_dim)`.
@@ -525,28 +340,12 @@ class Embedding(keras.layers.Layer):
             b_initializer: Initializer of the `(rank, output_dim)` factor
                 (zeros: the adapted layer starts equal to the original).
         """
-        rank = _lora.check_rank(rank, "rank", allow_none=False)
-        lora_alpha = _lora.check_alpha(lora_alpha)
-        _lora.check_constraint(self.embeddings_constraint)
-        if not self.built:
-            raise ValueError(
-                "Cannot enable lora on a layer that isn't yet built. "
-                f"Layer '{self.name}': call `layer.build()` first, or pass "
-                "`lora_rank` to the constructor."
-            )
-        if self.lora_enabled:
-            raise ValueError(
-                "lora is already enabled. This can only be done once per layer. "
-                f"Layer '{self.name}' has lora_rank={self.lora_rank}. "
-                f"Received: rank={rank}"
-            )
+        rank, lora_alpha = _lora.check_enable(self, rank, lora_alpha)
+        add = functools.partial(
+            _lora.add_factor, self.add_weight, regularizer=self.embeddings_regularizer
+        )
         self._tracker.unlock()
         try:
-            add = functools.partial(
-                _lora.add_factor,
-                self.add_weight,
-                regularizer=self.embeddings_regularizer,
-            )
             # A is read by id, where the table lives; B joins the rows.
             self.lora_embeddings_a = self._placed(
                 lambda: add("lora_embeddings_a", (self.input_dim, rank), a_initializer)
@@ -556,13 +355,10 @@ class Embedding(keras.layers.Layer):
             )
         finally:
             self._tracker.lock()
-        # Frozen where it stands, so that the weights keep Keras's order
-        # `[embeddings, lora_embeddings_a, lora_embeddings_b]`; the `trainable`
-        # setter below keeps it frozen.
+        # Frozen where it stands: the weights keep Keras's order `[embeddings,
+        # lora_embeddings_a, lora_embeddings_b]`; the setter below keeps it frozen.
         self._embeddings.trainable = False
-        self.lora_enabled = True
-        self.lora_rank = rank
-        self.lora_alpha = lora_alpha
+        self.lora_enabled, self.lora_rank, self.lora_alpha = True, rank, lora_alpha
         self._lookup = _lookup.compose(self)
 
     @property
@@ -589,14 +385,11 @@ class Embedding(keras.layers.Layer):
         self.quantization_config = config
         del self._embeddings
         self.quantized_build((self.input_dim, self.output_dim), mode, config)
-        for variable, value in zip(
-            _quantization.stored_variables(self), values, strict=False
-        ):
+        for variable, value in zip(self._stored_variables(), values, strict=False):
             variable.assign(value)
         if not self.dtype_policy.quantization_mode:
-            self.dtype_policy = _quantization.policy_name(
-                mode, block, self.dtype_policy.name
-            )
+            base = self.dtype_policy.name
+            self.dtype_policy = _quantization.policy_name(mode, block, base)
         self._lookup = _lookup.compose(self)
 
     def quantized_build(self, embeddings_shape, mode, config=None):
@@ -610,73 +403,49 @@ class Embedding(keras.layers.Layer):
         _quantization.check_mode(self.quantization_mode)
         return self.call(*args, **kwargs)
 
-    def _quantization_mode_error(self, mode):
+    def _quantization_mode_error(self, mode):  # Keras's hook, our text.
         return _quantization.mode_error(mode)
+
+    def _stored_variables(self):
+        """The variables saved, in Keras's order (subclasses may add theirs)."""
+        return _quantization.stored_variables(self)
 
     def _float_table(self):
         """The dequantized and / or LoRA-adapted table, in float32."""
         return self._lookup.adapted_table()
 
-    def _merged_values(self):
-        """What a LoRA layer saves: the adapter merged into the stored table."""
-        table = self._float_table()
-        mode = self.quantization_mode
-        if mode:
-            values = _quantization.quantize_table(table, mode, self._int4_block_size)
-            return [*values, *_quantization.stored_variables(self)[len(values) :]]
-        return [ops.cast(table, self._embeddings.dtype)]
+    def set_weights(self, weights):
+        _saving.check_weights(self, weights, "set_weights")
+        super().set_weights(weights)
+
+    def save_own_variables(self, store):
+        # Keras's layout: the stored table's variables only, LoRA merged in.
+        if self.built:
+            stored = self._stored_variables()
+            if self.lora_enabled:
+                stored = _quantization.merged(self._float_table(), stored, self)
+            for i, value in enumerate(stored):
+                store[str(i)] = value
+
+    def load_own_variables(self, store):
+        """Load the (merged) table; a LoRA adapter restarts at 0 (B = 0)."""
+        _saving.assign_checked(self.name, self._stored_variables(), store)
+        if self.lora_enabled:
+            self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "input_dim": self.input_dim,
-                "output_dim": self.output_dim,
-                "embeddings_initializer": keras.initializers.serialize(
-                    self.embeddings_initializer
-                ),
-                "embeddings_regularizer": keras.regularizers.serialize(
-                    self.embeddings_regularizer
-                ),
-                "activity_regularizer": keras.regularizers.serialize(
-                    self.activity_regularizer
-                ),
-                "embeddings_constraint": keras.constraints.serialize(
-                    self.embeddings_constraint
-                ),
-                "mask_zero": self.mask_zero,
-                "input_length": (
-                    list(self.input_length)
-                    if isinstance(self.input_length, tuple)
-                    else self.input_length
-                ),
-                "dropout": self.dropout,
-                "lora_rank": self.lora_rank,
-                "lora_alpha": self.lora_alpha,
-                "max_norm": self.max_norm,
-                "norm_type": self.norm_type,
-                "sparse": self.sparse,
-                "device": self.device,
-                "quantization_config": keras.saving.serialize_keras_object(
-                    self.quantization_config
-                ),
-            }
-        )
+        config.update({name: getattr(self, name) for name in _PLAIN_CONFIG})
+        for name, serialize in _SERIALIZED_CONFIG.items():
+            config[name] = serialize(getattr(self, name))
+        length = self.input_length
+        config["input_length"] = list(length) if isinstance(length, tuple) else length
         return config
 
     @classmethod
     def from_config(cls, config):
         """Rebuild a layer from a config written by Keras 1, tf.keras 2 or Keras 3."""
-        try:
-            config = _legacy.translate_config(config)
-            config["quantization_config"] = _quantization.check_config(
-                config.get("quantization_config")
-            )
-        except ValueError as e:
-            raise TypeError(
-                f"Error when deserializing class '{cls.__name__}' using "
-                f"config={config}.\n\nException encountered: {e}"
-            ) from e
+        config = _args.from_config_arguments(cls.__name__, config)
         return super().from_config(config)
 
     @classmethod

@@ -1,14 +1,14 @@
 """The `ReversibleEmbedding` layer: an `Embedding` that also projects back."""
 
 import numbers
-import types
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_embedding_plus import _max_norm, _quantization, _saving
-from keras_embedding_plus.embedding import Embedding, _check_weights
+from keras_embedding_plus._args import check_weights
+from keras_embedding_plus.embedding import Embedding
 
 
 class _KeepMask(keras.layers.Layer):
@@ -174,7 +174,7 @@ class ReversibleEmbedding(Embedding):
         self.reverse_dtype = reverse_dtype
         self.logit_soft_cap = logit_soft_cap
         if weights is not None:
-            value = _check_weights(weights, (self.input_dim, self.output_dim))
+            value = check_weights(weights, (self.input_dim, self.output_dim))
             self.build()
             self._embeddings.assign(value)
 
@@ -274,28 +274,9 @@ class ReversibleEmbedding(Embedding):
         )
         return [getattr(self, n) for n in names if hasattr(self, n)]
 
-    def save_own_variables(self, store):
+    def _stored_variables(self):
         # Keras's order: the table's variables (`Embedding`), then the reverse ones.
-        if not self.built:
-            return
-        super().save_own_variables(store)
-        start = len(store.keys())
-        for i, variable in enumerate(self._reverse_variables()):
-            store[str(start + i)] = variable
-
-    def load_own_variables(self, store):
-        """Load the table's and the reverse projection's variables (Keras's order)."""
-        values = _saving.store_values(store)
-        stored = [*_quantization.stored_variables(self), *self._reverse_variables()]
-        _saving.check_weights(
-            types.SimpleNamespace(name=self.name, weights=stored),
-            values,
-            "load_weights",
-        )
-        for variable, value in zip(stored, values, strict=True):
-            variable.assign(value)
-        if self.lora_enabled:
-            self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
+        return [*super()._stored_variables(), *self._reverse_variables()]
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Quantize the table and, untied, `reverse_embeddings` (see above)."""

@@ -1,0 +1,139 @@
+"""Checks of `Embedding`'s constructor arguments, each a Keras-style `ValueError`.
+
+The argument in backticks, what is allowed, then `Received: name=value (of type
+T).`; `bool` is refused where a number is expected. `from_config` turns these into
+`TypeError`s with the same text, as Keras does.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_embedding_plus import _legacy, _quantization
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_dim(name, value, minimum):
+    if not _is_int(value) or value < minimum:
+        allowed = "a positive integer"
+        if minimum == 0:  # Keras 3's text, then what Keras 1 / 2 also allowed.
+            allowed += " (or 0, an empty last axis, as in Keras 1 and 2)"
+        raise ValueError(
+            f"`{name}` must be {allowed}. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})."
+        )
+    return int(value)
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"`{name}` must be a boolean. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})."
+        )
+    return bool(value)
+
+
+def check_input_length(input_length):
+    if input_length is None:
+        return None
+    if _is_int(input_length) and input_length >= 1:
+        return int(input_length)
+    if isinstance(input_length, (tuple, list)) and all(
+        d is None or (_is_int(d) and d >= 1) for d in input_length
+    ):
+        return tuple(None if d is None else int(d) for d in input_length)
+    raise ValueError(
+        "`input_length` must be None, a positive integer, or a tuple/list of "
+        "positive integers or None (one per axis after the batch axis). "
+        f"Received: input_length={input_length!r} "
+        f"(of type {type(input_length).__name__})."
+    )
+
+
+def check_dropout(dropout):
+    if (
+        not isinstance(dropout, numbers.Real)
+        or isinstance(dropout, bool)
+        or not 0 <= dropout < 1
+    ):
+        raise ValueError(
+            "`dropout` must be a float in [0, 1). "
+            f"Received: dropout={dropout!r} (of type {type(dropout).__name__})."
+        )
+    return float(dropout)
+
+
+def check_weights(weights, shape):
+    if isinstance(weights, (list, tuple)) and len(weights) == 1:
+        weights = weights[0]  # Keras 1 form: a one-element list.
+    value = np.asarray(ops.convert_to_numpy(weights))
+    if value.shape != shape:
+        raise ValueError(
+            f"`weights` must be an (input_dim, output_dim) = {shape} array or a "
+            f"one-element list of it. Received: weights of shape {value.shape}."
+        )
+    return value
+
+
+def table_objects(kwargs, initializer, regularizer, constraint):
+    """The table's initializer, regularizer and constraint, Keras 1 names resolved.
+
+    `init`, `W_regularizer` and `W_constraint` are taken out of `kwargs` (with a
+    `DeprecationWarning`; both spellings at once is a `ValueError`).
+    """
+    aliases = _legacy.keras1_aliases(
+        kwargs,
+        {
+            "embeddings_initializer": None if initializer == "uniform" else initializer,
+            "embeddings_regularizer": regularizer,
+            "embeddings_constraint": constraint,
+        },
+    )
+    return (
+        keras.initializers.get(aliases.get("embeddings_initializer", initializer)),
+        keras.regularizers.get(aliases.get("embeddings_regularizer", regularizer)),
+        keras.constraints.get(aliases.get("embeddings_constraint", constraint)),
+    )
+
+
+def check_length(name, input_length, shape):
+    """Ids of `shape` against `input_length` (None: any)."""
+    if input_length is None:
+        return
+    expected = input_length if isinstance(input_length, tuple) else (input_length,)
+    received = tuple(shape)[1:]
+    if len(received) != len(expected) or any(
+        e is not None and r is not None and e != r
+        for e, r in zip(expected, received, strict=False)
+    ):
+        raise ValueError(
+            f"Layer '{name}' expects ids of length {input_length} "
+            f"(`input_length`), but it was called with ids of length "
+            f"{received[0] if len(received) == 1 else received} "
+            f"(shape {tuple(shape)})."
+        )
+
+
+def from_config_arguments(class_name, config):
+    """A config written by Keras 1, tf.keras 2 or Keras 3, as constructor arguments.
+
+    Errors are `TypeError`s, with the constructor's text, as Keras's `from_config`
+    raises them.
+    """
+    try:
+        config = _legacy.translate_config(config)
+        config["quantization_config"] = _quantization.check_config(
+            config.get("quantization_config")
+        )
+    except ValueError as e:
+        raise TypeError(
+            f"Error when deserializing class '{class_name}' using "
+            f"config={config}.\n\nException encountered: {e}"
+        ) from e
+    return config
