@@ -19,6 +19,8 @@ from _saving_utils import (
     read_manifest,
 )
 
+KERAS_VERSION = tuple(int(p) for p in keras.__version__.split(".")[:2])
+
 # (fixture name, file suffix): what every writer ships.
 FILES = [
     ("masked_lstm", "keras"),
@@ -31,6 +33,11 @@ FILES = [
 @pytest.mark.parametrize("name,suffix", FILES, ids=[f"{n}.{s}" for n, s in FILES])
 @pytest.mark.parametrize("writer", BACKENDS)
 def test_fixture_loads_and_reproduces(writer, name, suffix):
+    if KERAS_VERSION < (3, 15) and name != "regularized":
+        pytest.skip(
+            "needs Keras 3.15: the fixture was saved by Keras 3.15, whose "
+            "GlorotUniform config (input_axes, output_axes) older Keras cannot read"
+        )
     path = FIXTURES / writer / f"{name}.{suffix}"
     assert path.is_file(), f"missing fixture {path}: run scripts/make_fixtures.py"
     data = np.load(FIXTURES / writer / f"{name}.npz")

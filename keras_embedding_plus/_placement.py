@@ -32,7 +32,7 @@ import warnings
 
 from keras import backend
 
-from keras_embedding_plus import _sparse
+from keras_embedding_plus import _compat, _sparse
 
 # Device types each backend knows (`"host"`: host memory, compute elsewhere).
 # `"cuda"` is `"gpu"` everywhere, so a config saved on torch loads on JAX / TF.
@@ -243,7 +243,9 @@ def pin(variable, placement):
         variable._layout = placement.sharding
         variable.assign(variable.value)
         if placement.host_memory and variable.regularizer is not None:
-            variable.regularizer = _jax_host_regularizer(variable.regularizer)
+            variable.regularizer = _compat.variable_regularizer(
+                _jax_host_regularizer(variable.regularizer)
+            )
     elif name == "torch" and placement is None:
         device = variable.value.device
         if device != _torch_default_device():

@@ -319,11 +319,21 @@ def with_rows(gradient, ids, values):
     )
 
 
-def check_sparse(sparse):
-    """Validate `Embedding`'s `sparse` argument."""
+def check_sparse(sparse, policy=None):
+    """Validate `Embedding`'s `sparse` argument (with the layer's dtype policy)."""
     if not isinstance(sparse, bool):
         raise ValueError(
             "`sparse` must be a boolean. "
             f"Received: sparse={sparse!r} (of type {type(sparse).__name__})."
+        )
+    mixed = policy is not None and policy.compute_dtype != policy.variable_dtype
+    if sparse and mixed and backend.backend() == "torch":
+        raise ValueError(
+            "On PyTorch, `sparse=True` cannot be combined with the mixed dtype "
+            f"policy '{policy.name}': torch cannot carry the sparse gradient of the "
+            f"{policy.variable_dtype} table back through Keras's cast to "
+            f"{policy.compute_dtype}. Use `sparse=False`, or a non-mixed policy "
+            f"(e.g. 'float32' or '{policy.compute_dtype}'). Received: sparse=True, "
+            f"dtype={policy.name!r}."
         )
     return sparse

@@ -11,6 +11,7 @@ from keras import ops
 
 from keras_embedding_plus import (
     _args,
+    _compat,
     _ids,
     _lookup,
     _lora,
@@ -191,12 +192,12 @@ class Embedding(keras.layers.Layer):
         self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
         self.lora_enabled = False
         self.max_norm, self.norm_type = max_norm, norm_type
-        self.sparse = _sparse.check_sparse(sparse)
+        self.sparse = _sparse.check_sparse(sparse, self.dtype_policy)
         self.device, self.quantization_config = device, quantization_config
         self._table_placement = _placement.resolve(device)
         _placement.check_lookup_options(self._table_placement, sparse=self.sparse)
         # The table is read in its variable dtype; the looked-up rows are cast.
-        self.autocast = False
+        self.autocast, self._computing_logits = False, False
         if input_length is not None:
             # What `Sequential.add` reads to build an `InputLayer` up front.
             self._input_shape_arg = (
@@ -223,8 +224,10 @@ class Embedding(keras.layers.Layer):
                     shape=(self.input_dim, self.output_dim),
                     initializer=self.embeddings_initializer,
                     name="embeddings",
-                    regularizer=self.embeddings_regularizer,
-                    constraint=self.embeddings_constraint,
+                    regularizer=_compat.variable_regularizer(
+                        self.embeddings_regularizer
+                    ),
+                    constraint=_compat.variable_constraint(self.embeddings_constraint),
                     trainable=True,
                 )
             )
@@ -291,7 +294,7 @@ class Embedding(keras.layers.Layer):
         return _ids._with_values(ids, rows)
 
     def compute_mask(self, inputs, mask=None):
-        if not self.mask_zero or getattr(self, "_computing_logits", False):
+        if not self.mask_zero or self._computing_logits:
             return None
         # `ids != 0`, through an op every loader (legacy `.h5` too) can rebuild.
         return _saving.padding_mask(inputs)
@@ -341,8 +344,9 @@ class Embedding(keras.layers.Layer):
                 (zeros: the adapted layer starts equal to the original).
         """
         rank, lora_alpha = _lora.check_enable(self, rank, lora_alpha)
+        regularizer = _compat.variable_regularizer(self.embeddings_regularizer)
         add = functools.partial(
-            _lora.add_factor, self.add_weight, regularizer=self.embeddings_regularizer
+            _lora.add_factor, self.add_weight, regularizer=regularizer
         )
         self._tracker.unlock()
         try:

@@ -99,43 +99,23 @@ NAMES = {
     **{policy: policy for policy in POLICIES},
 }
 
-_HOST = "cannot be combined with ['{}']: use `device=None` or another device for them"
+_HOST = "cannot be combined with `sparse=True`"
 # frozenset of option ids -> the fragment the `ValueError` must contain: a string
 # (every backend) or a dict {backend: fragment} (refused on those backends only).
 _FLOAT16 = "doesn't work well with compute_dtype='float16'"  # Keras's words.
+_TORCH_SPARSE_MIXED = "`sparse=True` cannot be combined with the mixed dtype policy"
 REFUSED = {
     **{
         frozenset({"int8", policy}): _FLOAT16 for policy in ("mixed_float16", "float16")
     },
-    frozenset({"host", "lora"}): {"jax": _HOST.format("lora_rank")},
-    frozenset({"host", "max_norm"}): {"jax": _HOST.format("max_norm")},
-    frozenset({"host", "sparse"}): {"jax": _HOST.format("sparse")},
+    frozenset({"host", "sparse"}): {"jax": _HOST},
+    frozenset({"sparse", "mixed_bfloat16"}): {"torch": _TORCH_SPARSE_MIXED},
+    frozenset({"sparse", "mixed_float16"}): {"torch": _TORCH_SPARSE_MIXED},
 }
 
 # frozenset of option ids -> {backend: why it fails today}. Strict xfails: delete
 # an entry when its pair is fixed.
-_JAX_HOST_QUANTIZED = (
-    "quantize re-creates the table in device memory: device='host' is dropped"
-)
-_TORCH_SPARSE_MIXED = (
-    "sparse=True under a mixed policy: backward raises \"to(options) doesn't "
-    'support converting to a different layout" (the sparse COO gradient meets '
-    "the cast to the compute dtype)"
-)
-KNOWN_BROKEN = {
-    frozenset({"sparse", "lora"}): {
-        "jax": "SparseTrainer skips LoRA layers: A's gradient stays dense",
-        "torch": "sparse ignored with LoRA: A's gradient is dense",
-    },
-    frozenset({"sparse", "max_norm"}): {
-        "jax": "SparseTrainer skips max_norm layers: the table's gradient is dense",
-        "torch": "sparse ignored with max_norm: the table's gradient is dense",
-    },
-    frozenset({"sparse", "mixed_bfloat16"}): {"torch": _TORCH_SPARSE_MIXED},
-    frozenset({"sparse", "mixed_float16"}): {"torch": _TORCH_SPARSE_MIXED},
-    frozenset({"host", "int8"}): {"jax": _JAX_HOST_QUANTIZED},
-    frozenset({"host", "int4"}): {"jax": _JAX_HOST_QUANTIZED},
-}
+KNOWN_BROKEN = {}
 
 
 def same_group(a, b):

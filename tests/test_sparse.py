@@ -313,14 +313,16 @@ def test_save_and_resume_training(tmp_path):
     np.testing.assert_allclose(table(loaded), table(model), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.skipif(
-    BACKEND == "torch",
-    reason="PyTorch: Keras's LossScaleOptimizer cannot check a sparse gradient "
-    "for finiteness (no `ne` for sparse tensors); use sparse=False there",
-)
 def test_mixed_float16_loss_scaling():
     keras.config.set_dtype_policy("mixed_float16")
     try:
+        if BACKEND == "torch":
+            # Refused where it is set: torch cannot carry the sparse gradient back
+            # through the cast to float16 (nor could Keras's LossScaleOptimizer
+            # check it for finiteness).
+            with pytest.raises(ValueError, match="mixed dtype policy 'mixed_float16'"):
+                make_model(True, LazyAdam(0.01))
+            return
         x, y = batches(3, duplicates=True)
         sparse = train(make_model(True, LazyAdam(0.01)), x, y)
         dense = train(make_model(False, LazyAdam(0.01)), x, y)
