@@ -322,6 +322,9 @@ def test_stops_early_and_shows_progress(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_public_names():
-    assert kep.load_vectors is load_vectors and "load_vectors" in kep.__all__
+def test_public_names(tmp_path):
+    assert {"load_vectors", "Vectors"} <= set(kep.__all__)
+    path = _write(tmp_path, "public.txt", _text())
+    matrix, found = kep.load_vectors(path, WORDS[:2], verbose=0)
+    np.testing.assert_allclose(matrix, VECTORS[:2], rtol=1e-6)
     assert isinstance(Embedding.from_pretrained(VECTORS), kep.Embedding)
