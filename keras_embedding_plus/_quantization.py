@@ -21,7 +21,8 @@ The block size is resolved as Keras 3.15 resolves it: an `Int4QuantizationConfig
 wider than the row is one group), else the dtype policy's (``"int4/64_from_..."``),
 else one scale per row (the legacy ``"int4_from_..."`` policy name).
 
-Lookups gather the stored rows of the ids first and dequantize only those rows.
+Lookups (`_lookup.QuantizedStorage`) gather the stored rows of the ids first and
+dequantize only those rows.
 """
 
 import math
@@ -29,8 +30,6 @@ import math
 import keras
 import numpy as np
 from keras import ops
-
-from keras_embedding_plus import _ids
 
 MODES = ("int8", "int4")
 _RANGE = {"int8": (-127, 127), "int4": (-8, 7)}
@@ -220,34 +219,6 @@ def dequantize(parts, mode, output_dim, block, filled=False):
     scale = ops.take(scale, columns, axis=-1)
     zero = ops.cast(ops.take(parts[2], columns, axis=-1), "float32")
     return (values - zero) * scale
-
-
-def dequantized_table(layer):
-    """The whole float32 table (merging, `attend`)."""
-    stored = stored_variables(layer)[:3]
-    mode, block = layer.quantization_mode, _block(layer._int4_block_size)
-    return dequantize(stored, mode, layer.output_dim, block)
-
-
-def gather(layer, ids, valid):
-    """Dequantized float32 rows of `ids`: gather first, dequantize those rows.
-
-    `(ids, valid)` come from `_ids.prepare_ids`; returns `(rows, valid)` as
-    `_ids.take` does (`valid` is `None` where invalid ids' rows already are zero).
-    """
-    parts = []
-    rows_valid = None
-    for variable in stored_variables(layer)[:3]:
-        if len(variable.shape) == 1:  # One scale per row: gathered as a column.
-            rows, rows_valid = _ids.take(ops.expand_dims(variable, -1), ids, valid)
-            rows = rows[..., 0]
-        else:
-            rows, rows_valid = _ids.take(variable, ids, valid)
-        parts.append(rows)
-    filled = valid is not None and rows_valid is None
-    block = _block(layer._int4_block_size)
-    rows = dequantize(parts, layer.quantization_mode, layer.output_dim, block, filled)
-    return rows, rows_valid
 
 
 def check_config(config):
