@@ -92,46 +92,38 @@ def _groups(output_dim, block):
     return math.ceil(output_dim / block)
 
 
+def add_frozen(layer, name, shape, initializer, dtype=None):
+    """One frozen quantization variable of `layer` (never autocast: a mixed
+    policy's float16 would overflow the scales of rows of small values)."""
+    return layer.add_weight(
+        name=name,
+        shape=shape,
+        initializer=initializer,
+        dtype=dtype,
+        trainable=False,
+        autocast=False,
+    )
+
+
 def add_weights(layer, mode, block_size):
     """Create the frozen quantized variables on `layer`, in Keras's order."""
     block = _block(block_size)
     input_dim, output_dim = layer.input_dim, layer.output_dim
     width = output_dim if mode == "int8" else (output_dim + 1) // 2
-    layer._embeddings = layer.add_weight(
-        name="embeddings",
-        shape=(input_dim, width),
-        initializer="zeros",
-        dtype="int8",
-        trainable=False,
+    layer._embeddings = add_frozen(
+        layer, "embeddings", (input_dim, width), "zeros", "int8"
     )
-    scale_shape = (
-        (input_dim,) if block is None else (input_dim, _groups(output_dim, block))
-    )
-    layer.embeddings_scale = layer.add_weight(
-        name="embeddings_scale",
-        shape=scale_shape,
-        initializer="ones",
-        dtype="float32",
-        trainable=False,
-        # Not cast to a mixed policy's float16 compute dtype, where large scales
-        # (rows of small values) would overflow.
-        autocast=False,
+    scale_shape = (input_dim,)
+    if block is not None:
+        scale_shape = (input_dim, _groups(output_dim, block))
+    layer.embeddings_scale = add_frozen(
+        layer, "embeddings_scale", scale_shape, "ones", "float32"
     )
     if block is not None:
-        layer.embeddings_zero = layer.add_weight(
-            name="embeddings_zero",
-            shape=scale_shape,
-            initializer="zeros",
-            dtype="int8",
-            trainable=False,
+        layer.embeddings_zero = add_frozen(
+            layer, "embeddings_zero", scale_shape, "zeros", "int8"
         )
-        layer.g_idx = layer.add_weight(
-            name="g_idx",
-            shape=(output_dim,),
-            initializer="zeros",
-            dtype="float32",
-            trainable=False,
-        )
+        layer.g_idx = add_frozen(layer, "g_idx", (output_dim,), "zeros", "float32")
         layer.g_idx.assign(np.arange(output_dim, dtype="float32") // block)
     layer._int4_block_size = block_size if mode == "int4" else None
     layer._orig_output_dim = output_dim

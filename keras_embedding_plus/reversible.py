@@ -1,5 +1,6 @@
 """The `ReversibleEmbedding` layer: an `Embedding` that also projects back."""
 
+import functools
 import numbers
 
 import keras
@@ -308,30 +309,19 @@ class ReversibleEmbedding(Embedding):
             return
         block = _quantization._block(self._int4_block_size)
         rows = self.output_dim if mode == "int8" else (self.output_dim + 1) // 2
-        self.reverse_embeddings = self.add_weight(
-            name="reverse_embeddings",
-            shape=(rows, self.input_dim),
-            initializer="zeros",
-            dtype="int8",
-            trainable=False,
+        add = functools.partial(_quantization.add_frozen, self)
+        self.reverse_embeddings = add(
+            "reverse_embeddings", (rows, self.input_dim), "zeros", "int8"
         )
         scale_shape = (self.input_dim,)
         if block is not None:
             scale_shape = (-(-self.output_dim // block), self.input_dim)
-        self.reverse_embeddings_scale = self.add_weight(
-            name="reverse_embeddings_scale",
-            shape=scale_shape,
-            initializer="ones",
-            trainable=False,
-            autocast=False,
+        self.reverse_embeddings_scale = add(
+            "reverse_embeddings_scale", scale_shape, "ones"
         )
         if block is not None:
-            self.reverse_embeddings_zero = self.add_weight(
-                name="reverse_embeddings_zero",
-                shape=scale_shape,
-                initializer="zeros",
-                trainable=False,
-                autocast=False,
+            self.reverse_embeddings_zero = add(
+                "reverse_embeddings_zero", scale_shape, "zeros"
             )
 
     def get_config(self):
