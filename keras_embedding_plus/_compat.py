@@ -48,3 +48,139 @@ def variable_constraint(fn):
     if isinstance(fn, keras.constraints.Constraint):
         return fn
     return _FunctionConstraint(fn)
+
+
+# ---- Keras internals --------------------------------------------------------
+#
+# Every use of a private Keras attribute in the package goes through this
+# module, each with why no public API does it and what would replace it. The
+# tests of each caller (and Keras's own conformance tests) catch a Keras release
+# that changes one. Method overrides of private Keras hooks cannot live here;
+# they are listed instead:
+#
+# * `Embedding.quantized_build` / `quantized_call` / `_quantization_mode_error`
+#   and `self._not_implemented_error`: Keras's quantization protocol (what
+#   `Layer.quantize` and quantized dtype policies call). Public replacement:
+#   none; Keras's own layers implement the same hooks.
+# * `LazySGD` / `LazyAdam` / `LazyAdagrad`: `_backend_apply_gradients` (densify
+#   row-sparse gradients before gradient accumulation) and `_clip_gradients`
+#   (clip the deduplicated rows). Public replacement: none; `apply` is too early
+#   (before loss scaling) and `update_step` too late (after clipping).
+
+
+def set_variable_layout(variable, sharding):
+    """Place a JAX `variable` by `sharding`, kept there on every later assign.
+
+    `variable._layout`: Keras's JAX variable re-applies it in `assign` (after
+    `fit`, in `load_weights` / `set_weights`). Public replacement:
+    `keras.Variable(..., layout=sharding)` at creation, but `add_weight` (which
+    makes the table, the quantized variables and LoRA's `A` with their
+    tracking, name scope, regularizer and constraint) takes no layout.
+    """
+    variable._layout = sharding
+    variable.assign(variable.value)
+
+
+class unlocked_tracking:
+    """Context: a built layer may add variables (`enable_lora` after build).
+
+    `layer._tracker.unlock()` / `lock()`, as Keras's own `Embedding.enable_lora`
+    does. Public replacement: none (a built layer refuses new variables).
+    """
+
+    def __init__(self, layer):
+        self.tracker = layer._tracker
+
+    def __enter__(self):
+        self.tracker.unlock()
+
+    def __exit__(self, *exc_info):
+        self.tracker.lock()
+
+
+def set_build_input_shape(layer, shape):
+    """`Sequential.add(layer)` builds the model at once with input `shape`.
+
+    `layer._input_shape_arg`: what `Sequential` reads. Public replacement: the
+    base layer's `input_shape=` argument sets it too, but warns "Do not pass an
+    `input_shape`" on every construction, whereas Keras 1 / 2's `input_length`
+    is a documented argument of this layer.
+    """
+    layer._input_shape_arg = shape
+
+
+def mark_quantized(layer, output_dim):
+    """The attributes Keras's `Layer` reads on a quantized layer.
+
+    `_is_quantized` (the dtype policy setter and `quantize` refuse to quantize
+    twice) and `_orig_output_dim`, set as Keras's own `quantized_build` does.
+    Public replacement: none.
+    """
+    layer._orig_output_dim = output_dim
+    layer._is_quantized = True
+
+
+def set_symbolic_mask(tensor, mask):
+    """Attach `mask` to a symbolic `KerasTensor` output of a layer's `call`.
+
+    `_keras_mask`, what `Layer.__call__` sets on its outputs. Public
+    replacement: `compute_mask`, but Keras's `ReversibleEmbedding` returns the
+    padding mask from `call` while `compute_mask` returns None, and our layer
+    must give both answers.
+    """
+    tensor._keras_mask = mask
+    return tensor
+
+
+def flatten_layers(model):
+    """Every layer inside `model`, nested ones included, `model` excluded.
+
+    `_flatten_layers`. Public replacement: `model.layers` recursively, which
+    misses layers held by subclassed layers' attributes.
+    """
+    return model._flatten_layers(include_self=False)
+
+
+def child_layers(layer):
+    """The layers `layer` tracks directly (`_layers`; public: none, as above)."""
+    return getattr(layer, "_layers", ())
+
+
+def replace_tracked_layer(owner, old, new):
+    """Make `owner` track `new` in place of `old` (swapping layers in place).
+
+    `_tracker.replace_tracked_value`, and on torch forgetting the cached
+    `_torch_params`. Public replacement: none; `clone_model` rebuilds Functional
+    and Sequential models, not subclassed ones.
+    """
+    owner._tracker.replace_tracked_value("layers", old, new)
+
+
+def forget_torch_params(layer):
+    """torch: drop the parameters a layer collected before its layers changed."""
+    if "_torch_params" in getattr(layer, "_modules", {}):
+        del layer._torch_params
+
+
+def update_metrics(model, metrics_values, loss, x, y, y_pred, sample_weight):
+    """The stateless metric update of Keras's JAX `train_step`.
+
+    `model._update_metrics_variables`. Public replacement: each metric's
+    `stateless_update_state`, as Keras's custom-`train_step` guide for JAX does,
+    which would reimplement how compiled metrics take `sample_weight`.
+    """
+    return model._update_metrics_variables(
+        metrics_values, loss, x, y, y_pred, sample_weight
+    )
+
+
+def optimizer_slot(optimizer, slots, variable):
+    """`optimizer.<slots>[index of variable]`: a Keras optimizer's own slot.
+
+    The slot lists (`_momentums`, `_velocities`, `_velocity_hats`,
+    `_accumulators`; SGD's public `momentums`) and `_get_variable_index`. Public
+    replacement: slots of our own from `add_variable_from_reference`, but they
+    would double the optimizer state and change its saved variables, so a lazy
+    optimizer would no longer save and load as the Keras optimizer it extends.
+    """
+    return getattr(optimizer, slots)[optimizer._get_variable_index(variable)]

@@ -14,6 +14,8 @@ import os
 import keras
 from keras import ops
 
+from keras_embedding_plus import _compat
+
 # Our options that `keras.layers.Embedding` lacks, and the value that means "off".
 # `input_length` is not here: Keras 3 ignores it, so it is dropped silently.
 _OURS_ONLY = {
@@ -260,7 +262,7 @@ def _swap_in_place(root, convert):
         if id(owner) in seen:
             return
         seen.add(id(owner))
-        for child in owner._layers:
+        for child in _compat.child_layers(owner):
             new = convert(child)
             if new is None:
                 visit(child)
@@ -279,20 +281,19 @@ def _swap_in_place(root, convert):
             )
         swaps.append((owner, old, new, setters))
     for owner, old, new, setters in swaps:
-        owner._tracker.replace_tracked_value("layers", old, new)
+        _compat.replace_tracked_layer(owner, old, new)
         for setter in setters:
             setter(new)
     for layer in _all_layers(root):
         # PyTorch: forget the parameters collected before the swap.
-        if "_torch_params" in getattr(layer, "_modules", {}):
-            del layer._torch_params
+        _compat.forget_torch_params(layer)
 
 
 def _references(owner, old):
     """One `setter(new)` for each place among `owner`'s attributes holding `old`."""
     setters = []
     for name, value in vars(owner).items():
-        if value is owner._layers:
+        if value is _compat.child_layers(owner):
             continue
         if value is old:
             setters.append(lambda new, name=name: object.__setattr__(owner, name, new))
@@ -404,5 +405,5 @@ def _all_layers(layer, seen=None):
         return
     seen.add(id(layer))
     yield layer
-    for child in getattr(layer, "_layers", ()):
+    for child in _compat.child_layers(layer):
         yield from _all_layers(child, seen)

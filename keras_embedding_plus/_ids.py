@@ -15,49 +15,19 @@ NaN (``jnp.take``'s default) and never crash a compiled step.
 import numpy as np
 from keras import backend, ops
 
+from keras_embedding_plus._backends import native
+
 # Integer dtypes that need no cast before `ops.take`.
 _TAKE_DTYPES = ("int32", "int64")
 
 
-def _is_concrete(x):
-    """Whether `x`'s values can be read now (eager), not traced or symbolic."""
-    name = backend.backend()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(x, tf.RaggedTensor):
-            x = x.flat_values
-        return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
-    if name == "jax":
-        import jax
-
-        return not isinstance(x, jax.core.Tracer)
-    if name == "torch":
-        import torch
-
-        if torch.compiler.is_compiling():
-            return False
-        return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
-    return True
-
-
 def _values(ids):
     """The flat values of `ids` (a ragged TensorFlow tensor's values)."""
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(ids, tf.RaggedTensor):
-            return ids.flat_values
-    return ids
+    return native.flat_values(ids)
 
 
 def _with_values(ids, values):
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(ids, tf.RaggedTensor):
-            return ids.with_flat_values(values)
-    return values
+    return native.with_flat_values(ids, values)
 
 
 def densify(ids):
@@ -108,19 +78,11 @@ def _validity(values, input_dim, dtype):
 
 
 def _all_valid(values, input_dim, dtype):
-    """Whether every id of the concrete `values` is valid.
-
-    Integer ids in a CPU torch tensor are checked in NumPy, without a copy: one
-    single-threaded min/max pass instead of several small multi-threaded torch
-    kernels, which on a busy machine each cost far more than the check itself.
-    """
-    is_float = "float" in dtype
-    if not is_float and backend.backend() == "torch":
-        import torch
-
-        if isinstance(values, torch.Tensor) and values.device.type == "cpu":
-            array = values.numpy()
-            return array.size == 0 or bool(array.min() >= 0 and array.max() < input_dim)
+    """Whether every id of the concrete `values` is valid."""
+    if "float" not in dtype:
+        fast = native.ids_all_valid(values, input_dim)
+        if fast is not None:
+            return fast
     valid = _validity(values, input_dim, dtype)
     return valid is None or bool(ops.all(valid))
 
@@ -148,7 +110,7 @@ def prepare_ids(ids, input_dim):
     dtype = ids_dtype(ids)
     int_dtype = "int32" if input_dim <= np.iinfo(np.int32).max else "int64"
     values = _values(ids)
-    if _is_concrete(values):
+    if native.is_concrete(values):
         if not _all_valid(values, input_dim, dtype):
             _raise_invalid(values, _validity(values, input_dim, dtype), input_dim)
         if dtype not in _TAKE_DTYPES:
@@ -167,55 +129,21 @@ def take(table, ids, valid):
 
     Returns `(rows, valid)`, with `valid` set to `None` where the rows of invalid
     ids already are zero. The ids are never negative here, so the backends' own
-    lookups can skip `ops.take`'s wrap-around pass over them:
-
-    * JAX, traced: one gather that fills invalid ids with zero rows (XLA fuses the
-      id select into it), instead of a gather and then a `cond` that copies the
-      whole output.
-    * TensorFlow (dense ids) and torch: `tf.gather` /
-      `torch.nn.functional.embedding`, what `ops.take` ends with.
+    lookups can skip `ops.take`'s wrap-around pass over them (`native.take`:
+    JAX fills invalid ids with zero rows in the gather itself; TensorFlow and
+    torch call `tf.gather` / `torch.nn.functional.embedding`, what `ops.take`
+    ends with).
     """
-    name = backend.backend()
-    if name == "jax" and valid is not None:
-        import jax.numpy as jnp
-
-        ids = jnp.where(valid, ids, table.shape[0])
-        table = ops.convert_to_tensor(table)
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=0), None
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(ids, tf.Tensor):
-            return tf.gather(ops.convert_to_tensor(table), ids), valid
-    if name == "torch":
-        import torch
-
-        if isinstance(ids, torch.Tensor):
-            table = ops.convert_to_tensor(table)
-            return torch.nn.functional.embedding(ids, table), valid
-    return ops.take(table, ids, axis=0), valid
+    return native.take(table, ids, valid)
 
 
 def zero_invalid(outputs, valid):
     """Zero the looked-up rows of invalid ids (traced calls only).
 
     The common case, every id valid, costs one reduction over the ids: the pass
-    over the (much larger) outputs runs only when some id is invalid.
+    over the (much larger) outputs runs only when some id is invalid (torch:
+    one fused select, since a data-dependent branch breaks its graph).
     """
     if valid is None:
         return outputs
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(outputs, tf.RaggedTensor):
-            return outputs.with_flat_values(zero_invalid(outputs.flat_values, valid))
-    mask = ops.expand_dims(valid, -1)
-    if backend.backend() == "torch":
-        # torch.compile fuses the select into the gather; a data-dependent
-        # branch would only break its graph.
-        return ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype))
-    return ops.cond(
-        ops.all(valid),
-        lambda: outputs,
-        lambda: ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype)),
-    )
+    return native.zero_invalid(outputs, valid)

@@ -12,6 +12,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_embedding_plus._backends import native
+
 
 def check_rank(rank, name="lora_rank", allow_none=True):
     if rank is None and allow_none:
@@ -87,20 +89,14 @@ def add_delta(rows, a_rows, b, scale):
     """`rows` plus the adapter's rows (`a_rows`: the rows of A for the same ids).
 
     One 2-D `(ids, rank) @ (rank, output_dim)` product (a broadcast batched product
-    is several times slower on TensorFlow), added in float32; on PyTorch fused
-    with the addition, in place (`addmm_`: `addmm` would first copy the rows).
+    is several times slower on TensorFlow), added in float32 (on PyTorch fused
+    with the addition, in place where it can: `native.add_matmul`).
     """
     shape = ops.shape(rows)
     a_rows = ops.reshape(a_rows, (-1, a_rows.shape[-1]))
     rows = ops.reshape(ops.cast(rows, "float32"), (-1, shape[-1]))
     b = ops.multiply(b, scale)
-    if keras.backend.backend() == "torch":
-        import torch
-
-        if not rows.requires_grad:  # freshly gathered rows of the frozen table
-            return ops.reshape(rows.addmm_(a_rows, b), shape)
-        return ops.reshape(torch.addmm(rows, a_rows, b), shape)
-    return ops.reshape(ops.add(rows, ops.matmul(a_rows, b)), shape)
+    return ops.reshape(native.add_matmul(rows, a_rows, b), shape)
 
 
 def delta_table(a, b, scale):

@@ -7,7 +7,7 @@ where the table lives and moves only the looked-up rows (batch x length x
 output_dim) to the device where the rest of the model runs. Gradients flow back
 the same way: every move is differentiable.
 
-Per backend:
+Per backend (the code is in `_backends/<backend>.py`):
 
 * TensorFlow: the table is created under `tf.device`; the gather runs there and a
   `tf.identity` outside the scope puts the rows on the model's device.
@@ -25,69 +25,36 @@ Per backend:
   table back there after `fit` and `load_weights` / `set_weights` assign there.
 """
 
-import contextlib
-import functools
 import re
 import warnings
 
 from keras import backend
 
-from keras_embedding_plus import _compat, _sparse
+from keras_embedding_plus._backends import native
 
-# Device types each backend knows (`"host"`: host memory, compute elsewhere).
+# Device types this backend knows (`"host"`: host memory, compute elsewhere).
 # `"cuda"` is `"gpu"` everywhere, so a config saved on torch loads on JAX / TF.
-DEVICE_TYPES = {
-    "jax": ("cpu", "gpu", "cuda", "tpu", "host"),
-    "tensorflow": ("cpu", "gpu", "cuda", "tpu", "host"),
-    "torch": ("cpu", "gpu", "cuda", "mps", "xpu", "host"),
-}
+DEVICE_TYPES = native.DEVICE_TYPES
 
 _DEVICE_STRING = re.compile(r"^([a-z_]+)(?::(\d+))?$")
 
 
-def _backend():
-    return backend.backend()
-
-
 def visible_devices():
     """The devices this backend sees, as `"type:index"` strings."""
-    name = _backend()
-    if name == "jax":
-        import jax
-
-        devices = {f"{d.platform}:{d.id}" for d in jax.devices()}
-        with contextlib.suppress(RuntimeError):
-            devices |= {f"cpu:{d.id}" for d in jax.devices("cpu")}
-        return sorted(devices)
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        return [
-            f"{d.device_type.lower()}:{d.name.rsplit(':', 1)[-1]}"
-            for d in tf.config.list_logical_devices()
-        ]
-    if name == "torch":
-        import torch
-
-        devices = ["cpu"]
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        if torch.backends.mps.is_available():
-            devices.append("mps")
-        return devices
-    return []
+    return native.visible_devices()
 
 
 def check_device(device):
     """Validate `device`; returns it in canonical lower-case form, or None."""
     if device is None:
         return None
-    types = DEVICE_TYPES.get(_backend(), ())
+    types = DEVICE_TYPES
     match = isinstance(device, str) and _DEVICE_STRING.match(device.strip().lower())
     if not match or match.group(1) not in types:
         raise ValueError(
             "`device` must be None or a device string 'TYPE' or 'TYPE:INDEX' with "
-            f"TYPE one of {types} on the {_backend()} backend; this backend sees "
-            f"the devices {visible_devices()}. Received: device={device!r}"
+            f"TYPE one of {types} on the {backend.backend()} backend; this backend "
+            f"sees the devices {visible_devices()}. Received: device={device!r}"
         )
     kind, index = match.groups()
     if kind == "host" and index is not None:
@@ -106,14 +73,12 @@ def resolve(device):
     """
     if device is None:
         return None
-    placement = {"jax": _jax_resolve, "tensorflow": _tf_resolve}.get(
-        _backend(), _torch_resolve
-    )(device)
+    placement = native.resolve_device(device)
     if placement is None:
         warnings.warn(
             f"Embedding `device={device!r}` is not available on this machine "
-            f"(the {_backend()} backend sees {visible_devices()}): the table is "
-            "placed by default instead.",
+            f"(the {backend.backend()} backend sees {visible_devices()}): the "
+            "table is placed by default instead.",
             stacklevel=3,
         )
     return placement
@@ -147,38 +112,7 @@ def for_build(placement):
     distribution (JAX) or a `tf.distribute` strategy, the engine places the
     table: `device` is ignored, with a warning.
     """
-    name = _backend()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        if placement is not None and tf.distribute.has_strategy():
-            warnings.warn(
-                "Embedding `device` is ignored under a `tf.distribute` strategy: "
-                "the strategy places the table.",
-                stacklevel=3,
-            )
-            return None
-        return placement
-    if name != "jax":
-        return placement
-    import jax
-    import keras
-
-    if keras.distribution.distribution() is not None:
-        if placement is not None:
-            warnings.warn(
-                "Embedding `device` is ignored under a Keras distribution: the "
-                "distribution's `LayoutMap` places the table.",
-                stacklevel=3,
-            )
-        return None
-    if placement is None:
-        ambient = jax.config.jax_default_device
-        if isinstance(ambient, str):
-            ambient = _jax_device(ambient)
-        if ambient is not None and ambient != jax_default():
-            placement = _jax_resolve(f"{ambient.platform}:{ambient.id}")
-    return placement
+    return native.build_placement(placement)
 
 
 def build_scope(placement, shape):
@@ -187,47 +121,7 @@ def build_scope(placement, shape):
     On JAX under a Keras distribution, a table the `LayoutMap` cannot split
     evenly raises a `ValueError` saying what to change.
     """
-    name = _backend()
-    if name == "jax":
-        import jax
-
-        if placement is None:
-            return _explain_uneven_sharding(shape)
-        # Host-memory tables are created on the host, never on the accelerator.
-        return jax.default_device(placement.build_device)
-    if placement is None:
-        return contextlib.nullcontext()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        return tf.device(placement)
-    import keras
-
-    # Keras's torch backend moves new variables to its own device scope.
-    return keras.device(str(placement))
-
-
-@contextlib.contextmanager
-def _explain_uneven_sharding(shape):
-    try:
-        yield
-    except ValueError as e:
-        if type(e).__name__ != "IndivisibleError":
-            raise
-        parts = re.search(r"partitioned (\d+) times", str(e))
-        ways = int(parts.group(1)) if parts else None
-        fix = (
-            f"a multiple of {ways} (e.g. input_dim={-(-shape[0] // ways) * ways}; "
-            "the extra rows are never looked up)"
-            if ways
-            else "a multiple of the mesh axis size"
-        )
-        raise ValueError(
-            f"The distribution's `LayoutMap` shards the embedding table of shape "
-            f"{tuple(shape)} unevenly: JAX needs every sharded axis to divide "
-            f"evenly over the mesh. Make `input_dim` {fix}, or shard another "
-            f"axis in the `LayoutMap`. Received: input_dim={shape[0]}. ({e})"
-        ) from e
+    return native.build_scope(placement, shape)
 
 
 def pin(variable, placement):
@@ -238,19 +132,7 @@ def pin(variable, placement):
     PyTorch: a table created under an enclosing `keras.device(...)` scope on
     another device than Keras's default is looked up there.
     """
-    name = _backend()
-    if name == "jax" and placement is not None:
-        variable._layout = placement.sharding
-        variable.assign(variable.value)
-        if placement.host_memory and variable.regularizer is not None:
-            variable.regularizer = _compat.variable_regularizer(
-                _jax_host_regularizer(variable.regularizer)
-            )
-    elif name == "torch" and placement is None:
-        device = variable.value.device
-        if device != _torch_default_device():
-            placement = device
-    return placement
+    return native.pin(variable, placement)
 
 
 def take(table, ids, placement, sparse=False):
@@ -260,12 +142,7 @@ def take(table, ids, placement, sparse=False):
     `table` is a `keras.Variable` (or a tensor on the same device); `sparse`: the
     gradient of a variable stays row-sparse (as `_sparse.lookup`).
     """
-    name = _backend()
-    if name == "tensorflow":
-        return _tf_take(table, ids, placement, sparse)
-    if name == "jax":
-        return _jax_take(table, ids, placement, sparse)
-    return _torch_take(table, ids, sparse)
+    return native.placed_take(table, ids, placement, sparse)
 
 
 def fetch(table, placement):
@@ -275,242 +152,4 @@ def fetch(table, placement):
     too); torch: the table moves to the default device. TensorFlow copies
     between devices by itself.
     """
-    name = _backend()
-    value = getattr(table, "value", table)
-    if name == "jax" and getattr(placement, "host_memory", False):
-        import jax
-
-        return jax.device_put(value, jax.memory.Space.Device)
-    if name == "torch":
-        return value.to(_torch_default_device())
-    return value
-
-
-# TensorFlow
-
-
-def _tf_resolve(device):
-    if device == "host":
-        return "/device:CPU:0"
-    import tensorflow as tf
-
-    kind, _, index = device.partition(":")
-    kind = "gpu" if kind == "cuda" else kind
-    devices = tf.config.list_logical_devices(kind.upper())
-    if not devices or (index and int(index) >= len(devices)):
-        return None
-    return devices[int(index) if index else 0].name
-
-
-def _tf_take(table, ids, placement, sparse):
-    import tensorflow as tf
-
-    # A variable's `value` is the `tf.Variable`: a ResourceGather, whose gradient
-    # is row-sparse (`IndexedSlices`) with or without `sparse`.
-    del sparse
-    value = getattr(table, "value", table)
-    with tf.device(placement):
-        rows = tf.gather(value, ids)
-    # Outside the scope: the rows alone move to where the model runs.
-    if isinstance(rows, tf.RaggedTensor):
-        return rows.with_flat_values(tf.identity(rows.flat_values))
-    return tf.identity(rows)
-
-
-# PyTorch
-
-
-def _torch_resolve(device):
-    import torch
-
-    kind, _, index = device.partition(":")
-    if kind == "host":
-        return torch.device("cpu")
-    kind = "cuda" if kind == "gpu" else kind
-    available = {
-        "cpu": 1,
-        "cuda": torch.cuda.device_count(),
-        "mps": int(torch.backends.mps.is_available()),
-        "xpu": torch.xpu.device_count() if hasattr(torch, "xpu") else 0,
-    }[kind]
-    if not available or (index and int(index) >= available):
-        return None
-    return torch.device(kind, int(index)) if index else torch.device(kind)
-
-
-def _torch_default_device():
-    """The device Keras's torch backend computes on outside `keras.device`."""
-    import os
-
-    import torch
-
-    if "KERAS_TORCH_DEVICE" in os.environ:
-        name = os.environ["KERAS_TORCH_DEVICE"]
-    elif torch.backends.mps.is_available():
-        name = "mps"
-    elif torch.cuda.is_available():
-        name = "cuda"
-    elif hasattr(torch, "xpu") and torch.xpu.is_available():
-        name = "xpu"
-    else:
-        name = "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def _torch_take(table, ids, sparse):
-    import torch
-
-    value = getattr(table, "value", table)
-    rows = torch.nn.functional.embedding(ids.to(value.device), value, sparse=sparse)
-    return rows.to(ids.device)
-
-
-# JAX
-
-
-class _JaxPlacement:
-    """A JAX table placement: its sharding and where to create it."""
-
-    def __init__(self, sharding, build_device, host_memory):
-        self.sharding = sharding
-        self.build_device = build_device
-        self.host_memory = host_memory
-        self.device = next(iter(sharding.device_set))
-        # The device that runs compiled steps anyway: nothing to move.
-        self.is_default = not host_memory and self.device == jax_default()
-        self.warned = False
-
-
-def _jax_resolve(device):
-    import jax
-    import numpy as np
-
-    kind, _, index = device.partition(":")
-    compute = jax_default()
-    host = kind == "host" or (kind == "cpu" and compute.platform != "cpu")
-    if host:
-        # JAX's answer for a table too big for accelerator memory: host memory
-        # of the device that runs the step, under a sharding `jit` respects.
-        kinds = {m.kind for m in compute.addressable_memories()}
-        if "pinned_host" not in kinds:
-            return None
-        target, memory_kind = compute, "pinned_host"
-        try:
-            build_device = jax.devices("cpu")[0]
-        except RuntimeError:
-            build_device = compute
-    else:
-        try:
-            devices = jax.devices("gpu" if kind == "cuda" else kind)
-        except RuntimeError:
-            return None
-        if index and int(index) >= len(devices):
-            return None
-        target = devices[int(index) if index else 0]
-        build_device, memory_kind = target, None
-    # A one-device mesh, not a `SingleDeviceSharding`: Keras's optimizers
-    # create their slots with the table's layout and expect a mesh.
-    mesh = jax.sharding.Mesh(np.array([target]), ("device",))
-    sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(), memory_kind=memory_kind
-    )
-    return _JaxPlacement(sharding, build_device, host)
-
-
-def jax_default():
-    """The device JAX runs uncommitted computations on (outside scopes)."""
-    import jax
-
-    return jax.devices()[0]
-
-
-def _jax_device(name):
-    import jax
-
-    kind, _, index = name.partition(":")
-    return jax.devices(kind)[int(index or 0)]
-
-
-@functools.cache
-def _jax_host_take():
-    """A jitted, differentiable gather from a `pinned_host` table."""
-    import jax
-    import jax.numpy as jnp
-    from jax.experimental.compute_on import compute_on
-
-    host, device = jax.memory.Space.Host, jax.memory.Space.Device
-
-    @jax.custom_vjp
-    def host_take(table, ids):
-        with compute_on("device_host"):
-            rows = jnp.take(table, jax.device_put(ids, host), axis=0, mode="clip")
-        return jax.device_put(rows, device)
-
-    def forward(table, ids):
-        return host_take(table, ids), (ids, table.shape)
-
-    def backward(residuals, grad):
-        # The gradient is row-sparse: scatter it into a zero table on the host.
-        ids, shape = residuals
-        zeros = jax.device_put(jnp.zeros(shape, grad.dtype), host)
-        with compute_on("device_host"):
-            table_grad = zeros.at[jax.device_put(ids, host)].add(
-                jax.device_put(grad, host), mode="drop"
-            )
-        return table_grad, None
-
-    host_take.defvjp(forward, backward)
-    return jax.jit(host_take)
-
-
-def _jax_host_regularizer(regularizer):
-    """`regularizer` for a `pinned_host` table, on a device-memory copy of it.
-
-    JAX differentiates no whole-table reduction over host memory here; the
-    penalty reads every row anyway.
-    """
-    import jax
-    from keras import ops
-
-    def on_device(table):
-        table = ops.convert_to_tensor(table)
-        return regularizer(jax.device_put(table, jax.memory.Space.Device))
-
-    return on_device
-
-
-def _jax_take(table, ids, placement, sparse):
-    import jax
-    import jax.numpy as jnp
-
-    if sparse and _sparse.capturing(table):  # `SparseTrainer`: see `_sparse`.
-        return _sparse.lookup(table, ids)
-    value = getattr(table, "value", table)
-    if placement.is_default:
-        return jnp.take(value, ids, axis=0)
-    if placement.host_memory:
-        return _jax_host_take()(value, ids)
-    if isinstance(ids, jax.core.Tracer):
-        if not placement.warned:
-            placement.warned = True
-            warnings.warn(
-                f"JAX compiles a step for one device: this compiled call runs "
-                "where the embedding table lives "
-                f"({placement.device.platform}:{placement.device.id}), and "
-                "the table stays there. To keep the table off the device that "
-                "runs the model, use `device='host'` (host memory).",
-                stacklevel=4,
-            )
-        return jnp.take(value, ids, axis=0)
-    # Eager: look up on the table's device, move only the rows back.
-    if getattr(ids, "committed", False):
-        compute = ids.sharding
-    else:
-        compute = jax.config.jax_default_device or jax.devices()[0]
-        if isinstance(compute, str):
-            compute = _jax_device(compute)
-    rows = jnp.take(value, jax.device_put(ids, placement.device), axis=0)
-    return jax.device_put(rows, compute)
+    return native.fetch(table, placement)

@@ -200,8 +200,9 @@ class Embedding(keras.layers.Layer):
         self.autocast, self._computing_logits = False, False
         if input_length is not None:
             # What `Sequential.add` reads to build an `InputLayer` up front.
-            self._input_shape_arg = (
-                input_length if isinstance(input_length, tuple) else (input_length,)
+            _compat.set_build_input_shape(
+                self,
+                input_length if isinstance(input_length, tuple) else (input_length,),
             )
         if dropout:
             self.seed_generator = keras.random.SeedGenerator()
@@ -348,8 +349,7 @@ class Embedding(keras.layers.Layer):
         add = functools.partial(
             _lora.add_factor, self.add_weight, regularizer=regularizer
         )
-        self._tracker.unlock()
-        try:
+        with _compat.unlocked_tracking(self):
             # A is read by id, where the table lives; B joins the rows.
             self.lora_embeddings_a = self._placed(
                 lambda: add("lora_embeddings_a", (self.input_dim, rank), a_initializer)
@@ -357,8 +357,6 @@ class Embedding(keras.layers.Layer):
             self.lora_embeddings_b = add(
                 "lora_embeddings_b", (rank, self.output_dim), b_initializer
             )
-        finally:
-            self._tracker.lock()
         # Frozen where it stands: the weights keep Keras's order `[embeddings,
         # lora_embeddings_a, lora_embeddings_b]`; the setter below keeps it frozen.
         self._embeddings.trainable = False

@@ -27,7 +27,7 @@ touch every row (O(vocabulary) per step).
 import keras
 from keras import ops
 
-from keras_embedding_plus import _sparse
+from keras_embedding_plus import _compat, _sparse
 
 
 class _LazyMixin:
@@ -57,6 +57,7 @@ class _LazyMixin:
         finally:
             self.loss_scale_factor = scale
 
+    # `_backend_apply_gradients` and `_clip_gradients`: Keras hooks (see _compat).
     def _backend_apply_gradients(self, grads, trainable_variables):
         if self.gradient_accumulation_steps:
             # The accumulators are dense: add dense gradients to them.
@@ -83,7 +84,7 @@ class _LazyMixin:
         ]
 
     def _slot(self, slots, variable):
-        return slots[self._get_variable_index(variable)]
+        return _compat.optimizer_slot(self, slots, variable)
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -106,7 +107,7 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
         if self.momentum == 0:
             _sparse.scatter_sub(self, variable, ids, step)
             return
-        m = self._slot(self.momentums, variable)
+        m = self._slot("momentums", variable)
         momentum = ops.cast(self.momentum, variable.dtype)
         m_rows = ops.subtract(ops.multiply(_sparse.gather(m, ids), momentum), step)
         _sparse.scatter_update(self, m, ids, m_rows)
@@ -143,8 +144,8 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
         alpha = learning_rate * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
 
-        m = self._slot(self._momentums, variable)
-        v = self._slot(self._velocities, variable)
+        m = self._slot("_momentums", variable)
+        v = self._slot("_velocities", variable)
         m_rows = _sparse.gather(m, ids)
         v_rows = _sparse.gather(v, ids)
         m_rows = ops.add(
@@ -157,7 +158,7 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
         _sparse.scatter_update(self, m, ids, m_rows)
         _sparse.scatter_update(self, v, ids, v_rows)
         if self.amsgrad:
-            v_hat = self._slot(self._velocity_hats, variable)
+            v_hat = self._slot("_velocity_hats", variable)
             v_rows = ops.maximum(_sparse.gather(v_hat, ids), v_rows)
             _sparse.scatter_update(self, v_hat, ids, v_rows)
         _sparse.scatter_sub(
@@ -187,7 +188,7 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
     """
 
     def _update_rows(self, ids, gradient, variable, learning_rate):
-        accumulator = self._slot(self._accumulators, variable)
+        accumulator = self._slot("_accumulators", variable)
         rows = ops.add(_sparse.gather(accumulator, ids), ops.square(gradient))
         _sparse.scatter_update(self, accumulator, ids, rows)
         _sparse.scatter_sub(

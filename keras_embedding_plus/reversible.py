@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import _max_norm, _quantization, _saving
+from keras_embedding_plus import _compat, _max_norm, _quantization, _saving
 from keras_embedding_plus._args import check_weights
 from keras_embedding_plus.embedding import Embedding
 
@@ -36,8 +36,7 @@ _KEEP_MASK = _KeepMask()
 
 def _with_mask(outputs, mask):
     if isinstance(outputs, keras.KerasTensor):
-        outputs._keras_mask = mask  # A symbolic output: what `Layer.__call__` sets.
-        return outputs
+        return _compat.set_symbolic_mask(outputs, mask)
     return _KEEP_MASK(outputs, mask=mask)
 
 

@@ -15,7 +15,7 @@ changes nothing.
 
 import keras
 
-from keras_embedding_plus import _sparse
+from keras_embedding_plus import _compat
 
 
 class SparseTrainer:
@@ -66,7 +66,7 @@ def sparse_tables(model):
     from keras_embedding_plus.embedding import Embedding
 
     tables = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.flatten_layers(model):
         if (
             isinstance(layer, Embedding)
             and layer.built
@@ -98,6 +98,8 @@ def sparse_train_step(model, state, data, fallback=None):
     import jax
     import jax.numpy as jnp
 
+    from keras_embedding_plus._backends.jax import IndexedRows, RowCapture
+
     tables = sparse_tables(model)
     if not tables:
         fallback = fallback or (lambda s, d: keras.Model.train_step(model, s, d))
@@ -124,7 +126,7 @@ def sparse_train_step(model, state, data, fallback=None):
 
     dense_values = [trainable[i] for i in dense_index]
     # The shapes of the looked-up rows, without computing anything.
-    record = _sparse.RowCapture(tables)
+    record = RowCapture(tables)
     # The batch is an argument, so that it is traced even when the step runs
     # eagerly (`run_eagerly=True`).
     jax.eval_shape(
@@ -134,7 +136,7 @@ def sparse_train_step(model, state, data, fallback=None):
     )
 
     def loss_fn(dense_values, deltas):
-        capture = _sparse.RowCapture(tables, deltas)
+        capture = RowCapture(tables, deltas)
         loss, aux = forward(dense_values, capture)
         return loss, (aux, capture.ids)
 
@@ -154,7 +156,7 @@ def sparse_train_step(model, state, data, fallback=None):
             grads[i] = jnp.zeros(table.shape, trainable[i].dtype)
             continue
         width = table.shape[-1]
-        gradient = _sparse.IndexedRows(
+        gradient = IndexedRows(
             jnp.concatenate([ids[k].reshape(-1) for k in calls]),
             jnp.concatenate([row_grads[k].reshape(-1, width) for k in calls]),
             table.shape,
@@ -164,8 +166,8 @@ def sparse_train_step(model, state, data, fallback=None):
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable
     )
-    logs, metrics_values = model._update_metrics_variables(
-        metrics_values, unscaled_loss, x, y, y_pred, sample_weight
+    logs, metrics_values = _compat.update_metrics(
+        model, metrics_values, unscaled_loss, x, y, y_pred, sample_weight
     )
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 

@@ -56,7 +56,7 @@ def row_sparse(ids, values):
         )
     import jax.numpy as jnp
 
-    from keras_embedding_plus._sparse import IndexedRows
+    from keras_embedding_plus._backends.jax import IndexedRows
 
     return IndexedRows(jnp.asarray(ids, "int32"), jnp.asarray(values), (VOCAB, DIM))
 

@@ -1,0 +1,57 @@
+"""The backend-specific code: one module per backend, chosen once at import.
+
+As keras-rs's `distributed_embedding.py` does, `keras.backend.backend()` is read
+here, once; `native` is the module of the running backend and the rest of the
+package calls it (`native.take(...)`) with no `if backend == ...` of its own.
+Every backend module defines each name of `FUNCTIONS` (a test checks it):
+
+* the index policy: `is_concrete`, `flat_values`, `with_flat_values`,
+  `ids_all_valid`, `take`, `zero_invalid`;
+* row-sparse gradients: `sparse_take`, `capturing`, `is_row_sparse`,
+  `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`,
+  `scale_gradient`, `with_rows`;
+* placement: `DEVICE_TYPES`, `visible_devices`, `resolve_device`,
+  `build_placement`, `build_scope`, `pin`, `placed_take`, `fetch`;
+* `add_matmul` (LoRA's delta) and `SPARSE_WITH_MIXED_POLICY`.
+"""
+
+import importlib
+
+import keras
+
+FUNCTIONS = (
+    "is_concrete",
+    "flat_values",
+    "with_flat_values",
+    "ids_all_valid",
+    "take",
+    "zero_invalid",
+    "sparse_take",
+    "capturing",
+    "is_row_sparse",
+    "densify_gradient",
+    "unique_rows",
+    "gather_rows",
+    "scatter",
+    "scale_gradient",
+    "with_rows",
+    "DEVICE_TYPES",
+    "visible_devices",
+    "resolve_device",
+    "build_placement",
+    "build_scope",
+    "pin",
+    "placed_take",
+    "fetch",
+    "add_matmul",
+    "SPARSE_WITH_MIXED_POLICY",
+)
+BACKENDS = ("tensorflow", "jax", "torch")
+
+NAME = keras.backend.backend()
+if NAME not in BACKENDS:
+    raise ImportError(
+        f"keras_embedding_plus runs on the Keras backends {BACKENDS}. "
+        f"Received: KERAS_BACKEND={NAME!r}."
+    )
+native = importlib.import_module(f"{__name__}.{NAME}")

@@ -1,0 +1,209 @@
+"""PyTorch: sparse COO gradients, `torch.device` placement, fused kernels."""
+
+import contextlib
+import os
+
+import keras
+import torch
+from keras import ops
+
+DEVICE_TYPES = ("cpu", "gpu", "cuda", "mps", "xpu", "host")
+# torch cannot carry a sparse gradient back through Keras's cast of a mixed
+# policy's table (see `_sparse.check_sparse`).
+SPARSE_WITH_MIXED_POLICY = False
+
+
+def _native(variable):
+    """The `torch.Tensor` of a `keras.Variable` (or `variable` itself)."""
+    return getattr(variable, "value", variable)
+
+
+# ---- the index policy ----------------------------------------------------------
+
+
+def is_concrete(x):
+    if torch.compiler.is_compiling():
+        return False
+    return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
+
+
+def flat_values(ids):
+    return ids
+
+
+def with_flat_values(ids, values):
+    del ids
+    return values
+
+
+def ids_all_valid(values, input_dim):
+    """Integer ids in a CPU tensor, checked in NumPy without a copy.
+
+    One single-threaded min/max pass instead of several small multi-threaded
+    torch kernels, which on a busy machine each cost far more than the check.
+    """
+    if not (isinstance(values, torch.Tensor) and values.device.type == "cpu"):
+        return None
+    array = values.numpy()
+    return array.size == 0 or bool(array.min() >= 0 and array.max() < input_dim)
+
+
+def take(table, ids, valid):
+    if isinstance(ids, torch.Tensor):  # What `ops.take` ends with.
+        return torch.nn.functional.embedding(ids, ops.convert_to_tensor(table)), valid
+    return ops.take(table, ids, axis=0), valid
+
+
+def zero_invalid(outputs, valid):
+    # torch.compile fuses the select into the gather; a data-dependent branch
+    # would only break its graph.
+    mask = ops.expand_dims(valid, -1)
+    return ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype))
+
+
+# ---- row-sparse gradients: sparse COO tensors ----------------------------------
+
+
+def sparse_take(table, ids):
+    return torch.nn.functional.embedding(ids, _native(table), sparse=True)
+
+
+def capturing(table):
+    del table
+    return False
+
+
+def is_row_sparse(gradient):
+    return bool(getattr(gradient, "is_sparse", False))
+
+
+def densify_gradient(gradient):
+    return gradient.to_dense() if is_row_sparse(gradient) else gradient
+
+
+def unique_rows(gradient):
+    # A sparse COO tensor with one sparse dimension (the rows). Eager even under
+    # `torch.compile`, which cannot trace sparse tensors.
+    return torch.compiler.disable(_coalesced_rows)(gradient)
+
+
+def _coalesced_rows(gradient):
+    # Copies, so that the compiled code after it receives plain tensors.
+    gradient = gradient.coalesce()
+    return gradient.indices()[0].clone(), gradient.values().clone()
+
+
+def gather_rows(variable, ids):
+    return _native(variable).index_select(0, ids)
+
+
+def scatter(optimizer, variable, ids, rows, how):
+    del optimizer
+    with torch.no_grad():
+        value = _native(variable)
+        rows = rows.to(value.dtype)
+        if how == "update":
+            value.index_copy_(0, ids, rows)
+        else:
+            value.index_add_(0, ids, rows, alpha=-1)
+
+
+def scale_gradient(gradient, factor):
+    return gradient * factor
+
+
+def with_rows(gradient, ids, values):
+    return torch.sparse_coo_tensor(
+        ids.unsqueeze(0),
+        values,
+        gradient.shape,
+        is_coalesced=True,
+        check_invariants=False,
+    )
+
+
+# ---- placement: `torch.device` ---------------------------------------------------
+
+
+def visible_devices():
+    devices = ["cpu"]
+    devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(device):
+    kind, _, index = device.partition(":")
+    if kind == "host":
+        return torch.device("cpu")
+    kind = "cuda" if kind == "gpu" else kind
+    available = {
+        "cpu": 1,
+        "cuda": torch.cuda.device_count(),
+        "mps": int(torch.backends.mps.is_available()),
+        "xpu": torch.xpu.device_count() if hasattr(torch, "xpu") else 0,
+    }[kind]
+    if not available or (index and int(index) >= available):
+        return None
+    return torch.device(kind, int(index)) if index else torch.device(kind)
+
+
+def _default_device():
+    """The device Keras's torch backend computes on outside `keras.device`."""
+    if "KERAS_TORCH_DEVICE" in os.environ:
+        name = os.environ["KERAS_TORCH_DEVICE"]
+    elif torch.backends.mps.is_available():
+        name = "mps"
+    elif torch.cuda.is_available():
+        name = "cuda"
+    elif hasattr(torch, "xpu") and torch.xpu.is_available():
+        name = "xpu"
+    else:
+        name = "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def build_placement(placement):
+    return placement
+
+
+def build_scope(placement, shape):
+    del shape
+    if placement is None:
+        return contextlib.nullcontext()
+    # Keras's torch backend moves new variables to its own device scope.
+    return keras.device(str(placement))
+
+
+def pin(variable, placement):
+    """A table created under an enclosing `keras.device(...)` scope on another
+    device than Keras's default is looked up there."""
+    if placement is None:
+        device = variable.value.device
+        if device != _default_device():
+            placement = device
+    return placement
+
+
+def placed_take(table, ids, placement, sparse):
+    del placement  # The table's own device.
+    value = _native(table)
+    rows = torch.nn.functional.embedding(ids.to(value.device), value, sparse=sparse)
+    return rows.to(ids.device)
+
+
+def fetch(table, placement):
+    del placement
+    return _native(table).to(_default_device())
+
+
+def add_matmul(rows, a, b):
+    """`rows + a @ b`, fused; in place on freshly gathered frozen rows (`addmm_`:
+    `addmm` would first copy them)."""
+    if not rows.requires_grad:
+        return rows.addmm_(a, b)
+    return torch.addmm(rows, a, b)
