@@ -1,0 +1,105 @@
+"""`run_layer_test`: one check of a layer configuration, in the spirit of Keras's
+`TestCase.run_layer_test`.
+
+Importable by the test modules (`from layer_test import run_layer_test`); no tests
+here. For one built layer and its ids it checks, against a NumPy reference of
+the output:
+
+* the number of trainable and non-trainable weights;
+* the eager output (values and compute dtype) and the compiled output
+  (`tf.function`, `jax.jit`, `torch.compile`);
+* the mask (`ids != 0` with `mask_zero`, else None), eager and symbolic;
+* `get_config` / `from_config` with the weights copied, and a `.keras` save and
+  load of a model around the layer: both give the reference output.
+"""
+
+import os
+
+import keras
+import numpy as np
+from conftest import compiled
+
+
+def _numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")))
+
+
+def _check_output(what, outputs, expected, dtype, atol):
+    assert keras.backend.standardize_dtype(outputs.dtype) == dtype, (
+        f"{what}: dtype {outputs.dtype}, expected {dtype}"
+    )
+    np.testing.assert_allclose(
+        _numpy(outputs), expected, rtol=atol, atol=atol, err_msg=what
+    )
+
+
+def run_layer_test(
+    layer,
+    ids,
+    expected_output,
+    *,
+    num_trainable_weights,
+    num_non_trainable_weights,
+    mask_zero=False,
+    atol=1e-6,
+    tmp_path=None,
+    call_kwargs=None,
+    expected_mask=None,
+    saved_reference=None,
+    compile=True,
+):
+    """Check `layer` (built) on `ids` (a NumPy array) against `expected_output`.
+
+    `tmp_path`: where to write the `.keras` file (skipped when None).
+    `expected_mask`: the mask's reference, by default `ids != 0` with
+    `mask_zero` and None without. `saved_reference(loaded_layer)`: the reference
+    output after the `.keras` round trip, where saving changes the weights
+    (merging LoRA into a quantized table re-quantizes it, as Keras does).
+    `compile=False` skips the compiled call (checked elsewhere for that layer).
+    """
+    call_kwargs = call_kwargs or {}
+    assert len(layer.trainable_weights) == num_trainable_weights, [
+        w.path for w in layer.trainable_weights
+    ]
+    assert len(layer.non_trainable_weights) == num_non_trainable_weights, [
+        w.path for w in layer.non_trainable_weights
+    ]
+    dtype = layer.compute_dtype
+    x = keras.ops.convert_to_tensor(ids)
+
+    # Eager and compiled.
+    _check_output("eager", layer(x, **call_kwargs), expected_output, dtype, atol)
+    if compile:
+        outputs = compiled(lambda x: layer(x, **call_kwargs))(x)
+        _check_output("compiled", outputs, expected_output, dtype, atol)
+
+    # Masks.
+    if expected_mask is None and mask_zero:
+        expected_mask = ids != 0
+    mask = layer.compute_mask(x)
+    if expected_mask is None:
+        assert mask is None
+    else:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), expected_mask)
+    symbolic = keras.Input(ids.shape[1:], dtype=str(ids.dtype))
+    symbolic_out = layer(symbolic, **call_kwargs)
+    assert symbolic_out.shape[1:] == expected_output.shape[1:]
+    assert (getattr(symbolic_out, "_keras_mask", None) is None) == (
+        expected_mask is None
+    )
+
+    # The config, with the weights copied.
+    clone = type(layer).from_config(layer.get_config())
+    clone.build(ids.shape)
+    clone.set_weights(layer.get_weights())
+    _check_output("from_config", clone(x, **call_kwargs), expected_output, dtype, atol)
+
+    # A `.keras` round trip.
+    if tmp_path is not None:
+        model = keras.Model(symbolic, symbolic_out)
+        path = os.path.join(str(tmp_path), "layer_test.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        if saved_reference is not None:
+            expected_output = saved_reference(loaded.layers[-1])
+        _check_output(".keras", loaded(x, **call_kwargs), expected_output, dtype, atol)
