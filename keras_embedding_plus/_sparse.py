@@ -72,6 +72,12 @@ def scatter_sub(optimizer, variable, ids, rows):
     native.scatter(optimizer, variable, ids, rows, "sub")
 
 
+def subtract_scaled(optimizer, variable, gradient, factor):
+    """`variable -= factor * gradient` for a row-sparse `gradient` (duplicate
+    ids summed by the scatter-add itself)."""
+    native.subtract_scaled(optimizer, variable, gradient, factor)
+
+
 def norm_squared(gradient):
     """Squared L2 norm of a gradient, sparse (deduplicated) or dense."""
     if is_row_sparse(gradient):

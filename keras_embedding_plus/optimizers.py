@@ -36,6 +36,11 @@ class _LazyMixin:
     def update_step(self, gradient, variable, learning_rate):
         if not _sparse.is_row_sparse(gradient):
             return super().update_step(gradient, variable, learning_rate)
+        if self._linear_in_gradient():
+            # `variable -= lr * gradient`: a scatter-add sums duplicate ids
+            # itself, with no deduplication pass (a sort) first.
+            _sparse.subtract_scaled(self, variable, gradient, learning_rate)
+            return
         ids, rows = _sparse.unique_rows(gradient)
         dtype = variable.dtype
         self._update_rows(
@@ -83,6 +88,10 @@ class _LazyMixin:
             for g, u, v in zip(grads, unique, values, strict=True)
         ]
 
+    def _linear_in_gradient(self):
+        """Whether the update is `variable -= lr * gradient` (plain SGD)."""
+        return False
+
     def _slot(self, slots, variable):
         return _compat.optimizer_slot(self, slots, variable)
 
@@ -101,6 +110,9 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
 
     >>> model.compile(optimizer=LazySGD(0.1), loss="mse")
     """
+
+    def _linear_in_gradient(self):
+        return self.momentum == 0
 
     def _update_rows(self, ids, gradient, variable, learning_rate):
         step = ops.multiply(gradient, learning_rate)

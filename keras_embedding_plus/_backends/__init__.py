@@ -8,7 +8,7 @@ Every backend module defines each name of `FUNCTIONS` (a test checks it):
 * the index policy: `is_concrete`, `flat_values`, `with_flat_values`,
   `ids_all_valid`, `take`, `zero_invalid`;
 * row-sparse gradients: `sparse_take`, `capturing`, `is_row_sparse`,
-  `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`,
+  `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`, `subtract_scaled`,
   `scale_gradient`, `with_rows`;
 * placement: `DEVICE_TYPES`, `visible_devices`, `resolve_device`,
   `build_placement`, `build_scope`, `pin`, `placed_take`, `fetch`;
@@ -33,6 +33,7 @@ FUNCTIONS = (
     "unique_rows",
     "gather_rows",
     "scatter",
+    "subtract_scaled",
     "scale_gradient",
     "with_rows",
     "DEVICE_TYPES",

@@ -209,6 +209,14 @@ def scatter(optimizer, variable, ids, rows, how):
         variable.assign(at.add(-rows, mode="drop"))
 
 
+def subtract_scaled(optimizer, variable, gradient, factor):
+    del optimizer
+    value = _native(variable)
+    rows = gradient.values.reshape((gradient.indices.size, -1))
+    rows = (rows * factor).astype(value.dtype)
+    variable.assign(value.at[gradient.indices.reshape(-1)].add(-rows, mode="drop"))
+
+
 def scale_gradient(gradient, factor):
     return gradient * factor
 

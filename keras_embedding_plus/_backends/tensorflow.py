@@ -100,6 +100,14 @@ def scatter(optimizer, variable, ids, rows, how):
         optimizer.assign_sub(variable, slices)
 
 
+def subtract_scaled(optimizer, variable, gradient, factor):
+    # A resource scatter-sub adds the rows of duplicate ids.
+    values = tf.reshape(gradient.values, [-1, *gradient.values.shape[1:]])
+    values = tf.cast(values, variable.dtype) * tf.cast(factor, variable.dtype)
+    indices = tf.reshape(gradient.indices, [-1])
+    optimizer.assign_sub(variable, tf.IndexedSlices(values, indices))
+
+
 def scale_gradient(gradient, factor):
     if isinstance(gradient, tf.IndexedSlices):
         return tf.IndexedSlices(

@@ -108,6 +108,17 @@ def scatter(optimizer, variable, ids, rows, how):
             value.index_add_(0, ids, rows, alpha=-1)
 
 
+def subtract_scaled(optimizer, variable, gradient, factor):
+    del optimizer
+    torch.compiler.disable(_subtract_scaled)(_native(variable), gradient, factor)
+
+
+def _subtract_scaled(value, gradient, factor):
+    # Dense += uncoalesced sparse sums the duplicates (as `torch.optim.SGD`).
+    with torch.no_grad():
+        value.add_(gradient.to(value.dtype), alpha=-float(factor))
+
+
 def scale_gradient(gradient, factor):
     return gradient * factor
 
