@@ -9,6 +9,7 @@
 * `check_weights(layer, values, source)` checks every value against the layer's
   weights before anything is assigned, so that a wrong-shape table never leaves
   the layer half-loaded.
+* `load_weights(model, filepath)` is `model.load_weights` made all or nothing.
 * `load_model(filepath, ...)` is `keras.models.load_model` with errors that name
   the file: Keras reports a truncated `.keras` file as "File not found" and a
   corrupted one as `BadZipFile: Bad CRC-32 for file 'model.weights.h5'`, without
@@ -99,14 +100,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         The loaded Keras model.
     """
     path = os.fspath(filepath)
-    if not os.path.isfile(path):
-        raise ValueError(f"Cannot load a model from '{path}': there is no such file.")
-    if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"Cannot load a model from '{path}': it is not a valid `.keras` file "
-            f"(not a zip archive; {os.path.getsize(path)} bytes), so it is "
-            "truncated or corrupted."
-        )
+    check_file(path, "a model")
     try:
         return keras.models.load_model(
             path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
@@ -120,6 +114,85 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         if path in str(e):
             raise
         raise ValueError(f"Cannot load a model from '{path}': {e}") from e
+
+
+def check_file(path, what):
+    """Raise `ValueError` naming `path` unless it is a readable regular file
+    (and, for `.keras`, a zip archive whose members' CRCs match)."""
+    prefix = f"Cannot load {what} from '{path}'"
+    if os.path.isdir(path):
+        raise ValueError(f"{prefix}: it is a directory, not a file.")
+    if not os.path.exists(path):
+        raise ValueError(f"{prefix}: there is no such file.")
+    if not os.path.isfile(path):  # A FIFO or a device would block or stream.
+        raise ValueError(f"{prefix}: it is not a regular file.")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{prefix}: the file is not readable (permissions).")
+    if path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{prefix}: it is not a valid `.keras` file (not a zip archive; "
+                f"{os.path.getsize(path)} bytes), so it is truncated or corrupted."
+            )
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            raise ValueError(
+                f"{prefix}: the file is truncated or corrupted "
+                f"({type(e).__name__}: {e})."
+            ) from e
+        if bad is not None:
+            raise ValueError(
+                f"{prefix}: the file is corrupted: its member '{bad}' does not "
+                "match its CRC-32 checksum."
+            )
+
+
+def _model_variables(model):
+    """Every variable a weights file can write into: the model's and its
+    optimizer's, each once."""
+    variables, seen = [], set()
+    optimizer = getattr(model, "optimizer", None)
+    extra = list(getattr(optimizer, "variables", None) or [])
+    for variable in [*model.variables, *extra]:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            variables.append(variable)
+    return variables
+
+
+def load_weights(model, filepath, skip_mismatch=False):
+    """`model.load_weights(filepath)`, all or nothing, with errors that name the file.
+
+    Keras's `load_weights` assigns layer by layer: a file that fails half-way
+    (a truncated or corrupted `.weights.h5`, a missing key, a wrong shape) leaves
+    the model half old, half new. Here, on any failure every variable of the
+    model and of its optimizer is put back as it was, and a `ValueError` names
+    the file and what is wrong (the original error is chained, `__cause__`).
+
+    Args:
+        model: A built Keras model (or layer).
+        filepath: String or `pathlib.Path`: a `.weights.h5`, `.keras` or legacy
+            `.h5` file, as `model.load_weights` takes.
+        skip_mismatch: Boolean, as in `model.load_weights`.
+
+    The old values are kept in host memory while loading: the model's size once
+    more (see the README's big-table figures).
+    """
+    path = os.fspath(filepath)
+    check_file(path, f"weights into model '{model.name}'")
+    variables = _model_variables(model)
+    snapshot = [ops.convert_to_numpy(v.value) for v in variables]
+    try:
+        model.load_weights(path, skip_mismatch=skip_mismatch)
+    except Exception as e:
+        for variable, value in zip(variables, snapshot, strict=True):
+            variable.assign(value)
+        raise ValueError(
+            f"Cannot load weights from '{path}' into model '{model.name}': "
+            f"{type(e).__name__}: {e}. The model's weights are unchanged."
+        ) from e
 
 
 def assign_checked(name, variables, store):
