@@ -58,3 +58,33 @@ def compiled(fn):
 
         return torch.compile(fn, backend="eager", fullgraph=False)
     return fn
+
+
+# Hypothesis profiles (tests/test_properties.py): "fast" in `python -m tox`,
+# derandomized so that every CI run tries the same cases; "deep" for a separate
+# run: `HYPOTHESIS_PROFILE=deep python -m tox -e jax -- tests/test_properties.py`.
+try:
+    from hypothesis import HealthCheck, Phase, settings
+
+    _quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    # No "explain" phase: re-running a failing case per line costs minutes here.
+    _phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
+    settings.register_profile(
+        "fast",
+        max_examples=30,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=_quiet,
+        phases=_phases,
+    )
+    settings.register_profile(
+        "deep",
+        max_examples=600,
+        deadline=None,
+        suppress_health_check=_quiet,
+        phases=_phases,
+    )
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+except ImportError:  # The property tests skip themselves without Hypothesis.
+    pass

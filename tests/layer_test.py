@@ -17,11 +17,81 @@ import os
 
 import keras
 import numpy as np
-from conftest import compiled
+from conftest import BACKEND, compiled
 
 
-def _numpy(x):
+def to_numpy(x):
+    """A float32 NumPy copy of a tensor or gradient (row-sparse ones densified)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(x, tf.IndexedSlices):
+            x = tf.convert_to_tensor(x)
+    if BACKEND == "torch" and x.is_sparse:
+        x = x.to_dense()
     return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")))
+
+
+def is_row_sparse(grad):
+    """Whether a gradient is the backend's row-sparse type (never on JAX)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(grad, tf.IndexedSlices)
+    if BACKEND == "torch":
+        return grad.is_sparse
+    return False
+
+
+def forward_and_gradients(layer, ids, upstream, training=None, compile_=False):
+    """`(outputs, {name: gradient})` of `sum(outputs * upstream)`, by each
+    backend's own autodiff (eager, or compiled with `compile_`).
+
+    Gradients come back as the backend gives them (row-sparse ones too).
+    """
+    variables = layer.trainable_variables
+    upstream = keras.ops.convert_to_tensor(upstream)
+    names = [v.name for v in variables]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def step(ids):
+            with tf.GradientTape() as tape:
+                out = layer(ids, training=training)
+                loss = tf.reduce_sum(tf.cast(out, "float32") * upstream)
+            return out, tape.gradient(loss, variables)
+
+        out, grads = (compiled(step) if compile_ else step)(ids)
+    elif BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss_fn(trainable, non_trainable, ids):
+            out, _ = layer.stateless_call(
+                trainable, non_trainable, ids, training=training
+            )
+            return jnp.sum(out.astype("float32") * upstream), out
+
+        step = jax.value_and_grad(loss_fn, has_aux=True)
+        if compile_:
+            step = compiled(step)
+        (_, out), grads = step(
+            [v.value for v in variables],
+            [v.value for v in layer.non_trainable_variables],
+            ids,
+        )
+    else:
+        for v in variables:
+            v.value.grad = None
+
+        def forward(ids):
+            return layer(ids, training=training)
+
+        out = (compiled(forward) if compile_ else forward)(ids)
+        if variables:
+            (out.float() * upstream).sum().backward()
+        grads = [v.value.grad for v in variables]
+    return out, dict(zip(names, grads, strict=True))
 
 
 def _check_output(what, outputs, expected, dtype, atol):
@@ -29,7 +99,7 @@ def _check_output(what, outputs, expected, dtype, atol):
         f"{what}: dtype {outputs.dtype}, expected {dtype}"
     )
     np.testing.assert_allclose(
-        _numpy(outputs), expected, rtol=atol, atol=atol, err_msg=what
+        to_numpy(outputs), expected, rtol=atol, atol=atol, err_msg=what
     )
 
 

@@ -13,7 +13,9 @@ import keras
 import numpy as np
 import pairs
 import pytest
-from conftest import BACKEND, compiled
+from conftest import BACKEND
+from layer_test import forward_and_gradients, is_row_sparse
+from layer_test import to_numpy as _numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,75 +31,8 @@ def _params():
     return out
 
 
-def _numpy(x):
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(x, tf.IndexedSlices):
-            x = tf.convert_to_tensor(x)
-    if BACKEND == "torch" and x.is_sparse:
-        x = x.to_dense()
-    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")))
-
-
-def _is_row_sparse(grad):
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return isinstance(grad, tf.IndexedSlices)
-    if BACKEND == "torch":
-        return grad.is_sparse
-    return False
-
-
 def _forward_and_grads(layer, ids, training, compile_):
-    """`(outputs, {name: gradient})` of `sum(outputs * U)`, each backend's autodiff.
-
-    Gradients come back as the backend gives them (row-sparse ones too).
-    """
-    variables = layer.trainable_variables
-    upstream = keras.ops.convert_to_tensor(pairs.UPSTREAM)
-    names = [v.name for v in variables]
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        def step(ids):
-            with tf.GradientTape() as tape:
-                out = layer(ids, training=training)
-                loss = tf.reduce_sum(tf.cast(out, "float32") * upstream)
-            return out, tape.gradient(loss, variables)
-
-        out, grads = (compiled(step) if compile_ else step)(ids)
-    elif BACKEND == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        def loss_fn(trainable, non_trainable, ids):
-            out, _ = layer.stateless_call(
-                trainable, non_trainable, ids, training=training
-            )
-            return jnp.sum(out.astype("float32") * upstream), out
-
-        step = jax.value_and_grad(loss_fn, has_aux=True)
-        if compile_:
-            step = compiled(step)
-        (_, out), grads = step(
-            [v.value for v in variables],
-            [v.value for v in layer.non_trainable_variables],
-            ids,
-        )
-    else:
-        for v in variables:
-            v.value.grad = None
-
-        def forward(ids):
-            return layer(ids, training=training)
-
-        out = (compiled(forward) if compile_ else forward)(ids)
-        if variables:
-            (out.float() * upstream).sum().backward()
-        grads = [v.value.grad for v in variables]
-    return out, dict(zip(names, grads, strict=True))
+    return forward_and_gradients(layer, ids, pairs.UPSTREAM, training, compile_)
 
 
 def _trainable_names(options):
@@ -203,7 +138,7 @@ def _check_combination(options):
             )
         if "sparse" in options and BACKEND != "jax":
             for name in _sparse_names(options):
-                assert _is_row_sparse(grads[name]), (
+                assert is_row_sparse(grads[name]), (
                     f"{where}: the gradient of `{name}` is dense with sparse=True "
                     f"({type(grads[name]).__name__})"
                 )

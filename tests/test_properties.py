@@ -1,0 +1,241 @@
+"""Property-based tests (issue 13): drawn configurations, ids and call modes,
+each checked against a NumPy reference of the layer.
+
+Hypothesis draws a layer configuration (`sparse`, `device`, `lora_rank`,
+`max_norm`, `dropout`, `quantize("int8")`, `mask_zero`, the dtype policies), ids
+(integer and float dtypes, ranks 1 to 4, empty batches, and a share of bad ids:
+too large, negative, fractional, NaN) and the call mode (eager, compiled). Each
+case checks outputs and masks, the index policy on bad ids, one step's
+gradients, and `get_config` / `.keras` round trips. Refused combinations must
+raise their `ValueError` where they are set.
+
+Profiles (tests/conftest.py): "fast" (30 derandomized cases a test) in
+`python -m tox`; "deep" (600 random cases a test) with `HYPOTHESIS_PROFILE=deep`.
+Failing examples found are kept below as `@example`s.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from conftest import compiled
+from layer_test import forward_and_gradients, to_numpy
+
+hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis")
+from hypothesis import assume, given, note  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from keras_embedding_plus import Embedding  # noqa: E402
+
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
+ID_DTYPES = ("int32", "int64", "int16", "uint8", "float32", "float64")
+TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
+
+
+@st.composite
+def configurations(draw):
+    return {
+        "input_dim": draw(st.integers(1, 12)),
+        "output_dim": draw(st.integers(1, 4)),
+        "mask_zero": draw(st.booleans()),
+        "sparse": draw(st.booleans()),
+        "device": draw(st.sampled_from([None, "cpu", "host"])),
+        "lora_rank": draw(st.sampled_from([None, 1, 2])),
+        "max_norm": draw(st.sampled_from([None, 0.5, 1.5])),
+        "dropout": draw(st.sampled_from([0.0, 0.4])),
+        "quantize": draw(st.sampled_from([None, None, "int8"])),
+        "dtype": draw(st.sampled_from(POLICIES)),
+    }
+
+
+@st.composite
+def id_arrays(draw, input_dim, allow_bad=True, batched=False):
+    """Ids of a drawn dtype and shape (`batched`: rank >= 2, a non-empty batch)."""
+    dtype = draw(st.sampled_from(ID_DTYPES))
+    rank = draw(st.integers(2 if batched else 1, 4))
+    shape = tuple(draw(st.lists(st.integers(0, 3), min_size=rank, max_size=rank)))
+    if batched:
+        shape = (draw(st.integers(1, 3)), *shape[1:])
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    ids = rng.integers(0, input_dim, shape).astype(dtype)
+    if allow_bad and ids.size and draw(st.integers(0, 3)) == 0:
+        bad = [input_dim, input_dim + 7]
+        if "float" in dtype or np.iinfo(dtype).min < 0:
+            bad.append(-1)
+        if "float" in dtype:
+            bad += [0.5, float("nan")]
+        value = draw(st.sampled_from(bad))
+        if dtype == "uint8" and value > 255:
+            value = 255 if input_dim <= 255 else value
+        position = tuple(int(rng.integers(0, n)) for n in shape)
+        ids[position] = value
+    return ids
+
+
+def make_layer(config):
+    """The layer of `config`, built, or None where a `ValueError` refused it
+    (checked to name the options)."""
+    kwargs = {
+        k: config[k]
+        for k in ("mask_zero", "sparse", "device", "max_norm", "dropout", "dtype")
+    }
+    if config["quantize"] is None:
+        kwargs["lora_rank"] = config["lora_rank"]
+    try:
+        layer = Embedding(config["input_dim"], config["output_dim"], **kwargs)
+        layer.build()
+        if config["quantize"]:
+            layer.quantize(config["quantize"])
+            if config["lora_rank"]:
+                layer.enable_lora(config["lora_rank"])
+    except ValueError as e:
+        message = str(e)
+        refused = (
+            ("int8" in message and "float16" in message)
+            or ("sparse" in message and "device='host'" in message)
+            or ("sparse" in message and "mixed" in message)
+        )
+        assert refused, f"unexpected refusal: {message}"
+        return None
+    if layer.lora_enabled:  # B = 0 would hide A.
+        b = layer.lora_embeddings_b
+        b.assign(np.linspace(-0.5, 0.5, math.prod(b.shape)).reshape(b.shape))
+    return layer
+
+
+def _value(variable):
+    return np.asarray(
+        keras.ops.convert_to_numpy(keras.ops.cast(variable.value, "float32")),
+        np.float64,
+    )
+
+
+def reference_params(layer):
+    """The layer's parameters as float64 NumPy: the float table (dequantized)
+    and LoRA's factors."""
+    if layer.quantization_mode == "int8":
+        table = _value(layer._embeddings) / _value(layer.embeddings_scale)[:, None]
+    else:
+        table = _value(layer._embeddings)
+    params = {"embeddings": table}
+    if layer.lora_enabled:
+        params["lora_embeddings_a"] = _value(layer.lora_embeddings_a)
+        params["lora_embeddings_b"] = _value(layer.lora_embeddings_b)
+    return params
+
+
+def reference(layer, params, ids):
+    """The output of `layer` for valid integer `ids` (float64); rows of invalid
+    ids are zero (what compiled calls return)."""
+    input_dim = layer.input_dim
+    with np.errstate(invalid="ignore"):
+        valid = (ids >= 0) & (ids < input_dim) & (np.round(ids) == ids)
+    safe = np.where(valid, ids, 0).astype(np.int64)
+    rows = params["embeddings"][safe]
+    if "lora_embeddings_a" in params:
+        scale = (layer.lora_alpha or layer.lora_rank) / layer.lora_rank
+        rows = (
+            rows
+            + scale * params["lora_embeddings_a"][safe] @ params["lora_embeddings_b"]
+        )
+    if layer.max_norm:
+        norm = np.linalg.norm(rows, axis=-1, keepdims=True)
+        rows = np.where(
+            norm > layer.max_norm, rows * layer.max_norm / (norm + 1e-7), rows
+        )
+    return np.where(valid[..., None], rows, 0.0), valid
+
+
+def _tolerance(layer):
+    compute = keras.backend.standardize_dtype(layer.compute_dtype)
+    return TOLERANCE[compute] * (4 if layer.max_norm else 1)
+
+
+@given(configurations(), st.data(), st.sampled_from(["eager", "compiled"]))
+def test_lookup_matches_numpy(config, data, mode):
+    layer = make_layer(config)
+    assume(layer is not None)
+    ids = data.draw(id_arrays(config["input_dim"]))
+    note(f"ids {ids.dtype} {ids.shape}: {ids.tolist()}")
+    params = reference_params(layer)
+    expected, valid = reference(layer, params, ids)
+    x = keras.ops.convert_to_tensor(ids)
+    if mode == "eager" and not valid.all():
+        with pytest.raises(ValueError, match="Invalid embedding id"):
+            layer(x)
+        return
+    call = (lambda x: layer(x)) if mode == "eager" else compiled(lambda x: layer(x))
+    out = call(x)
+    assert tuple(out.shape) == (*ids.shape, config["output_dim"])
+    assert keras.backend.standardize_dtype(out.dtype) == layer.compute_dtype
+    tol = _tolerance(layer)
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=tol, atol=tol)
+    mask = layer.compute_mask(x)
+    if config["mask_zero"]:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), ids != 0)
+    else:
+        assert mask is None
+
+
+def _numeric_gradients(layer, params, ids, upstream, names):
+    eps, grads = 1e-6, {}
+    for name in names:
+        grad = np.zeros_like(params[name])
+        for index in np.ndindex(*grad.shape):
+            total = []
+            for step in (eps, -eps):
+                shifted = {k: v.copy() for k, v in params.items()}
+                shifted[name][index] += step
+                total.append(np.sum(reference(layer, shifted, ids)[0] * upstream))
+            grad[index] = (total[0] - total[1]) / (2 * eps)
+        grads[name] = grad
+    return grads
+
+
+@given(configurations(), st.data(), st.sampled_from(["eager", "compiled"]))
+def test_gradients_match_numpy(config, data, mode):
+    config = {**config, "dtype": "float32", "dropout": 0.0}
+    layer = make_layer(config)
+    assume(layer is not None and layer.trainable_variables)
+    ids = data.draw(id_arrays(config["input_dim"], allow_bad=mode == "compiled"))
+    note(f"ids {ids.dtype} {ids.shape}: {ids.tolist()}")
+    rng = np.random.default_rng(0)
+    upstream = rng.normal(size=(*ids.shape, config["output_dim"])).astype("float32")
+    params = reference_params(layer)
+    _, grads = forward_and_gradients(
+        layer, keras.ops.convert_to_tensor(ids), upstream, False, mode == "compiled"
+    )
+    expected = _numeric_gradients(layer, params, ids, upstream, list(grads))
+    for name, grad in grads.items():
+        np.testing.assert_allclose(
+            to_numpy(grad), expected[name], rtol=1e-4, atol=1e-4, err_msg=name
+        )
+
+
+@given(config=configurations(), data=st.data())
+def test_round_trips_keep_the_outputs(config, data, tmp_path_factory):
+    layer = make_layer(config)
+    assume(layer is not None)
+    ids = data.draw(id_arrays(config["input_dim"], allow_bad=False, batched=True))
+    x = keras.ops.convert_to_tensor(ids)
+    before = to_numpy(layer(x))
+    tol = _tolerance(layer)
+
+    clone = Embedding.from_config(layer.get_config())
+    clone.build()
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(to_numpy(clone(x)), before, rtol=tol, atol=tol)
+
+    inputs = keras.Input(ids.shape[1:], dtype=str(ids.dtype))
+    model = keras.Model(inputs, layer(inputs))
+    path = str(tmp_path_factory.mktemp("properties") / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path).layers[-1]
+    out = to_numpy(loaded(x))
+    # Saving merges LoRA into a quantized table and quantizes it again (as
+    # Keras does): compare with the reference of what was loaded.
+    expected, _ = reference(loaded, reference_params(loaded), ids)
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+    if not (layer.quantization_mode and layer.lora_enabled):
+        np.testing.assert_allclose(out, before, rtol=tol, atol=tol)
