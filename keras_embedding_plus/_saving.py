@@ -24,6 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embedding_plus._backends import native
+
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
 class PaddingMask(keras.Operation):
@@ -177,13 +179,14 @@ def load_weights(model, filepath, skip_mismatch=False):
             `.h5` file, as `model.load_weights` takes.
         skip_mismatch: Boolean, as in `model.load_weights`.
 
-    The old values are kept in host memory while loading: the model's size once
-    more (see the README's big-table figures).
+    The old values are kept while loading, where each variable lives: a copy
+    of the model's size on TensorFlow and PyTorch, nothing on JAX (whose
+    arrays are immutable).
     """
     path = os.fspath(filepath)
     check_file(path, f"weights into model '{model.name}'")
     variables = _model_variables(model)
-    snapshot = [ops.convert_to_numpy(v.value) for v in variables]
+    snapshot = [native.snapshot(v) for v in variables]
     try:
         model.load_weights(path, skip_mismatch=skip_mismatch)
     except Exception as e:

@@ -239,3 +239,30 @@ def test_round_trips_keep_the_outputs(config, data, tmp_path_factory):
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
     if not (layer.quantization_mode and layer.lora_enabled):
         np.testing.assert_allclose(out, before, rtol=tol, atol=tol)
+
+
+# ---- failing examples Hypothesis found, kept as regression tests ---------------
+
+
+def test_lora_lookup_of_no_ids():
+    # TensorFlow: Keras's `ops.add` of the LoRA delta became a `BiasAdd`, which
+    # failed on an empty batch ("Biases must be 1D: [0,2]").
+    config = {
+        "input_dim": 1,
+        "output_dim": 2,
+        "mask_zero": False,
+        "sparse": False,
+        "device": None,
+        "lora_rank": 1,
+        "max_norm": None,
+        "dropout": 0.0,
+        "quantize": None,
+        "dtype": "float32",
+    }
+    layer = make_layer(config)
+    ids = np.zeros((0,), "int32")
+    out = layer(keras.ops.convert_to_tensor(ids))
+    assert tuple(out.shape) == (0, 2)
+    np.testing.assert_array_equal(
+        to_numpy(out), reference(layer, reference_params(layer), ids)[0]
+    )

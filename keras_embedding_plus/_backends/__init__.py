@@ -12,7 +12,8 @@ Every backend module defines each name of `FUNCTIONS` (a test checks it):
   `scale_gradient`, `with_rows`;
 * placement: `DEVICE_TYPES`, `visible_devices`, `resolve_device`,
   `build_placement`, `build_scope`, `pin`, `placed_take`, `fetch`;
-* `add_matmul` (LoRA's delta) and `SPARSE_WITH_MIXED_POLICY`.
+* `add_matmul` (LoRA's delta), `snapshot` (a variable's value, kept through
+  later assigns) and `SPARSE_WITH_MIXED_POLICY`.
 """
 
 import importlib
@@ -45,6 +46,7 @@ FUNCTIONS = (
     "placed_take",
     "fetch",
     "add_matmul",
+    "snapshot",
     "SPARSE_WITH_MIXED_POLICY",
 )
 BACKENDS = ("tensorflow", "jax", "torch")

@@ -218,3 +218,8 @@ def add_matmul(rows, a, b):
     if not rows.requires_grad:
         return rows.addmm_(a, b)
     return torch.addmm(rows, a, b)
+
+
+def snapshot(variable):
+    """A copy, where the variable lives (`assign` writes in place)."""
+    return variable.value.detach().clone()
