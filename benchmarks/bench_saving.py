@@ -38,6 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_sparse import _reset_peak, _status_kb
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CSV_PATH = HERE / "results" / "bench_saving.csv"
@@ -51,19 +53,6 @@ STEPS = (
     "load_weights_ours",
 )
 FIELDS = ("backend", "rows", "lora", "step", "seconds", "peak_mb", "peak_x_table")
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def _build(rows, lora):
@@ -127,8 +116,6 @@ def child(step, rows, lora, directory):
 def run(rows, lora, directory):
     results = []
     for step in STEPS:
-        if lora and step == "load_keras":
-            pass  # The merged table loads as a LoRA layer again: measured too.
         command = [sys.executable, __file__, "--child", step, "--rows", str(rows)]
         command += ["--dir", directory] + (["--lora"] if lora else [])
         out = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -91,29 +91,26 @@ def _saved(tmp_path, fmt):
     return model, path
 
 
-def _table_dataset(f):
-    """The h5 path of the embedding table (the first `(50, 8)` array)."""
+def _dataset_of_shape(f, shape):
+    """The h5 path of the first array of `shape`: `(50, 8)` is the embedding
+    table, `(8, 2)` the head's kernel."""
     found = []
     f.visititems(
         lambda name, obj: (
             found.append(name)
-            if isinstance(obj, h5py.Dataset) and obj.shape == (50, 8)
+            if isinstance(obj, h5py.Dataset) and obj.shape == shape
             else None
         )
     )
     return found[0]
+
+
+def _table_dataset(f):
+    return _dataset_of_shape(f, (50, 8))
 
 
 def _kernel_dataset(f):
-    found = []
-    f.visititems(
-        lambda name, obj: (
-            found.append(name)
-            if isinstance(obj, h5py.Dataset) and obj.shape == (8, 2)
-            else None
-        )
-    )
-    return found[0]
+    return _dataset_of_shape(f, (8, 2))
 
 
 EDITS = {
