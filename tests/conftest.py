@@ -1,4 +1,4 @@
-"""Test setup shared by every backend.
+"""Test setup shared by every backend, for tests/ and tests/integration/.
 
 Runs before any test module imports a backend, so that the device-count flags take
 effect: 8 virtual CPU devices for JAX, 2 logical CPU devices for TensorFlow.
@@ -22,6 +22,12 @@ if BACKEND == "tensorflow":
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
+elif BACKEND == "torch":
+    import torch
+
+    # Past its recompile limit, torch.compile runs the frame eagerly without a
+    # word, and a test of the compiled path would test the eager one: fail.
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +62,9 @@ def compiled(fn):
     if BACKEND == "torch":
         import torch
 
+        # Forget earlier frames: one test (or Hypothesis example) after another
+        # compiles the same code with new ranks and dtypes, up to the limit.
+        torch._dynamo.reset()
         return torch.compile(fn, backend="eager", fullgraph=False)
     return fn
 
