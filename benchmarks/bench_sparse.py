@@ -183,14 +183,15 @@ def run(backend, rounds, vocabs=VOCABS):
     return rows
 
 
-def save(rows, backend):
-    RESULTS.mkdir(exist_ok=True)
+def save(rows, backend, csv_path=CSV_PATH, fields=FIELDS):
+    """Write `rows` to `csv_path`, replacing the rows of `backend` only."""
+    csv_path.parent.mkdir(exist_ok=True)
     kept = []
-    if CSV_PATH.exists():
-        with open(CSV_PATH) as f:
+    if csv_path.exists():
+        with open(csv_path) as f:
             kept = [r for r in csv.DictReader(f) if r["backend"] != backend]
-    with open(CSV_PATH, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
         writer.writeheader()
         writer.writerows(kept + rows)
 

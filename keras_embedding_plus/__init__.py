@@ -5,6 +5,7 @@ from keras_embedding_plus._convert import from_keras, to_keras
 from keras_embedding_plus._insight import export_projector, nearest, plot_embeddings
 from keras_embedding_plus._saving import load_model, load_weights
 from keras_embedding_plus._vectors import Vectors, load_vectors
+from keras_embedding_plus.bag import EmbeddingBag
 from keras_embedding_plus.embedding import Embedding
 from keras_embedding_plus.reversible import ReversibleEmbedding
 
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Embedding",
+    "EmbeddingBag",
     "ReversibleEmbedding",
     "Vectors",
     "export_projector",

@@ -5,8 +5,10 @@ ids -> policy (_ids.prepare_ids)
     -> storage.rows: the stored variables' rows (float | int8 | int4, dequantized)
          each variable read by one `gather` (dense, row-sparse gradient, on its
          device), chosen once for the layer
-    -> row transforms, in order: LoRA delta, max_norm, dropout
-    -> output: zero the rows of invalid ids, cast to the compute dtype
+    -> row transforms, in order: LoRA delta, max_norm, dropout, padding row
+       (no gradient into `padding_idx`'s row)
+    -> output: zero the rows of invalid ids, cast to the compute dtype;
+       or, in `EmbeddingBag`, pool the rows of each bag (`_pooling`)
 ```
 
 `compose(layer)` builds the `Lookup` of a layer when it is built, quantized or
@@ -24,6 +26,7 @@ from keras_embedding_plus import (
     _ids,
     _lora,
     _max_norm,
+    _padding,
     _placement,
     _quantization,
     _sparse,
@@ -246,6 +249,8 @@ def compose(layer):
         transforms.append(
             RowDropout(layer.dropout, layer.input_dim, layer.seed_generator)
         )
+    if layer.padding_idx is not None:
+        transforms.append(_padding.FrozenRow(layer.padding_idx))
     # What trains by id, and so gets a row-sparse gradient with `sparse=True`.
     sparse_variables = []
     if layer.sparse:

@@ -16,6 +16,7 @@ from keras_embedding_plus import (
     _lookup,
     _lora,
     _max_norm,
+    _padding,
     _placement,
     _quantization,
     _saving,
@@ -39,6 +40,7 @@ _PLAIN_CONFIG = (
     "norm_type",
     "sparse",
     "device",
+    "padding_idx",
 )
 _SERIALIZED_CONFIG = {
     "embeddings_initializer": keras.initializers.serialize,
@@ -109,6 +111,12 @@ class Embedding(keras.layers.Layer):
         quantization_config: Optional `keras.quantizers.QuantizationConfig`, as
             in Keras: how a quantized dtype policy builds the table, and what
             `quantize` used.
+        padding_idx: Optional integer in `[-input_dim, input_dim)` (negative
+            values count from the end), as in PyTorch: that row of the table
+            (and of LoRA's `A`) is built as zeros and gets no gradient, so no
+            optimizer moves it. A table given explicitly (`weights`,
+            `set_weights`, a loaded file) keeps the values it is given there, as
+            PyTorch's `_weight`. Unlike `mask_zero`, it makes no mask.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...);
             the Keras 1 names `init`, `W_regularizer` and `W_constraint` too.
 
@@ -159,9 +167,11 @@ class Embedding(keras.layers.Layer):
         sparse=False,
         device=None,
         quantization_config=None,
+        padding_idx=None,
         **kwargs,
     ):
         input_dim = _args.check_dim("input_dim", input_dim, 1)
+        padding_idx = _padding.check(padding_idx, input_dim)
         output_dim = _args.check_dim("output_dim", output_dim, 0)
         initializer, regularizer, constraint = _args.table_objects(
             kwargs,
@@ -194,6 +204,7 @@ class Embedding(keras.layers.Layer):
         self.max_norm, self.norm_type = max_norm, norm_type
         self.sparse = _sparse.check_sparse(sparse, self.dtype_policy)
         self.device, self.quantization_config = device, quantization_config
+        self.padding_idx = padding_idx
         self._table_placement = _placement.resolve(device)
         _placement.check_lookup_options(self._table_placement, sparse=self.sparse)
         # The table is read in its variable dtype; the looked-up rows are cast.
@@ -223,7 +234,9 @@ class Embedding(keras.layers.Layer):
             self._embeddings = self._placed(
                 lambda: self.add_weight(
                     shape=(self.input_dim, self.output_dim),
-                    initializer=self.embeddings_initializer,
+                    initializer=_padding.initializer(
+                        self.embeddings_initializer, self.padding_idx
+                    ),
                     name="embeddings",
                     regularizer=_compat.variable_regularizer(
                         self.embeddings_regularizer
@@ -352,7 +365,11 @@ class Embedding(keras.layers.Layer):
         with _compat.unlocked_tracking(self):
             # A is read by id, where the table lives; B joins the rows.
             self.lora_embeddings_a = self._placed(
-                lambda: add("lora_embeddings_a", (self.input_dim, rank), a_initializer)
+                lambda: add(
+                    "lora_embeddings_a",
+                    (self.input_dim, rank),
+                    _padding.initializer(a_initializer, self.padding_idx),
+                )
             )
             self.lora_embeddings_b = add(
                 "lora_embeddings_b", (rank, self.output_dim), b_initializer

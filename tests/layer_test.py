@@ -43,9 +43,12 @@ def is_row_sparse(grad):
     return False
 
 
-def forward_and_gradients(layer, ids, upstream, training=None, compile_=False):
+def forward_and_gradients(
+    layer, ids, upstream, training=None, compile_=False, **call_kwargs
+):
     """`(outputs, {name: gradient})` of `sum(outputs * upstream)`, by each
-    backend's own autodiff (eager, or compiled with `compile_`).
+    backend's own autodiff (eager, or compiled with `compile_`); `call_kwargs`
+    go to the layer's call (`weights=` of `EmbeddingBag`).
 
     Gradients come back as the backend gives them (row-sparse ones too).
     """
@@ -57,7 +60,7 @@ def forward_and_gradients(layer, ids, upstream, training=None, compile_=False):
 
         def step(ids):
             with tf.GradientTape() as tape:
-                out = layer(ids, training=training)
+                out = layer(ids, training=training, **call_kwargs)
                 loss = tf.reduce_sum(tf.cast(out, "float32") * upstream)
             return out, tape.gradient(loss, variables)
 
@@ -68,7 +71,7 @@ def forward_and_gradients(layer, ids, upstream, training=None, compile_=False):
 
         def loss_fn(trainable, non_trainable, ids):
             out, _ = layer.stateless_call(
-                trainable, non_trainable, ids, training=training
+                trainable, non_trainable, ids, training=training, **call_kwargs
             )
             return jnp.sum(out.astype("float32") * upstream), out
 
@@ -85,7 +88,7 @@ def forward_and_gradients(layer, ids, upstream, training=None, compile_=False):
             v.value.grad = None
 
         def forward(ids):
-            return layer(ids, training=training)
+            return layer(ids, training=training, **call_kwargs)
 
         out = (compiled(forward) if compile_ else forward)(ids)
         if variables:

@@ -26,7 +26,7 @@ hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis")
 from hypothesis import assume, given, note  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from keras_embedding_plus import Embedding  # noqa: E402
+from keras_embedding_plus import Embedding, EmbeddingBag  # noqa: E402
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
 ID_DTYPES = ("int32", "int64", "int16", "uint8", "float32", "float64")
@@ -73,9 +73,9 @@ def id_arrays(draw, input_dim, allow_bad=True, batched=False):
     return ids
 
 
-def make_layer(config):
-    """The layer of `config`, built, or None where a `ValueError` refused it
-    (checked to name the options)."""
+def make_layer(config, cls=Embedding, **extra):
+    """The layer of `config` (`cls`, with `extra` arguments), built, or None
+    where a `ValueError` refused it (checked to name the options)."""
     kwargs = {
         k: config[k]
         for k in ("mask_zero", "sparse", "device", "max_norm", "dropout", "dtype")
@@ -83,7 +83,7 @@ def make_layer(config):
     if config["quantize"] is None:
         kwargs["lora_rank"] = config["lora_rank"]
     try:
-        layer = Embedding(config["input_dim"], config["output_dim"], **kwargs)
+        layer = cls(config["input_dim"], config["output_dim"], **kwargs, **extra)
         layer.build()
         if config["quantize"]:
             layer.quantize(config["quantize"])
@@ -178,7 +178,8 @@ def test_lookup_matches_numpy(config, data, mode):
         assert mask is None
 
 
-def _numeric_gradients(layer, params, ids, upstream, names):
+def _numeric_gradients(outputs, params, upstream, names):
+    """Central differences of `sum(outputs(params) * upstream)`."""
     eps, grads = 1e-6, {}
     for name in names:
         grad = np.zeros_like(params[name])
@@ -187,7 +188,7 @@ def _numeric_gradients(layer, params, ids, upstream, names):
             for step in (eps, -eps):
                 shifted = {k: v.copy() for k, v in params.items()}
                 shifted[name][index] += step
-                total.append(np.sum(reference(layer, shifted, ids)[0] * upstream))
+                total.append(np.sum(outputs(shifted) * upstream))
             grad[index] = (total[0] - total[1]) / (2 * eps)
         grads[name] = grad
     return grads
@@ -206,7 +207,9 @@ def test_gradients_match_numpy(config, data, mode):
     _, grads = forward_and_gradients(
         layer, keras.ops.convert_to_tensor(ids), upstream, False, mode == "compiled"
     )
-    expected = _numeric_gradients(layer, params, ids, upstream, list(grads))
+    expected = _numeric_gradients(
+        lambda shifted: reference(layer, shifted, ids)[0], params, upstream, list(grads)
+    )
     for name, grad in grads.items():
         np.testing.assert_allclose(
             to_numpy(grad), expected[name], rtol=1e-4, atol=1e-4, err_msg=name
@@ -241,6 +244,149 @@ def test_round_trips_keep_the_outputs(config, data, tmp_path_factory):
         np.testing.assert_allclose(out, before, rtol=tol, atol=tol)
 
 
+# ---- EmbeddingBag: pooled lookups ----------------------------------------------
+
+COMBINERS = ("sum", "mean", "sqrtn", "max")
+
+
+@st.composite
+def bag_configurations(draw):
+    """An `Embedding` configuration, plus a combiner and a drawn `padding_idx`."""
+    config = draw(configurations())
+    config["combiner"] = draw(st.sampled_from(COMBINERS))
+    config["padding_idx"] = draw(
+        st.one_of(st.none(), st.integers(-config["input_dim"], config["input_dim"] - 1))
+    )
+    return config
+
+
+def make_bag(config):
+    """The `EmbeddingBag` of `config` (via `make_layer`'s checks), or None."""
+    return make_layer(
+        config,
+        EmbeddingBag,
+        combiner=config["combiner"],
+        padding_idx=config["padding_idx"],
+    )
+
+
+@st.composite
+def bag_inputs(draw, config, allow_bad):
+    """`(ids, weights, bags)`: ids dense `(batch, ..., L)` or `(values, offsets)`,
+    weights or None (never with "max"), and the bags as lists of
+    `(position in the flat ids, weight)` for the reference."""
+    form = draw(st.sampled_from(["dense", "offsets"]))
+    ids = draw(id_arrays(config["input_dim"], allow_bad=allow_bad, batched=True))
+    weighted = config["combiner"] != "max" and draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    weights = rng.uniform(0.1, 2.0, ids.shape).astype("float32")
+    if form == "dense":
+        count, length = math.prod(ids.shape[:-1]), ids.shape[-1]
+        bags = [list(range(b * length, (b + 1) * length)) for b in range(count)]
+        return ids, (weights if weighted else None), bags, ids.shape[:-1]
+    values = ids.reshape(-1)
+    cuts = sorted(draw(st.lists(st.integers(0, values.size), max_size=4)))
+    offsets = np.array([0, *cuts], "int32")
+    ends = [*offsets[1:], values.size]
+    bags = [list(range(a, b)) for a, b in zip(offsets, ends, strict=True)]
+    inputs = (values, offsets)
+    return inputs, (weights.reshape(-1) if weighted else None), bags, (len(bags),)
+
+
+def bag_reference(layer, params, ids, weights, bags, outer):
+    """NumPy pooling of the reference rows (float64): padding, masked and
+    invalid ids count nowhere; empty bags and zero denominators give zeros."""
+    flat = np.asarray(ids[0] if isinstance(ids, tuple) else ids).reshape(-1)
+    rows, valid = reference(layer, params, flat)
+    keep = valid.copy()
+    if layer.padding_idx is not None:
+        keep &= flat != layer.padding_idx
+    if layer.mask_zero:
+        keep &= flat != 0
+    w = np.ones(flat.shape) if weights is None else np.asarray(weights, np.float64)
+    w = w.reshape(-1)
+    out = np.zeros((len(bags), rows.shape[-1]))
+    for b, positions in enumerate(bags):
+        kept = [i for i in positions if keep[i]]
+        if not kept:
+            continue
+        if layer.combiner == "max":
+            out[b] = rows[kept].max(axis=0)
+            continue
+        total = (w[kept, None] * rows[kept]).sum(0)
+        den = {
+            "sum": 1.0,
+            "mean": w[kept].sum(),
+            "sqrtn": np.sqrt((w[kept] ** 2).sum()),
+        }[layer.combiner]
+        out[b] = total / den if den else 0.0
+    return out.reshape(*outer, rows.shape[-1])
+
+
+def _tensors(ids, weights):
+    if isinstance(ids, tuple):
+        ids = tuple(keras.ops.convert_to_tensor(x) for x in ids)
+    else:
+        ids = keras.ops.convert_to_tensor(ids)
+    return ids, (None if weights is None else keras.ops.convert_to_tensor(weights))
+
+
+def _all_valid(layer, ids):
+    flat = np.asarray(ids[0] if isinstance(ids, tuple) else ids)
+    return bool(reference(layer, reference_params(layer), flat)[1].all())
+
+
+@given(bag_configurations(), st.data(), st.sampled_from(["eager", "compiled"]))
+def test_bag_matches_numpy(config, data, mode):
+    layer = make_bag(config)
+    assume(layer is not None)
+    ids, weights, bags, outer = data.draw(bag_inputs(config, allow_bad=True))
+    note(f"ids {ids}, weights {weights}")
+    x, w = _tensors(ids, weights)
+    if mode == "eager" and not _all_valid(layer, ids):
+        with pytest.raises(ValueError, match="Invalid embedding id"):
+            layer(x, weights=w)
+        return
+    call = (
+        (lambda x, w: layer(x, weights=w))
+        if mode == "eager"
+        else compiled(lambda x, w: layer(x, weights=w))
+    )
+    out = call(x, w)
+    expected = bag_reference(layer, reference_params(layer), ids, weights, bags, outer)
+    assert tuple(out.shape) == expected.shape
+    assert keras.backend.standardize_dtype(out.dtype) == layer.compute_dtype
+    assert layer.compute_mask(x) is None
+    tol = _tolerance(layer) * 4  # sums of up to a dozen rows
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=tol, atol=tol)
+
+
+@given(bag_configurations(), st.data(), st.sampled_from(["eager", "compiled"]))
+def test_bag_gradients_match_numpy(config, data, mode):
+    config = {**config, "dtype": "float32", "dropout": 0.0}
+    layer = make_bag(config)
+    assume(layer is not None and layer.trainable_variables)
+    ids, weights, bags, outer = data.draw(bag_inputs(config, allow_bad=False))
+    note(f"ids {ids}, weights {weights}")
+    x, w = _tensors(ids, weights)
+    rng = np.random.default_rng(0)
+    upstream = rng.normal(size=(*outer, config["output_dim"])).astype("float32")
+    params = reference_params(layer)
+
+    def pooled(shifted):
+        return bag_reference(layer, shifted, ids, weights, bags, outer)
+
+    _, grads = forward_and_gradients(
+        layer, x, upstream, False, mode == "compiled", weights=w
+    )
+    expected = _numeric_gradients(pooled, params, upstream, list(grads))
+    for name, grad in grads.items():
+        # "max" has kinks where two rows tie; the drawn tables have no ties.
+        np.testing.assert_allclose(
+            to_numpy(grad), expected[name], rtol=1e-4, atol=1e-4, err_msg=name
+        )
+
+
 # ---- failing examples Hypothesis found, kept as regression tests ---------------
 
 
@@ -266,3 +412,19 @@ def test_lora_lookup_of_no_ids():
     np.testing.assert_array_equal(
         to_numpy(out), reference(layer, reference_params(layer), ids)[0]
     )
+
+
+def test_bags_of_no_ids():
+    # Dense ids of length 0: JAX's "max" took the maximum of an empty axis
+    # ("zero-size array to reduction operation max"); torch's fused path
+    # reshaped them to (-1, 0) ("cannot reshape tensor of 0 elements").
+    # torch's fused path then returned zeros cut off from the table's graph
+    # (".backward(): element 0 of tensors does not require grad").
+    for combiner in COMBINERS:
+        layer = EmbeddingBag(3, 2, combiner=combiner)
+        layer.build()
+        upstream = np.ones((2, 2), "float32")
+        ids = keras.ops.convert_to_tensor(np.zeros((2, 0), "int32"))
+        out, grads = forward_and_gradients(layer, ids, upstream)
+        np.testing.assert_array_equal(to_numpy(out), np.zeros((2, 2)))
+        np.testing.assert_array_equal(to_numpy(grads["embeddings"]), np.zeros((3, 2)))

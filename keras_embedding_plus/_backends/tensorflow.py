@@ -189,3 +189,33 @@ def add_matmul(rows, a, b):
 def snapshot(variable):
     """A copy, where the variable lives (`assign` writes in place)."""
     return tf.identity(variable.value)
+
+
+# ---- pooled lookups (EmbeddingBag) ----------------------------------------------
+
+
+def sparse_bags(ids, weights):
+    """`(values, segments, num_segments, outer_shape, weights)` of a
+    `tf.SparseTensor` `(batch, ..., L)`: each stored id with its bag's flat
+    index."""
+    if not isinstance(ids, tf.SparseTensor):
+        raise ValueError(
+            "Sparse ids on TensorFlow must be a `tf.SparseTensor`. Received: "
+            f"{type(ids).__name__}."
+        )
+    if weights is not None:
+        weights = weights.values
+    dense_shape = ids.dense_shape
+    strides = tf.math.cumprod(dense_shape[:-1], exclusive=True, reverse=True)
+    segments = tf.reduce_sum(ids.indices[:, :-1] * strides, axis=1)
+    count = tf.reduce_prod(dense_shape[:-1])
+    return ids.values, segments, count, tuple(ids.shape[:-1]), weights
+
+
+def segment(data, segments, num_segments, how):
+    if how == "sum":
+        return ops.segment_sum(data, segments, num_segments=num_segments)
+    return ops.segment_max(data, segments, num_segments=num_segments)
+
+
+embedding_bag = None  # No fused kernel: rows are gathered, then pooled.

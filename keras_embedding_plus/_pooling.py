@@ -1,0 +1,339 @@
+"""Pooling the looked-up rows of each bag: `EmbeddingBag`'s output stage.
+
+```
+ids (dense | (values, offsets) | ragged | sparse), weights
+    -> flat bags: `(values, segments, num_segments)`, or dense `(..., L)` ids
+    -> policy (`_ids.prepare_ids`) and `Lookup.rows`: the pipeline of `Embedding`
+    -> keep = valid and not padding; per-id weights (1 by default) x keep
+    -> combine: sum | mean | sqrtn | max over each bag
+```
+
+Combiners, as TensorFlow's `safe_embedding_lookup_sparse` defines them (`w` the
+per-id weights, 1 where none are given; ids that are padding, masked or invalid
+count nowhere, weights included):
+
+* `sum`: `sum(w * row)`
+* `mean`: `sum(w * row) / sum(w)`
+* `sqrtn`: `sum(w * row) / sqrt(sum(w ** 2))`
+* `max`: the element-wise maximum of the rows (no weights).
+
+An empty bag (or one whose denominator is 0) pools to zeros.
+
+Dense ids are pooled by a batched matmul over their last axis (the rows are
+gathered first: a `(..., L, output_dim)` tensor); flat bags by
+a segment sum / max over the `n` looked-up rows (`native.segment`). On
+PyTorch, in eager calls (every id known valid), a float table without LoRA,
+`max_norm`, dropout or `device` is pooled by `torch.nn.functional.embedding_bag`
+(`native.embedding_bag`), which never forms the rows (dense ids and
+`(values, offsets)`; sparse ids take the generic path).
+"""
+
+from keras import backend, ops
+
+from keras_embedding_plus import _ids, _lookup, _padding
+from keras_embedding_plus._backends import native
+
+COMBINERS = ("sum", "mean", "sqrtn", "max")
+
+
+def check_combiner(combiner):
+    if combiner not in COMBINERS:
+        raise ValueError(
+            f"`combiner` must be one of {', '.join(map(repr, COMBINERS))}. "
+            f"Received: combiner={combiner!r}."
+        )
+    return combiner
+
+
+def check_weights(combiner, weights):
+    if weights is not None and combiner == "max":
+        raise ValueError(
+            "Per-id `weights` are defined for the combiners 'sum', 'mean' and "
+            "'sqrtn' only: a weighted maximum has no agreed meaning. Pass "
+            "`weights=None`, or use another combiner. Received: "
+            "combiner='max' with weights."
+        )
+
+
+# ---- inputs: every form of bags as flat bags or dense ids ---------------------
+
+
+class FlatBags:
+    """`values[i]` belongs to bag `segments[i]` of `num_segments`; output shape
+    `(*outer_shape, output_dim)`; `offsets` (bag starts) when known."""
+
+    def __init__(self, values, segments, num_segments, outer_shape, weights, offsets):
+        self.values, self._segments = values, segments
+        self.num_segments, self.outer_shape = num_segments, outer_shape
+        self.weights, self.offsets = weights, offsets
+
+    @property
+    def segments(self):
+        """Computed when first read (`embedding_bag` needs only offsets)."""
+        if callable(self._segments):
+            self._segments = self._segments()
+        return self._segments
+
+
+def _is_offsets(ids):
+    return isinstance(ids, (tuple, list))
+
+
+def _kind(ids):
+    """'offsets', 'ragged', 'sparse' or 'dense'."""
+    if _is_offsets(ids):
+        return "offsets"
+    name = type(ids).__name__
+    if name == "RaggedTensor":
+        return "ragged"
+    if name in ("SparseTensor", "BCOO") or getattr(ids, "is_sparse", False):
+        return "sparse"
+    return "dense"
+
+
+def _check_weights_like(weights, ids, kind, what):
+    if weights is None:
+        return None
+    if _kind(weights) != kind:
+        raise ValueError(
+            f"`weights` must have the form of the ids ({what}). Received: ids of "
+            f"type {type(ids).__name__}, weights of type {type(weights).__name__}."
+        )
+    return weights
+
+
+def from_offsets(ids, weights):
+    if len(ids) != 2:
+        raise ValueError(
+            "Bags given as a tuple must be `(values, offsets)`, as "
+            "`torch.nn.functional.embedding_bag` takes them: 1-D ids and the "
+            f"1-D start of each bag in them. Received: a tuple of {len(ids)}."
+        )
+    values, offsets = (ops.convert_to_tensor(x) for x in ids)
+    if len(values.shape) != 1 or len(offsets.shape) != 1:
+        raise ValueError(
+            "`(values, offsets)` must both be 1-D. Received: values of shape "
+            f"{tuple(values.shape)}, offsets of shape {tuple(offsets.shape)}."
+        )
+    if backend.standardize_dtype(offsets.dtype) != "int32":
+        offsets = ops.cast(offsets, "int32")
+    n = values.shape[0]
+    if native.is_concrete(offsets):
+        _check_offsets(ops.convert_to_numpy(offsets), n)
+
+    def segments():
+        positions = ops.arange(n, dtype="int32")
+        return ops.searchsorted(offsets, positions, side="right") - 1
+
+    if weights is not None:
+        weights = ops.convert_to_tensor(weights)
+        if tuple(weights.shape) != tuple(values.shape):
+            raise ValueError(
+                "With `(values, offsets)` ids, `weights` must be 1-D, one weight "
+                f"per value: shape {tuple(values.shape)}. Received: weights of "
+                f"shape {tuple(weights.shape)}."
+            )
+    count = offsets.shape[0]
+    return FlatBags(values, segments, count, (count,), weights, offsets)
+
+
+def _check_offsets(offsets, n):
+    if offsets.size and (
+        offsets[0] != 0 or (offsets[1:] < offsets[:-1]).any() or offsets[-1] > n
+    ):
+        raise ValueError(
+            "`offsets` must start at 0, never decrease, and not exceed the number "
+            f"of values ({n}). Received: offsets={offsets.tolist()[:10]}"
+            f"{'...' if offsets.size > 10 else ''}."
+        )
+
+
+def from_ragged(ids, weights):
+    if ids.ragged_rank != 1 or len(ids.shape) != 2:
+        raise ValueError(
+            "Ragged ids must have shape `(batch, None)` (one ragged axis, the "
+            f"bags). Received: ragged ids of shape {ids.shape} "
+            f"(ragged_rank={ids.ragged_rank})."
+        )
+    weights = _check_weights_like(weights, ids, "ragged", "a tf.RaggedTensor")
+    if weights is not None:
+        weights = weights.flat_values
+    return FlatBags(
+        ids.flat_values,
+        ids.value_rowids(),
+        ids.nrows(),
+        (ids.shape[0],),
+        weights,
+        ids.row_starts(),
+    )
+
+
+def from_sparse(ids, weights):
+    """`tf.SparseTensor`, JAX `BCOO` or a torch sparse COO tensor of shape
+    `(batch, ..., L)`: the stored entries are the bags' ids."""
+    weights = _check_weights_like(weights, ids, "sparse", "a sparse tensor")
+    values, segments, count, outer, weights = native.sparse_bags(ids, weights)
+    return FlatBags(values, segments, count, outer, weights, None)
+
+
+def dense_weights(ids, weights):
+    if weights is None:
+        return None
+    weights = ops.convert_to_tensor(weights)
+    if _kind(weights) != "dense" or tuple(weights.shape) != tuple(ids.shape):
+        raise ValueError(
+            "`weights` must have the shape of the ids, one weight per id. "
+            f"Received: ids of shape {tuple(ids.shape)}, weights of shape "
+            f"{tuple(weights.shape)}."
+        )
+    return weights
+
+
+# ---- combining ----------------------------------------------------------------
+
+
+def _safe_divide(total, denominator):
+    """`total / denominator`, 0 where `denominator` is 0 (with finite gradients).
+
+    The small denominator is inverted, then one multiplication scales `total`.
+    """
+    zero = ops.equal(denominator, 0)
+    safe = ops.where(zero, ops.ones_like(denominator), denominator)
+    scale = ops.where(zero, ops.zeros_like(denominator), 1.0 / safe)
+    return total * scale
+
+
+def _weights(keep, weights, dtype):
+    if weights is None:
+        return ops.cast(keep, dtype)
+    weights = ops.cast(weights, dtype)
+    return ops.where(keep, weights, ops.zeros((), dtype))
+
+
+def _finish(combiner, total, weights, reduce):
+    if combiner == "sum":
+        return total
+    if combiner == "mean":
+        return _safe_divide(total, ops.expand_dims(reduce(weights), -1))
+    norm = ops.sqrt(reduce(ops.square(weights)))
+    return _safe_divide(total, ops.expand_dims(norm, -1))
+
+
+def combine_dense(rows, keep, weights, combiner):
+    """Pool `rows` `(..., L, d)` over `L`; `keep` `(..., L)` marks what counts."""
+    if combiner == "max":
+        if rows.shape[-2] == 0:  # Bags of no ids: zeros (the sum of no rows).
+            return ops.sum(rows, axis=-2)
+        lowest = ops.full((), float("-inf"), rows.dtype)
+        masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
+        out = ops.amax(masked, axis=-2)
+        some = ops.any(keep, axis=-1, keepdims=True)
+        return ops.where(some, out, ops.zeros_like(out))
+    w = _weights(keep, weights, rows.dtype)
+    total = ops.squeeze(ops.matmul(ops.expand_dims(w, -2), rows), -2)
+    return _finish(combiner, total, w, lambda x: ops.sum(x, axis=-1))
+
+
+def _segment(data, segments, num_segments, how):
+    """Sums (`how="sum"`) or maxima (`"max"`) of `data`'s rows per segment."""
+    return native.segment(data, segments, num_segments, how)
+
+
+def combine_flat(rows, keep, weights, bags, combiner):
+    """Pool the rows `(n, d)` of flat `bags` into `(num_segments, d)`."""
+
+    def reduce(x):
+        return _segment(x, bags.segments, bags.num_segments, "sum")
+
+    if combiner == "max":
+        lowest = ops.full((), float("-inf"), rows.dtype)
+        masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
+        out = _segment(masked, bags.segments, bags.num_segments, "max")
+        counts = reduce(ops.cast(keep, rows.dtype))
+        return ops.where(ops.expand_dims(counts > 0, -1), out, ops.zeros_like(out))
+    w = _weights(keep, weights, rows.dtype)
+    total = reduce(rows * ops.expand_dims(w, -1))
+    return _finish(combiner, total, w, reduce)
+
+
+# ---- the stage ----------------------------------------------------------------
+
+
+def _keep(ids, valid, excluded):
+    keep = valid
+    for pad in excluded:
+        kept = ops.not_equal(ids, pad)
+        keep = kept if keep is None else ops.logical_and(keep, kept)
+    if keep is None:
+        keep = ops.ones(ops.shape(ids), "bool")
+    return keep
+
+
+def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
+    """Pooled rows of `ids` (any form), float32 or the table's dtype.
+
+    `excluded` are the ids that count nowhere (`padding_idx`, 0 with
+    `mask_zero`).
+    """
+    check_weights(combiner, weights)
+    kind = _kind(ids)
+    if kind == "dense":
+        ids = ops.convert_to_tensor(ids)
+        weights = dense_weights(ids, weights)
+        if len(ids.shape) < 2:
+            raise ValueError(
+                "Dense bags must have shape `(batch, ..., L)`: pooled over their "
+                f"last axis. Received: ids of shape {tuple(ids.shape)}."
+            )
+        ids, valid = _ids.prepare_ids(ids, input_dim)
+        fused = _fused(lookup, ids, None, valid, weights, excluded, combiner)
+        if fused is not None:
+            return fused
+        rows, _ = lookup.rows(ids, valid, training)
+        return combine_dense(rows, _keep(ids, valid, excluded), weights, combiner)
+    bags = {"offsets": from_offsets, "ragged": from_ragged, "sparse": from_sparse}[
+        kind
+    ](ids, weights)
+    values, valid = _ids.prepare_ids(bags.values, input_dim)
+    fused = _fused(lookup, values, bags, valid, bags.weights, excluded, combiner)
+    if fused is not None:
+        return fused
+    rows, _ = lookup.rows(values, valid, training)
+    keep = _keep(values, valid, excluded)
+    out = combine_flat(rows, keep, bags.weights, bags, combiner)
+    if len(bags.outer_shape) != 1:
+        out = ops.reshape(out, (*bags.outer_shape, out.shape[-1]))
+    return out
+
+
+# ---- a fused kernel (PyTorch's `embedding_bag`) ---------------------------------
+
+
+def _fused(lookup, ids, bags, valid, weights, excluded, combiner):
+    """The backend's fused `embedding_bag` where it computes the same thing.
+
+    A float table read where it lies, without row transforms (the padding row
+    is the kernel's own `padding_idx`), every id valid, at most one excluded id,
+    dense ids or bags with known offsets. `None` otherwise, or where the
+    backend has no fused kernel (`native.embedding_bag` is None).
+    """
+    if native.embedding_bag is None or valid is not None or len(excluded) > 1:
+        return None
+    storage = lookup.storage
+    if not isinstance(storage, _lookup.FloatStorage) or storage.fetch is not (
+        _lookup._here
+    ):
+        return None
+    if any(not isinstance(t, _padding.FrozenRow) for t in lookup.transforms):
+        return None
+    if bags is not None and bags.offsets is None:
+        return None
+    return native.embedding_bag(
+        storage.table,
+        ids,
+        None if bags is None else bags.offsets,
+        weights,
+        combiner=combiner,
+        pad=excluded[0] if excluded else None,
+        sparse=bool(lookup.sparse_variables),
+    )

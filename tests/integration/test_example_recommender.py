@@ -1,0 +1,27 @@
+"""`examples/recommender.py` (issue 12): generated multi-hot data, `fit`, `.keras`,
+reloaded in a fresh process with equal predictions (the example checks that itself).
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from _saving_utils import BACKEND
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recommender.py"
+
+
+def test_recommender_example_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--epochs", "2", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"backend {BACKEND}" in result.stdout, result.stdout
+    match = re.search(r"max difference ([0-9.e+-]+)", result.stdout)
+    assert match and float(match.group(1)) <= 1e-5, result.stdout
+    assert (tmp_path / "recommender.keras").exists()
