@@ -9,6 +9,8 @@ with its weights; subclassed models are copied through their config when they
 have one, and otherwise changed in place only when asked (`inplace=True`).
 """
 
+from __future__ import annotations
+
 import os
 
 import keras
@@ -40,7 +42,11 @@ def _pairs():
     return pairs
 
 
-def from_keras(model, inplace=False, custom_objects=None):
+def from_keras(
+    model: keras.Model | str | os.PathLike,
+    inplace: bool = False,
+    custom_objects: dict | None = None,
+) -> keras.Model:
     """Replaces every Keras embedding layer of a model by ours, weights included.
 
     Every `keras.layers.Embedding` becomes a `keras_embedding_plus.Embedding`
@@ -90,7 +96,7 @@ def from_keras(model, inplace=False, custom_objects=None):
     return _convert(model, _keras_to_ours, inplace)
 
 
-def to_keras(model, inplace=False):
+def to_keras(model: keras.Model, inplace: bool = False) -> keras.Model:
     """Replaces every embedding layer of ours in a model by Keras's, weights included.
 
     The inverse of `from_keras`: every `keras_embedding_plus.Embedding` becomes a

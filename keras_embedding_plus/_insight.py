@@ -1,7 +1,10 @@
 """Looking inside a table: nearest neighbours, TensorBoard projector files, a plot."""
 
+from __future__ import annotations
+
 import numbers
 import os
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -91,7 +94,12 @@ def _query(query, table_rows, vocabulary):
     )
 
 
-def nearest(layer, query, k=10, vocabulary=None):
+def nearest(
+    layer: keras.layers.Layer | np.ndarray,
+    query: int | str | Sequence | np.ndarray,
+    k: int = 10,
+    vocabulary: Sequence[str] | keras.layers.Layer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The `k` rows of an embedding table nearest to a query by cosine similarity.
 
     Computed in `keras.ops` on the active backend: scores are divided by the row
@@ -174,7 +182,11 @@ def _metadata_cell(token):
     )
 
 
-def export_projector(layer, log_dir, tokens):
+def export_projector(
+    layer: keras.layers.Layer | np.ndarray,
+    log_dir: str | os.PathLike,
+    tokens: Sequence[str] | keras.layers.Layer,
+) -> str:
     """Writes a table for TensorBoard's Embedding Projector.
 
     Writes `vectors.tsv` (one row per line, tab-separated, exact float32
@@ -231,7 +243,13 @@ def pca_2d(vectors):
     return coords
 
 
-def plot_embeddings(layer, tokens, path, select=None, title=None):
+def plot_embeddings(
+    layer: keras.layers.Layer | np.ndarray,
+    tokens: Sequence[str] | Mapping[str, int] | keras.layers.Layer,
+    path: str | os.PathLike,
+    select: Sequence[str] | None = None,
+    title: str | None = None,
+) -> np.ndarray:
     """Saves a labelled 2-D picture (PCA) of chosen rows of a table as a PNG.
 
     Needs matplotlib (`pip install "keras_embedding_plus[plot]"`).

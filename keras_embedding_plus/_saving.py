@@ -16,6 +16,8 @@
   saying which file.
 """
 
+from __future__ import annotations
+
 import os
 import types
 import zipfile
@@ -82,7 +84,12 @@ def store_values(store):
     return [store[str(i)] for i in range(len(store.keys()))]
 
 
-def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+def load_model(
+    filepath: str | os.PathLike,
+    custom_objects: dict | None = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+) -> keras.Model:
     """`keras.models.load_model`, with errors that name the file.
 
     Loads any model Keras loads (`.keras`, legacy `.h5`), with the same arguments.
@@ -164,7 +171,11 @@ def _model_variables(model):
     return variables
 
 
-def load_weights(model, filepath, skip_mismatch=False):
+def load_weights(
+    model: keras.Model | keras.layers.Layer,
+    filepath: str | os.PathLike,
+    skip_mismatch: bool = False,
+) -> None:
     """`model.load_weights(filepath)`, all or nothing, with errors that name the file.
 
     Keras's `load_weights` assigns layer by layer: a file that fails half-way

@@ -5,6 +5,8 @@ file's size, lines of tokens outside the vocabulary are only counted, never pars
 and reading stops as soon as every token of the vocabulary has been found.
 """
 
+from __future__ import annotations
+
 import codecs
 import dataclasses
 import gzip
@@ -13,6 +15,7 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -354,17 +357,17 @@ def _read_wanted(reader, output_dim, rows, size, dtype):
 
 
 def load_vectors(
-    path,
-    vocabulary=None,
+    path: str | os.PathLike,
+    vocabulary: Sequence[str] | keras.layers.Layer | None = None,
     *,
-    output_dim=None,
-    mask_zero=False,
-    oov_initializer="uniform",
-    dtype="float32",
-    binary=None,
-    encoding="utf-8",
-    verbose=1,
-):
+    output_dim: int | None = None,
+    mask_zero: bool = False,
+    oov_initializer: str | keras.initializers.Initializer = "uniform",
+    dtype: str = "float32",
+    binary: bool | None = None,
+    encoding: str = "utf-8",
+    verbose: int = 1,
+) -> Vectors:
     """Reads pretrained word vectors into a table whose row i is token i's vector.
 
     Reads GloVe, fastText `.vec` and word2vec text files (`token v1 ... vdim` per

@@ -1,6 +1,9 @@
 """`EmbeddingBag`: pooled multi-hot lookups on the lookup pipeline of `Embedding`."""
 
+from typing import Any
+
 import keras
+from numpy.typing import ArrayLike
 
 from keras_embedding_plus import _ids, _pooling
 from keras_embedding_plus.embedding import Embedding
@@ -78,14 +81,25 @@ class EmbeddingBag(Embedding):
     """
 
     def __init__(
-        self, input_dim, output_dim, combiner="mean", padding_idx=None, **kwargs
-    ):
+        self,
+        input_dim: int,
+        output_dim: int,
+        combiner: str = "mean",
+        padding_idx: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         combiner = _pooling.check_combiner(combiner)
         super().__init__(input_dim, output_dim, padding_idx=padding_idx, **kwargs)
         self.combiner = combiner
         self.supports_masking = False
 
-    def call(self, inputs, weights=None, training=None, reverse=False):
+    def call(
+        self,
+        inputs: ArrayLike | tuple[ArrayLike, ArrayLike],
+        weights: ArrayLike | None = None,
+        training: bool | None = None,
+        reverse: bool = False,
+    ) -> ArrayLike:
         if reverse:
             return self.attend(inputs)
         excluded = [] if self.padding_idx is None else [self.padding_idx]

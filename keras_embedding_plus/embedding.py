@@ -4,10 +4,16 @@ The lookup itself is the pipeline of `_lookup` (storage -> gather -> row transfo
 -> output), composed when the layer is built, quantized or given LoRA.
 """
 
+from __future__ import annotations
+
 import functools
+import os
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from keras_embedding_plus import (
     _args,
@@ -120,12 +126,8 @@ class Embedding(keras.layers.Layer):
         **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...);
             the Keras 1 names `init`, `W_regularizer` and `W_constraint` too.
 
-    Quantization, as in Keras 3.15: `quantize("int8")` stores an int8 table with
-    one scale per row; `quantize("int4")` resolves to `Int4QuantizationConfig()`
-    (groups of 128 columns with scales and zero points;
-    `Int4QuantizationConfig(block_size=None)`: one scale per row). Lookups gather
-    rows, then dequantize only those. Tied output logits: `layer.attend(x)` or
-    `layer(x, reverse=True)`.
+    Quantization (`quantize`), LoRA, tied output logits (`attend`), placement and
+    sparse training are described in the guides of the documentation.
 
     Input shape:
         N-D tensor of ids with shape `(batch_size, ...)`, any rank >= 1 (dense,
@@ -150,26 +152,26 @@ class Embedding(keras.layers.Layer):
 
     def __init__(
         self,
-        input_dim,
-        output_dim,
-        embeddings_initializer="uniform",
-        embeddings_regularizer=None,
-        activity_regularizer=None,
-        embeddings_constraint=None,
-        mask_zero=False,
-        input_length=None,
-        weights=None,
-        dropout=0.0,
-        lora_rank=None,
-        lora_alpha=None,
-        max_norm=None,
-        norm_type=2.0,
-        sparse=False,
-        device=None,
-        quantization_config=None,
-        padding_idx=None,
-        **kwargs,
-    ):
+        input_dim: int,
+        output_dim: int,
+        embeddings_initializer: str | keras.initializers.Initializer = "uniform",
+        embeddings_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        embeddings_constraint: str | keras.constraints.Constraint | None = None,
+        mask_zero: bool = False,
+        input_length: int | tuple[int | None, ...] | None = None,
+        weights: ArrayLike | list[ArrayLike] | None = None,
+        dropout: float = 0.0,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        sparse: bool = False,
+        device: str | None = None,
+        quantization_config: keras.quantizers.QuantizationConfig | None = None,
+        padding_idx: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         input_dim = _args.check_dim("input_dim", input_dim, 1)
         padding_idx = _padding.check(padding_idx, input_dim)
         output_dim = _args.check_dim("output_dim", output_dim, 0)
@@ -326,7 +328,7 @@ class Embedding(keras.layers.Layer):
         ragged = getattr(inputs, "ragged", False)
         return keras.KerasTensor(shape, dtype=self.compute_dtype, ragged=ragged)
 
-    def attend(self, inputs):
+    def attend(self, inputs: ArrayLike) -> ArrayLike:
         """Logits over the vocabulary: `inputs @ embeddings.T`.
 
         For language-model heads that share the input table ("tied" embeddings),
@@ -345,8 +347,12 @@ class Embedding(keras.layers.Layer):
         return self._lookup.logits(inputs, self.compute_dtype)
 
     def enable_lora(
-        self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"
-    ):
+        self,
+        rank: int,
+        lora_alpha: float | None = None,
+        a_initializer: str | keras.initializers.Initializer = "he_uniform",
+        b_initializer: str | keras.initializers.Initializer = "zeros",
+    ) -> None:
         """Freeze the table and train a low-rank adapter (see `lora_rank`).
 
         Args:
@@ -470,13 +476,13 @@ class Embedding(keras.layers.Layer):
     @classmethod
     def from_pretrained(
         cls,
-        vectors_or_path,
-        vocabulary=None,
-        trainable=True,
-        mask_zero=False,
-        oov_initializer="uniform",
-        **kwargs,
-    ):
+        vectors_or_path: ArrayLike | str | os.PathLike,
+        vocabulary: Sequence[str] | keras.layers.Layer | None = None,
+        trainable: bool = True,
+        mask_zero: bool = False,
+        oov_initializer: str | keras.initializers.Initializer = "uniform",
+        **kwargs: Any,
+    ) -> Embedding:
         """Builds a layer holding pretrained vectors (see `load_vectors`).
 
         Args:

@@ -1,7 +1,10 @@
 """The `ReversibleEmbedding` layer: an `Embedding` that also projects back."""
 
+from __future__ import annotations
+
 import functools
 import numbers
+from typing import Any
 
 import keras
 import numpy as np
@@ -102,20 +105,8 @@ class ReversibleEmbedding(Embedding):
         reverse: Boolean. If `True`, project from `output_dim` to `input_dim`
             instead of looking ids up. Defaults to `False`.
 
-    Quantization: `layer.quantize("int8" | "int4", config=...)` quantizes the table
-    as `Embedding` does and, with `tie_weights=False`, `reverse_embeddings` with
-    one scale per vocabulary column (int4: two values per byte along
-    `output_dim`, grouped with a zero point when the config's `block_size` is
-    set), in Keras's variable names, shapes and save order, so weights move
-    between this layer and Keras's. Quantized reverse logits are computed from
-    the dequantized kernel with a float matmul, which is more accurate than
-    Keras's integer matmul of quantized inputs; `inputs_quantizer` is kept for
-    compatibility but not applied.
-
-    `sparse=True` keeps the lookup's gradient row-sparse; the tied projection
-    reads the whole table, so its gradient is dense (and with
-    `keras_embedding_plus.training.SparseTrainer` on JAX the projection's use of
-    the table gets no gradient: use `tie_weights=False` there).
+    Quantization and sparse training of this layer: see the "Quantization and
+    LoRA" guide of the documentation.
 
     Input shape:
         N-D tensor of ids with shape `(batch_size, ...)`. With `reverse=True`: a
@@ -139,17 +130,17 @@ class ReversibleEmbedding(Embedding):
 
     def __init__(
         self,
-        input_dim,
-        output_dim,
-        tie_weights=True,
-        embeddings_initializer="uniform",
-        embeddings_regularizer=None,
-        embeddings_constraint=None,
-        mask_zero=False,
-        reverse_dtype=None,
-        logit_soft_cap=None,
-        **kwargs,
-    ):
+        input_dim: int,
+        output_dim: int,
+        tie_weights: bool = True,
+        embeddings_initializer: str | keras.initializers.Initializer = "uniform",
+        embeddings_regularizer: str | keras.regularizers.Regularizer | None = None,
+        embeddings_constraint: str | keras.constraints.Constraint | None = None,
+        mask_zero: bool = False,
+        reverse_dtype: str | None = None,
+        logit_soft_cap: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(tie_weights, (bool, np.bool_)):
             raise ValueError(
                 "`tie_weights` must be a boolean. "

@@ -13,6 +13,10 @@ On TensorFlow and PyTorch the layer alone keeps the gradient sparse and the mixi
 changes nothing.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import keras
 
 from keras_embedding_plus import _compat
@@ -77,7 +81,12 @@ def sparse_tables(model):
     return tables
 
 
-def sparse_train_step(model, state, data, fallback=None):
+def sparse_train_step(
+    model: keras.Model,
+    state: tuple,
+    data: tuple,
+    fallback: Callable | None = None,
+) -> tuple[dict, tuple]:
     """One JAX training step of `model` with row-sparse table gradients.
 
     The stateless `train_step(state, data)` of Keras's JAX trainer, except that

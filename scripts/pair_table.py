@@ -1,8 +1,8 @@
-"""Print the README's pair table (issue 11) from `tests/pairs.py`.
+"""Print the pair table of docs/design.md (issue 11) from `tests/pairs.py`.
 
-Usage: `python scripts/pair_table.py`, then paste the output between the README's
-`<!-- pair-table -->` and `<!-- /pair-table -->` markers
-(`tests/test_pairs.py::test_readme_pair_table` checks it).
+Usage: `python scripts/pair_table.py`, then paste the output between the
+`<!-- pair-table -->` and `<!-- /pair-table -->` markers of `docs/design.md`
+(`tests/test_pairs.py::test_docs_pair_table` checks it).
 """
 
 import os

@@ -220,13 +220,13 @@ def test_pair(options):
     _check_combination(options)
 
 
-def test_readme_pair_table():
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
+def test_docs_pair_table():
+    with open(os.path.join(ROOT, "docs", "design.md"), encoding="utf-8") as f:
+        page = f.read()
     start, end = "<!-- pair-table -->", "<!-- /pair-table -->"
-    assert start in readme and end in readme, "README.md lost its pair-table markers"
-    found = readme.split(start, 1)[1].split(end, 1)[0]
+    assert start in page and end in page, "docs/design.md lost its pair-table markers"
+    found = page.split(start, 1)[1].split(end, 1)[0]
     assert found.strip() == pairs.markdown_table().strip(), (
-        "README's pair table is stale: run `python scripts/pair_table.py` and "
-        "paste its output between the markers"
+        "docs/design.md's pair table is stale: run `python scripts/pair_table.py` "
+        "and paste its output between the markers"
     )
