@@ -30,7 +30,6 @@ rows).
 """
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -39,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 from bench_sparse import _reset_peak, _status_kb
+from bench_sparse import save as save_rows
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -128,19 +128,6 @@ def run(rows, lora, directory):
     return results
 
 
-def save(results, backend):
-    rows = []
-    if CSV_PATH.exists():
-        with open(CSV_PATH) as f:
-            rows = [r for r in csv.DictReader(f) if r["backend"] != backend]
-    rows += results
-    CSV_PATH.parent.mkdir(exist_ok=True)
-    with open(CSV_PATH, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
@@ -159,7 +146,7 @@ def main():
         with tempfile.TemporaryDirectory() as directory:
             results += run(args.rows, lora, directory)
     if args.rows == 5_000_000:
-        save(results, keras.backend.backend())
+        save_rows(results, keras.backend.backend(), CSV_PATH, FIELDS)
 
 
 if __name__ == "__main__":
