@@ -249,7 +249,7 @@ def compose(layer):
         transforms.append(
             RowDropout(layer.dropout, layer.input_dim, layer.seed_generator)
         )
-    if layer.padding_idx is not None:
+    if layer.padding_idx is not None and layer._freezes_padding_rows:
         transforms.append(_padding.FrozenRow(layer.padding_idx))
     # What trains by id, and so gets a row-sparse gradient with `sparse=True`.
     sparse_variables = []

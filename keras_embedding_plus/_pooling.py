@@ -60,12 +60,14 @@ def check_weights(combiner, weights):
 
 class FlatBags:
     """`values[i]` belongs to bag `segments[i]` of `num_segments`; output shape
-    `(*outer_shape, output_dim)`; `offsets` (bag starts) when known."""
+    `(*outer_shape, output_dim)`; `offsets` (bag starts) when known, and then
+    the segments are sorted (bags of consecutive values)."""
 
     def __init__(self, values, segments, num_segments, outer_shape, weights, offsets):
         self.values, self._segments = values, segments
         self.num_segments, self.outer_shape = num_segments, outer_shape
         self.weights, self.offsets = weights, offsets
+        self.sorted = offsets is not None
 
     @property
     def segments(self):
@@ -234,21 +236,21 @@ def combine_dense(rows, keep, weights, combiner):
     return _finish(combiner, total, w, lambda x: ops.sum(x, axis=-1))
 
 
-def _segment(data, segments, num_segments, how):
-    """Sums (`how="sum"`) or maxima (`"max"`) of `data`'s rows per segment."""
-    return native.segment(data, segments, num_segments, how)
+def _segment(data, bags, how):
+    """Sums (`how="sum"`) or maxima (`"max"`) of `data`'s rows per bag."""
+    return native.segment(data, bags.segments, bags.num_segments, how, bags.sorted)
 
 
 def combine_flat(rows, keep, weights, bags, combiner):
     """Pool the rows `(n, d)` of flat `bags` into `(num_segments, d)`."""
 
     def reduce(x):
-        return _segment(x, bags.segments, bags.num_segments, "sum")
+        return _segment(x, bags, "sum")
 
     if combiner == "max":
         lowest = ops.full((), float("-inf"), rows.dtype)
         masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
-        out = _segment(masked, bags.segments, bags.num_segments, "max")
+        out = _segment(masked, bags, "max")
         counts = reduce(ops.cast(keep, rows.dtype))
         return ops.where(ops.expand_dims(counts > 0, -1), out, ops.zeros_like(out))
     w = _weights(keep, weights, rows.dtype)

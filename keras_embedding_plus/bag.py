@@ -80,6 +80,10 @@ class EmbeddingBag(Embedding):
     (2, 8)
     """
 
+    # Padding ids weigh 0 in every bag (and are masked out of "max"), so no
+    # gradient reaches their rows: no `stop_gradient` pass over the rows needed.
+    _freezes_padding_rows = False
+
     def __init__(
         self,
         input_dim: int,

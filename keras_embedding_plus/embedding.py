@@ -150,6 +150,9 @@ class Embedding(keras.layers.Layer):
     (32, 10, 64)
     """
 
+    # `padding_idx`'s rows pass through `stop_gradient` (`_padding.FrozenRow`).
+    _freezes_padding_rows = True
+
     def __init__(
         self,
         input_dim: int,

@@ -479,10 +479,10 @@ def sparse_bags(ids, weights):
     return ids.data, segments, int(np.prod(outer)), outer, weights
 
 
-def segment(data, segments, num_segments, how):
+def segment(data, segments, num_segments, how, sorted=False):
     if how == "sum":
-        return ops.segment_sum(data, segments, num_segments=num_segments)
-    return ops.segment_max(data, segments, num_segments=num_segments)
+        return ops.segment_sum(data, segments, num_segments=num_segments, sorted=sorted)
+    return ops.segment_max(data, segments, num_segments=num_segments, sorted=sorted)
 
 
 embedding_bag = None  # No fused kernel: rows are gathered, then pooled.

@@ -243,9 +243,11 @@ def sparse_bags(ids, weights):
     return values, segments, count, outer, weights
 
 
-def segment(data, segments, num_segments, how):
+def segment(data, segments, num_segments, how, sorted=False):
     """One `index_add` / `scatter_reduce` (Keras's `segment_sum` goes through a
-    data-dependent `repeat_interleave`, which `torch.compile` cannot trace)."""
+    data-dependent `repeat_interleave`, which `torch.compile` cannot trace);
+    `sorted` changes nothing here."""
+    del sorted
     segments = segments.to(torch.int64)
     shape = (num_segments, *data.shape[1:])
     if how == "sum":
