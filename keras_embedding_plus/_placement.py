@@ -135,6 +135,17 @@ def pin(variable, placement):
     return native.pin(variable, placement)
 
 
+def create(layer, make):
+    """The variables `make()` creates, where `layer`'s table lives (`device`);
+    updates the placement its lookups use."""
+    placement = for_build(layer._table_placement)
+    with build_scope(placement, (layer.input_dim, layer.output_dim)):
+        created = make()
+    for variable in created if isinstance(created, tuple) else (created,):
+        layer._table_placement = pin(variable, placement)
+    return created
+
+
 def take(table, ids, placement, sparse=False):
     """`ops.take(table, ids, axis=0)` run where the table lives.
 

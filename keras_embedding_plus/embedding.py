@@ -187,10 +187,8 @@ class Embedding(keras.layers.Layer):
         mask_zero = _args.check_bool("mask_zero", mask_zero)
         input_length = _args.check_input_length(input_length)
         dropout = _args.check_dropout(dropout)
-        lora_rank, lora_alpha = (
-            _lora.check_rank(lora_rank),
-            _lora.check_alpha(lora_alpha),
-        )
+        lora_rank = _lora.check_rank(lora_rank)
+        lora_alpha = _lora.check_alpha(lora_alpha)
         if lora_rank is not None:
             _lora.check_constraint(constraint)
         max_norm, norm_type = _max_norm.check(max_norm, norm_type)
@@ -231,12 +229,11 @@ class Embedding(keras.layers.Layer):
         if self.built:
             return
         if self.quantization_mode:  # Loading a quantized layer.
-            shape = (self.input_dim, self.output_dim)
-            self.quantized_build(
-                shape, self.quantization_mode, self.quantization_config
-            )
+            mode, config = self.quantization_mode, self.quantization_config
+            self.quantized_build((self.input_dim, self.output_dim), mode, config)
         else:
-            self._embeddings = self._placed(
+            self._embeddings = _placement.create(
+                self,
                 lambda: self.add_weight(
                     shape=(self.input_dim, self.output_dim),
                     initializer=_padding.initializer(
@@ -248,21 +245,12 @@ class Embedding(keras.layers.Layer):
                     ),
                     constraint=_compat.variable_constraint(self.embeddings_constraint),
                     trainable=True,
-                )
+                ),
             )
         self.built = True
         self._lookup = _lookup.compose(self)
         if self.lora_rank and not self.lora_enabled:
             self.enable_lora(self.lora_rank, self.lora_alpha)
-
-    def _placed(self, create):
-        """Variables made by `create()` where the table lives (`device`)."""
-        placement = _placement.for_build(self._table_placement)
-        with _placement.build_scope(placement, (self.input_dim, self.output_dim)):
-            created = create()
-        for variable in created if isinstance(created, tuple) else (created,):
-            self._table_placement = _placement.pin(variable, placement)
-        return created
 
     @property
     def embeddings(self):
@@ -373,12 +361,9 @@ class Embedding(keras.layers.Layer):
         )
         with _compat.unlocked_tracking(self):
             # A is read by id, where the table lives; B joins the rows.
-            self.lora_embeddings_a = self._placed(
-                lambda: add(
-                    "lora_embeddings_a",
-                    (self.input_dim, rank),
-                    _padding.initializer(a_initializer, self.padding_idx),
-                )
+            a_init = _padding.initializer(a_initializer, self.padding_idx)
+            self.lora_embeddings_a = _placement.create(
+                self, lambda: add("lora_embeddings_a", (self.input_dim, rank), a_init)
             )
             self.lora_embeddings_b = add(
                 "lora_embeddings_b", (rank, self.output_dim), b_initializer
@@ -424,7 +409,7 @@ class Embedding(keras.layers.Layer):
         del embeddings_shape  # Always `(input_dim, output_dim)`.
         _quantization.check_mode(mode)
         block = _quantization.resolve_block_size(self.dtype_policy, config, mode)
-        self._placed(lambda: _quantization.add_weights(self, mode, block))
+        _placement.create(self, lambda: _quantization.add_weights(self, mode, block))
 
     def quantized_call(self, *args, **kwargs):
         # One `call` for every mode: the index policy, masks and dropout included.
