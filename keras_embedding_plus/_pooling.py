@@ -140,12 +140,14 @@ def from_offsets(ids, weights):
 
 
 def _check_offsets(offsets, n):
-    if offsets.size and (
-        offsets[0] != 0 or (offsets[1:] < offsets[:-1]).any() or offsets[-1] > n
+    if (not offsets.size and n) or (
+        offsets.size
+        and (offsets[0] != 0 or (offsets[1:] < offsets[:-1]).any() or offsets[-1] > n)
     ):
         raise ValueError(
-            "`offsets` must start at 0, never decrease, and not exceed the number "
-            f"of values ({n}). Received: offsets={offsets.tolist()[:10]}"
+            "`offsets` must start at 0 (one bag at least if there are values), "
+            f"never decrease, and not exceed the number of values ({n}). "
+            f"Received: offsets={offsets.tolist()[:10]}"
             f"{'...' if offsets.size > 10 else ''}."
         )
 

@@ -410,7 +410,7 @@ def test_weights_shape_is_checked():
 def test_offsets_are_checked():
     bag = make_bag("sum")
     values = np.array([1, 2, 3], "int32")
-    for offsets in ([1, 2], [0, 2, 1], [0, 4]):
+    for offsets in ([1, 2], [0, 2, 1], [0, 4], []):
         with pytest.raises(ValueError, match=r"`offsets` must start at 0"):
             bag((values, np.array(offsets, "int32")))
     with pytest.raises(ValueError, match=r"must be `\(values, offsets\)`"):
