@@ -159,40 +159,10 @@ def to_numpy(x):
 
 def forward_and_grad(layer, ids, weights, compile_=False, upstream=UPSTREAM):
     """`(outputs, d sum(outputs * U) / d table)` by each backend's autodiff."""
-    upstream = keras.ops.convert_to_tensor(upstream.astype("float32"))
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        def step(ids, weights):
-            with tf.GradientTape() as tape:
-                out = layer(ids, weights=weights)
-                loss = tf.reduce_sum(out * upstream)
-            return out, tape.gradient(loss, layer.embeddings.value)
-
-        out, grad = (compiled(step) if compile_ else step)(ids, weights)
-    elif BACKEND == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        def loss_fn(table, ids, weights):
-            out, _ = layer.stateless_call([table], [], ids, weights=weights)
-            return jnp.sum(out * upstream), out
-
-        step = jax.value_and_grad(loss_fn, has_aux=True)
-        if compile_:
-            step = compiled(step)
-        (_, out), grad = step(layer.embeddings.value, ids, weights)
-    else:
-        table = layer.embeddings.value
-        table.grad = None
-
-        def forward(ids, weights):
-            return layer(ids, weights=weights)
-
-        out = (compiled(forward) if compile_ else forward)(ids, weights)
-        (out * upstream).sum().backward()
-        grad = table.grad
-    return to_numpy(out), to_numpy(grad)
+    out, grads = layer_test.forward_and_gradients(
+        layer, ids, upstream.astype("float32"), compile_=compile_, weights=weights
+    )
+    return to_numpy(out), to_numpy(grads["embeddings"])
 
 
 # ---- forward and gradients vs NumPy -------------------------------------------
