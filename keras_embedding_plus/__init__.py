@@ -3,7 +3,7 @@
 from keras_embedding_plus import optimizers, training
 from keras_embedding_plus._convert import from_keras, to_keras
 from keras_embedding_plus._insight import export_projector, nearest, plot_embeddings
-from keras_embedding_plus._saving import load_model, load_weights
+from keras_embedding_plus._saving import load_model, load_saved_model, load_weights
 from keras_embedding_plus._vectors import Vectors, load_vectors
 from keras_embedding_plus.bag import EmbeddingBag
 from keras_embedding_plus.embedding import Embedding
@@ -19,6 +19,7 @@ __all__ = [
     "export_projector",
     "from_keras",
     "load_model",
+    "load_saved_model",
     "load_weights",
     "load_vectors",
     "nearest",

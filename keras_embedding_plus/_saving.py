@@ -14,11 +14,16 @@
   the file: Keras reports a truncated `.keras` file as "File not found" and a
   corrupted one as `BadZipFile: Bad CRC-32 for file 'model.weights.h5'`, without
   saying which file.
+* `load_saved_model(dirpath, ...)` is `keras.layers.TFSMLayer` (Keras 3's reader
+  of an exported TF SavedModel) with one error type: TensorFlow raises `OSError`,
+  `IndexError`, `ValueError`, `FileNotFoundError` or one of its own `OpError`s,
+  depending on which file is damaged and how.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import types
 import zipfile
 
@@ -221,3 +226,93 @@ def assign_checked(name, variables, store):
     )
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
+
+
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def check_saved_model(path):
+    """Raise `ValueError` naming `path` unless it is a SavedModel directory whose
+    files are all regular, readable files (a FIFO would block the reader)."""
+    prefix = f"Cannot load a SavedModel from '{path}'"
+    if not os.path.exists(path):
+        raise ValueError(f"{prefix}: there is no such directory.")
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"{prefix}: it is a file, not a SavedModel directory (a `.keras` or "
+            "`.h5` file loads with `keras_embedding_plus.load_model`)."
+        )
+    if not any(os.path.exists(os.path.join(path, f)) for f in _SAVED_MODEL_FILES):
+        raise ValueError(
+            f"{prefix}: the directory has no `saved_model.pb`, so it is not a "
+            "SavedModel (or the file was deleted)."
+        )
+    for root, directories, files in os.walk(path):
+        for name in [*directories, *files]:
+            entry = os.path.join(root, name)
+            if name in directories:
+                readable = os.access(entry, os.R_OK | os.X_OK)
+            elif not os.path.isfile(entry):
+                raise ValueError(f"{prefix}: '{entry}' is not a regular file.")
+            else:
+                readable = os.access(entry, os.R_OK)
+            if not readable:
+                raise ValueError(f"{prefix}: '{entry}' is not readable (permissions).")
+
+
+# TensorFlow prefixes its op errors with the graph function they ran in.
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
+
+
+def load_saved_model(
+    filepath: str | os.PathLike,
+    call_endpoint: str = "serve",
+    call_training_endpoint: str | None = None,
+    trainable: bool = True,
+    name: str | None = None,
+) -> keras.layers.Layer:
+    """`keras.layers.TFSMLayer(filepath, ...)`, with errors that name the directory.
+
+    Reloads a model exported with `model.export(path, format="tf_saved_model")`
+    as a Keras layer, as `keras.layers.TFSMLayer` does (TensorFlow backend only,
+    as there). A missing or damaged SavedModel (a truncated or corrupted
+    `saved_model.pb` or variables file, a variable of the wrong shape or dtype,
+    a missing variable, a file in place of the directory, an unreadable or
+    non-regular file inside it) raises `ValueError` naming `filepath` and what
+    is wrong; the original error is chained (`__cause__`). Loading builds a new
+    layer: nothing that exists is changed, whatever the outcome.
+
+    Args:
+        filepath: String or `pathlib.Path`. The SavedModel directory.
+        call_endpoint: Name of the endpoint to call (as in `TFSMLayer`).
+        call_training_endpoint: Optional endpoint for training calls.
+        trainable: Boolean. Whether the reloaded variables are trainable.
+        name: Optional name of the layer.
+
+    Returns:
+        A `keras.layers.TFSMLayer`.
+    """
+    path = os.fspath(filepath)
+    check_saved_model(path)
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            "`load_saved_model` reads a TF SavedModel through "
+            "`keras.layers.TFSMLayer`, which runs on the TensorFlow backend only. "
+            f"Received: backend={keras.backend.backend()!r}."
+        )
+    try:
+        return keras.layers.TFSMLayer(
+            path,
+            call_endpoint=call_endpoint,
+            call_training_endpoint=call_training_endpoint,
+            trainable=trainable,
+            name=name,
+        )
+    except (TypeError, NotImplementedError):
+        raise
+    except Exception as e:  # noqa: BLE001 - TensorFlow's errors have no common base
+        message = _FUNCTION_NODE.sub("", str(e)).strip()
+        raise ValueError(
+            f"Cannot load a SavedModel from '{path}': it is damaged or incomplete "
+            f"({type(e).__name__}: {message})"
+        ) from e

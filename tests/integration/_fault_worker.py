@@ -13,12 +13,19 @@ copy the way a user would, and prints one JSON list of outcomes:
 * `{"fault", "outcome": "partial"}` (word vectors): a file cut at the end of a
   line is a valid shorter file; its missing tokens read as not found.
 
+For `saved_model` (TensorFlow backend), the model is exported as a TF SavedModel
+directory; each case damages one of its files, drawn at random, and loads the
+directory with `keras_embedding_plus.load_saved_model`. `equal` compares the
+reloaded layer's outputs with the model's. A load builds a new layer, so there
+is no model to keep unchanged.
+
 A subprocess, so that a reader that crashes or hangs on a damaged file shows up
 as the worker's exit status or timeout instead of taking pytest with it.
 """
 
 import json
 import os
+import shutil
 import sys
 
 import keras
@@ -84,6 +91,54 @@ def save(model, fmt, directory):
     return path
 
 
+def error_outcome(fault, error, target, unchanged):
+    """The record of a load that raised `error`."""
+    return {
+        "fault": fault,
+        "outcome": "error",
+        "type": type(error).__name__,
+        "names_file": target in str(error),
+        "unchanged": unchanged,
+        "message": str(error)[:300],
+    }
+
+
+IDS = np.random.default_rng(1).integers(0, 50, (4, 5)).astype("int32")
+
+
+def saved_model_case(directory, rng, cases):
+    """The `saved_model` format's outcomes (see the module docstring)."""
+    model = make_model()
+    source = os.path.join(directory, "exported")
+    model.export(source, format="tf_saved_model", verbose=False)
+    expected = keras.ops.convert_to_numpy(model(IDS))
+    members = sorted(
+        os.path.relpath(os.path.join(root, f), source)
+        for root, _, files in os.walk(source)
+        for f in files
+    )
+    target = os.path.join(directory, "damaged")
+    results = []
+    for _ in range(cases):
+        member = members[int(rng.integers(0, len(members)))]
+        data = open(os.path.join(source, member), "rb").read()
+        for fault, content in damaged(data, rng):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+            with open(os.path.join(target, member), "wb") as f:
+                f.write(content)
+            fault = f"{fault}_in_{member}"
+            try:
+                layer = keras_embedding_plus.load_saved_model(target)
+                got = keras.ops.convert_to_numpy(layer(IDS))
+            except Exception as e:  # noqa: BLE001 - every failure is recorded
+                results.append(error_outcome(fault, e, target, unchanged=True))
+                continue
+            equal = got.shape == expected.shape and np.array_equal(got, expected)
+            results.append({"fault": fault, "outcome": "loaded", "equal": equal})
+    return results
+
+
 def vectors_file(fmt, directory):
     rng = np.random.default_rng(3)
     table = rng.normal(size=(20, 6)).astype("float32")
@@ -106,6 +161,9 @@ def main():
     fmt, directory, seed, cases = sys.argv[1:5]
     rng = np.random.default_rng(int(seed))
     results = []
+    if fmt == "saved_model":
+        print("RESULTS " + json.dumps(saved_model_case(directory, rng, int(cases))))
+        return
     if fmt.startswith("vectors"):
         path, tokens = vectors_file(fmt, directory)
         saved = keras_embedding_plus.load_vectors(path, tokens, verbose=0).matrix
@@ -134,16 +192,7 @@ def main():
                 unchanged = (
                     True if fmt.startswith("vectors") else same(values(model), before)
                 )
-                results.append(
-                    {
-                        "fault": fault,
-                        "outcome": "error",
-                        "type": type(e).__name__,
-                        "names_file": target in str(e),
-                        "unchanged": unchanged,
-                        "message": str(e)[:300],
-                    }
-                )
+                results.append(error_outcome(fault, e, target, unchanged))
                 continue
             if fmt.startswith("vectors"):
                 # A line-based file cut at a line's end is a valid, shorter
