@@ -176,3 +176,20 @@ def run_layer_test(
         if saved_reference is not None:
             expected_output = saved_reference(loaded.layers[-1])
         _check_output(".keras", loaded(x, **call_kwargs), expected_output, dtype, atol)
+
+
+def make_sparse(indices, values, shape):
+    """The backend's sparse tensor: `tf.SparseTensor`, `BCOO`, torch COO."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.SparseTensor(indices, values, shape)
+    if BACKEND == "jax":
+        from jax.experimental import sparse
+
+        return sparse.BCOO((values, indices.astype("int32")), shape=shape)
+    import torch
+
+    return torch.sparse_coo_tensor(
+        torch.tensor(indices.T), torch.tensor(values), shape, check_invariants=True
+    )

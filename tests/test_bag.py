@@ -14,6 +14,7 @@ import layer_test
 import numpy as np
 import pytest
 from conftest import BACKEND, compiled
+from layer_test import make_sparse
 
 from keras_embedding_plus import EmbeddingBag
 from keras_embedding_plus.optimizers import LazyAdam, LazySGD
@@ -116,23 +117,6 @@ def make_inputs(form, bags=BAGS, weights=None, pad=PAD, length=LENGTH):
     shape = (len(bags), length)
     return make_sparse(indices, values, shape), (
         None if weights is None else make_sparse(indices, flat_w, shape)
-    )
-
-
-def make_sparse(indices, values, shape):
-    """The backend's sparse tensor: `tf.SparseTensor`, `BCOO`, torch COO."""
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return tf.SparseTensor(indices, values, shape)
-    if BACKEND == "jax":
-        from jax.experimental import sparse
-
-        return sparse.BCOO((values, indices.astype("int32")), shape=shape)
-    import torch
-
-    return torch.sparse_coo_tensor(
-        torch.tensor(indices.T), torch.tensor(values), shape, check_invariants=True
     )
 
 

@@ -4,7 +4,9 @@ each checked against a NumPy reference of the layer.
 Hypothesis draws a layer configuration (`sparse`, `device`, `lora_rank`,
 `max_norm`, `dropout`, `quantize("int8")`, `mask_zero`, the dtype policies), ids
 (integer and float dtypes, ranks 1 to 4, empty batches, and a share of bad ids:
-too large, negative, fractional, NaN) and the call mode (eager, compiled). Each
+too large, negative, fractional, NaN; ragged on TensorFlow; for `EmbeddingBag`
+also `(values, offsets)` and sparse: `tf.SparseTensor`, JAX `BCOO`, torch COO)
+and the call mode (eager, compiled). Each
 case checks outputs and masks, the index policy on bad ids, one step's
 gradients, and `get_config` / `.keras` round trips. Refused combinations must
 raise their `ValueError` where they are set.
@@ -20,10 +22,10 @@ import keras
 import numpy as np
 import pytest
 from conftest import compiled
-from layer_test import forward_and_gradients, to_numpy
+from layer_test import forward_and_gradients, make_sparse, to_numpy
 
 hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis")
-from hypothesis import assume, given, note  # noqa: E402
+from hypothesis import assume, event, given, note  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from keras_embedding_plus import Embedding, EmbeddingBag  # noqa: E402
@@ -152,28 +154,57 @@ def _tolerance(layer):
     return TOLERANCE[compute] * (4 if layer.max_norm else 1)
 
 
+def _ragged(data, ids):
+    """On TensorFlow, ids of rank 2 or more are drawn ragged half of the time,
+    as rows (the first axis) that each keep a drawn number of their ids. Returns
+    `(ids, kept)`: the call's ids and the NumPy ids of its values (row by row),
+    or `(None, ids)`."""
+    if keras.backend.backend() != "tensorflow" or ids.ndim < 2:
+        return None, ids
+    if not data.draw(st.booleans(), label="ragged"):
+        return None, ids
+    import tensorflow as tf
+
+    ids = ids.reshape(len(ids), math.prod(ids.shape[1:]))
+
+    lengths = data.draw(
+        st.lists(st.integers(0, ids.shape[1]), min_size=len(ids), max_size=len(ids)),
+        label="row lengths",
+    )
+    ragged = tf.RaggedTensor.from_tensor(ids, lengths=np.array(lengths, "int64"))
+    kept = [row[:n] for row, n in zip(ids, lengths, strict=True)]
+    return ragged, np.concatenate([np.zeros(0, ids.dtype), *kept])
+
+
+def _flat(x):
+    """A ragged result's values; anything else as it is."""
+    return getattr(x, "flat_values", x)
+
+
 @given(configurations(), st.data(), st.sampled_from(["eager", "compiled"]))
 def test_lookup_matches_numpy(config, data, mode):
     layer = make_layer(config)
     assume(layer is not None)
     ids = data.draw(id_arrays(config["input_dim"]))
+    ragged, ids = _ragged(data, ids)
+    event(f"{'ragged' if ragged is not None else 'dense'} ids, {mode}")
     note(f"ids {ids.dtype} {ids.shape}: {ids.tolist()}")
     params = reference_params(layer)
     expected, valid = reference(layer, params, ids)
-    x = keras.ops.convert_to_tensor(ids)
+    x = keras.ops.convert_to_tensor(ids) if ragged is None else ragged
     if mode == "eager" and not valid.all():
         with pytest.raises(ValueError, match="Invalid embedding id"):
             layer(x)
         return
     call = (lambda x: layer(x)) if mode == "eager" else compiled(lambda x: layer(x))
-    out = call(x)
+    out = _flat(call(x))
     assert tuple(out.shape) == (*ids.shape, config["output_dim"])
     assert keras.backend.standardize_dtype(out.dtype) == layer.compute_dtype
     tol = _tolerance(layer)
     np.testing.assert_allclose(to_numpy(out), expected, rtol=tol, atol=tol)
     mask = layer.compute_mask(x)
     if config["mask_zero"]:
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), ids != 0)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(_flat(mask)), ids != 0)
     else:
         assert mask is None
 
@@ -270,43 +301,110 @@ def make_bag(config):
     )
 
 
+BACKEND = keras.backend.backend()
+# Where the backend has them: ragged ids (`tf.RaggedTensor`) on TensorFlow; sparse
+# ids (`tf.SparseTensor`, JAX `BCOO`, torch COO) on all three.
+BAG_FORMS = ("dense", "offsets", "sparse") + (
+    ("ragged",) if BACKEND == "tensorflow" else ()
+)
+
+
+class BagCase:
+    """A drawn bag input: `form`, the flat ids and weights (NumPy, for the
+    reference), the bags as lists of positions in the flat ids, the outer shape
+    of the output, and `tensors()`, the call's `(ids, weights)` arguments."""
+
+    def __init__(self, form, flat, weights, bags, outer, tensors):
+        self.form, self.flat, self.weights = form, flat, weights
+        self.bags, self.outer, self.tensors = bags, outer, tensors
+
+    def __repr__(self):
+        return f"BagCase({self.form}, ids={self.flat.tolist()}, bags={self.bags})"
+
+
+def _convert(*arrays):
+    return tuple(None if a is None else keras.ops.convert_to_tensor(a) for a in arrays)
+
+
 @st.composite
 def bag_inputs(draw, config, allow_bad):
-    """`(ids, weights, bags)`: ids dense `(batch, ..., L)` or `(values, offsets)`,
-    weights or None (never with "max"), and the bags as lists of
-    `(position in the flat ids, weight)` for the reference."""
-    form = draw(st.sampled_from(["dense", "offsets"]))
+    """A `BagCase`: ids dense `(batch, ..., L)`, `(values, offsets)`, sparse
+    `(bags, L)` or (TensorFlow) ragged, with weights or None (never with "max")."""
+    form = draw(st.sampled_from(BAG_FORMS))
     ids = draw(id_arrays(config["input_dim"], allow_bad=allow_bad, batched=True))
     weighted = config["combiner"] != "max" and draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     weights = rng.uniform(0.1, 2.0, ids.shape).astype("float32")
+    flat_w = weights.reshape(-1) if weighted else None
     if form == "dense":
         count, length = math.prod(ids.shape[:-1]), ids.shape[-1]
         bags = [list(range(b * length, (b + 1) * length)) for b in range(count)]
-        return ids, (weights if weighted else None), bags, ids.shape[:-1]
+        w = weights if weighted else None
+        return BagCase(
+            form,
+            ids.reshape(-1),
+            flat_w,
+            bags,
+            ids.shape[:-1],
+            lambda: _convert(ids, w),
+        )
+    if form == "sparse":
+        # Some positions of a `(bags, L)` grid hold an id, in row-major order.
+        grid = ids.reshape(math.prod(ids.shape[:-1]), ids.shape[-1])
+        held = rng.random(grid.shape) < 0.7
+        indices = np.argwhere(held).astype("int64").reshape(-1, 2)
+        values, w = grid[held], weights.reshape(grid.shape)[held]
+        bags = [list(np.flatnonzero(indices[:, 0] == b)) for b in range(len(grid))]
+        w = w if weighted else None
+
+        def sparse_tensors():
+            return (
+                make_sparse(indices, values, grid.shape),
+                None if w is None else make_sparse(indices, w, grid.shape),
+            )
+
+        return BagCase(form, values, w, bags, (len(grid),), sparse_tensors)
     values = ids.reshape(-1)
     cuts = sorted(draw(st.lists(st.integers(0, values.size), max_size=4)))
     offsets = np.array([0, *cuts], "int32")
     ends = [*offsets[1:], values.size]
     bags = [list(range(a, b)) for a, b in zip(offsets, ends, strict=True)]
-    inputs = (values, offsets)
-    return inputs, (weights.reshape(-1) if weighted else None), bags, (len(bags),)
+    if form == "offsets":
+        return BagCase(
+            form,
+            values,
+            flat_w,
+            bags,
+            (len(bags),),
+            lambda: (_convert(values, offsets), *_convert(flat_w)),
+        )
+
+    def ragged_tensors():
+        import tensorflow as tf
+
+        splits = np.array([*offsets, values.size], "int64")
+        ragged = tf.RaggedTensor.from_row_splits(values, splits)
+        if flat_w is None:
+            return ragged, None
+        return ragged, tf.RaggedTensor.from_row_splits(flat_w, splits)
+
+    return BagCase(form, values, flat_w, bags, (len(bags),), ragged_tensors)
 
 
-def bag_reference(layer, params, ids, weights, bags, outer):
+def bag_reference(layer, params, case):
     """NumPy pooling of the reference rows (float64): padding, masked and
     invalid ids count nowhere; empty bags and zero denominators give zeros."""
-    flat = np.asarray(ids[0] if isinstance(ids, tuple) else ids).reshape(-1)
+    flat = case.flat
     rows, valid = reference(layer, params, flat)
     keep = valid.copy()
     if layer.padding_idx is not None:
         keep &= flat != layer.padding_idx
     if layer.mask_zero:
         keep &= flat != 0
+    weights = case.weights
     w = np.ones(flat.shape) if weights is None else np.asarray(weights, np.float64)
-    w = w.reshape(-1)
-    out = np.zeros((len(bags), rows.shape[-1]))
-    for b, positions in enumerate(bags):
+    out = np.zeros((len(case.bags), rows.shape[-1]))
+    for b, positions in enumerate(case.bags):
         kept = [i for i in positions if keep[i]]
         if not kept:
             continue
@@ -320,30 +418,28 @@ def bag_reference(layer, params, ids, weights, bags, outer):
             "sqrtn": np.sqrt((w[kept] ** 2).sum()),
         }[layer.combiner]
         out[b] = total / den if den else 0.0
-    return out.reshape(*outer, rows.shape[-1])
+    return out.reshape(*case.outer, rows.shape[-1])
 
 
-def _tensors(ids, weights):
-    if isinstance(ids, tuple):
-        ids = tuple(keras.ops.convert_to_tensor(x) for x in ids)
-    else:
-        ids = keras.ops.convert_to_tensor(ids)
-    return ids, (None if weights is None else keras.ops.convert_to_tensor(weights))
+def _all_valid(layer, case):
+    return bool(reference(layer, reference_params(layer), case.flat)[1].all())
 
 
-def _all_valid(layer, ids):
-    flat = np.asarray(ids[0] if isinstance(ids, tuple) else ids)
-    return bool(reference(layer, reference_params(layer), flat)[1].all())
+def _traceable(case, mode):
+    # torch.compile cannot trace sparse tensors (torch's limitation): eager only.
+    return not (mode == "compiled" and case.form == "sparse" and BACKEND == "torch")
 
 
 @given(bag_configurations(), st.data(), st.sampled_from(["eager", "compiled"]))
 def test_bag_matches_numpy(config, data, mode):
     layer = make_bag(config)
     assume(layer is not None)
-    ids, weights, bags, outer = data.draw(bag_inputs(config, allow_bad=True))
-    note(f"ids {ids}, weights {weights}")
-    x, w = _tensors(ids, weights)
-    if mode == "eager" and not _all_valid(layer, ids):
+    case = data.draw(bag_inputs(config, allow_bad=True))
+    assume(_traceable(case, mode))
+    event(f"{case.form} ids, {mode}")
+    note(f"{case}, weights {case.weights}")
+    x, w = case.tensors()
+    if mode == "eager" and not _all_valid(layer, case):
         with pytest.raises(ValueError, match="Invalid embedding id"):
             layer(x, weights=w)
         return
@@ -353,7 +449,7 @@ def test_bag_matches_numpy(config, data, mode):
         else compiled(lambda x, w: layer(x, weights=w))
     )
     out = call(x, w)
-    expected = bag_reference(layer, reference_params(layer), ids, weights, bags, outer)
+    expected = bag_reference(layer, reference_params(layer), case)
     assert tuple(out.shape) == expected.shape
     assert keras.backend.standardize_dtype(out.dtype) == layer.compute_dtype
     assert layer.compute_mask(x) is None
@@ -366,15 +462,17 @@ def test_bag_gradients_match_numpy(config, data, mode):
     config = {**config, "dtype": "float32", "dropout": 0.0}
     layer = make_bag(config)
     assume(layer is not None and layer.trainable_variables)
-    ids, weights, bags, outer = data.draw(bag_inputs(config, allow_bad=False))
-    note(f"ids {ids}, weights {weights}")
-    x, w = _tensors(ids, weights)
+    case = data.draw(bag_inputs(config, allow_bad=False))
+    assume(_traceable(case, mode))
+    event(f"{case.form} ids, {mode}")
+    note(f"{case}, weights {case.weights}")
+    x, w = case.tensors()
     rng = np.random.default_rng(0)
-    upstream = rng.normal(size=(*outer, config["output_dim"])).astype("float32")
+    upstream = rng.normal(size=(*case.outer, config["output_dim"])).astype("float32")
     params = reference_params(layer)
 
     def pooled(shifted):
-        return bag_reference(layer, shifted, ids, weights, bags, outer)
+        return bag_reference(layer, shifted, case)
 
     _, grads = forward_and_gradients(
         layer, x, upstream, False, mode == "compiled", weights=w
