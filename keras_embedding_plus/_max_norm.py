@@ -43,7 +43,18 @@ def check(max_norm, norm_type):
 def _norm(rows, p):
     magnitude = ops.abs(rows)
     if math.isinf(p):
-        return ops.max(magnitude, axis=-1, keepdims=True)
+        if rows.shape[-1] == 0:  # The norm of an empty row is 0.
+            return ops.sum(magnitude, axis=-1, keepdims=True)
+        # Keras's `max` / `amax` (TensorFlow, PyTorch) refuse any tensor with a 0
+        # in its shape (no ids), even when the reduced axis is not empty: reduce
+        # the rows with one more row, of zeros, then drop its norm. `amax`, not
+        # `max`: under `torch.compile`, Keras's PyTorch `max` reads `.values` of
+        # its result, and Dynamo warns of a non-leaf tensor's `.grad`.
+        dim = rows.shape[-1]
+        flat = ops.reshape(magnitude, (-1, dim))
+        flat = ops.concatenate([flat, ops.zeros((1, dim), flat.dtype)], axis=0)
+        norm = ops.amax(flat, axis=-1, keepdims=True)[:-1]
+        return ops.reshape(norm, (*ops.shape(magnitude)[:-1], 1))
     if p == 1:
         return ops.sum(magnitude, axis=-1, keepdims=True)
     total = ops.sum(

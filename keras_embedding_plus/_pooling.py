@@ -215,7 +215,11 @@ def _weights(keep, weights, dtype):
 
 
 def _finish(combiner, total, weights, reduce):
-    if combiner == "sum":
+    if combiner == "sum" or 0 in total.shape:
+        # No bags (a 0 in the output's static shape): nothing to divide. Under
+        # `tf.function`, TensorFlow's graph optimizer (grappler) dies with a
+        # floating point exception (SIGFPE) folding the gradient of the
+        # division over such a shape.
         return total
     if combiner == "mean":
         return _safe_divide(total, ops.expand_dims(reduce(weights), -1))

@@ -37,17 +37,23 @@ TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 
 @st.composite
 def configurations(draw):
+    input_dim = draw(st.integers(1, 12))
     return {
-        "input_dim": draw(st.integers(1, 12)),
+        "input_dim": input_dim,
         "output_dim": draw(st.integers(1, 4)),
         "mask_zero": draw(st.booleans()),
         "sparse": draw(st.booleans()),
         "device": draw(st.sampled_from([None, "cpu", "host"])),
         "lora_rank": draw(st.sampled_from([None, 1, 2])),
+        "lora_alpha": draw(st.sampled_from([None, 3.0])),
         "max_norm": draw(st.sampled_from([None, 0.5, 1.5])),
+        "norm_type": draw(st.sampled_from([2.0, 2.0, 1.0, 3.0, math.inf])),
         "dropout": draw(st.sampled_from([0.0, 0.4])),
         "quantize": draw(st.sampled_from([None, None, "int8"])),
         "dtype": draw(st.sampled_from(POLICIES)),
+        "padding_idx": draw(
+            st.one_of(st.none(), st.none(), st.integers(-input_dim, input_dim - 1))
+        ),
     }
 
 
@@ -80,7 +86,17 @@ def make_layer(config, cls=Embedding, **extra):
     where a `ValueError` refused it (checked to name the options)."""
     kwargs = {
         k: config[k]
-        for k in ("mask_zero", "sparse", "device", "max_norm", "dropout", "dtype")
+        for k in (
+            "mask_zero",
+            "sparse",
+            "device",
+            "max_norm",
+            "norm_type",
+            "dropout",
+            "dtype",
+            "padding_idx",
+            "lora_alpha",
+        )
     }
     if config["quantize"] is None:
         kwargs["lora_rank"] = config["lora_rank"]
@@ -90,7 +106,7 @@ def make_layer(config, cls=Embedding, **extra):
         if config["quantize"]:
             layer.quantize(config["quantize"])
             if config["lora_rank"]:
-                layer.enable_lora(config["lora_rank"])
+                layer.enable_lora(config["lora_rank"], lora_alpha=config["lora_alpha"])
     except ValueError as e:
         message = str(e)
         refused = (
@@ -142,7 +158,7 @@ def reference(layer, params, ids):
             + scale * params["lora_embeddings_a"][safe] @ params["lora_embeddings_b"]
         )
     if layer.max_norm:
-        norm = np.linalg.norm(rows, axis=-1, keepdims=True)
+        norm = np.linalg.norm(rows, ord=layer.norm_type, axis=-1, keepdims=True)
         rows = np.where(
             norm > layer.max_norm, rows * layer.max_norm / (norm + 1e-7), rows
         )
@@ -238,8 +254,12 @@ def test_gradients_match_numpy(config, data, mode):
     _, grads = forward_and_gradients(
         layer, keras.ops.convert_to_tensor(ids), upstream, False, mode == "compiled"
     )
+    # No gradient flows from the positions of `padding_idx` (its row never trains).
+    flowing = upstream
+    if layer.padding_idx is not None:
+        flowing = upstream * (ids != layer.padding_idx)[..., None]
     expected = _numeric_gradients(
-        lambda shifted: reference(layer, shifted, ids)[0], params, upstream, list(grads)
+        lambda shifted: reference(layer, shifted, ids)[0], params, flowing, list(grads)
     )
     for name, grad in grads.items():
         np.testing.assert_allclose(
@@ -293,12 +313,7 @@ def bag_configurations(draw):
 
 def make_bag(config):
     """The `EmbeddingBag` of `config` (via `make_layer`'s checks), or None."""
-    return make_layer(
-        config,
-        EmbeddingBag,
-        combiner=config["combiner"],
-        padding_idx=config["padding_idx"],
-    )
+    return make_layer(config, EmbeddingBag, combiner=config["combiner"])
 
 
 BACKEND = keras.backend.backend()
@@ -498,10 +513,13 @@ def test_lora_lookup_of_no_ids():
         "sparse": False,
         "device": None,
         "lora_rank": 1,
+        "lora_alpha": None,
         "max_norm": None,
+        "norm_type": 2.0,
         "dropout": 0.0,
         "quantize": None,
         "dtype": "float32",
+        "padding_idx": None,
     }
     layer = make_layer(config)
     ids = np.zeros((0,), "int32")
@@ -526,3 +544,42 @@ def test_bags_of_no_ids():
         out, grads = forward_and_gradients(layer, ids, upstream)
         np.testing.assert_array_equal(to_numpy(out), np.zeros((2, 2)))
         np.testing.assert_array_equal(to_numpy(grads["embeddings"]), np.zeros((3, 2)))
+
+
+def test_max_norm_inf_of_no_ids():
+    # `norm_type=inf` took Keras's `ops.max` of the rows, which TensorFlow and
+    # PyTorch refuse for any tensor with a 0 in its shape ("Cannot compute the
+    # max of an empty tensor"), though each row's own axis was not empty; and
+    # under `torch.compile`, with any ids, Keras's PyTorch `max` made Dynamo
+    # warn of a non-leaf tensor's `.grad` (an error in these tests).
+    for cls, extra in ((Embedding, {}), (EmbeddingBag, {"combiner": "sum"})):
+        for mode in ("eager", "compiled"):
+            layer = cls(3, 2, max_norm=0.5, norm_type=math.inf, **extra)
+            layer.build()
+            call = layer if mode == "eager" else compiled(layer)
+            for shape in ((1, 0), (0, 2)):
+                ids = np.zeros(shape, "int32")
+                out = to_numpy(call(keras.ops.convert_to_tensor(ids)))
+                expected = (*shape, 2) if cls is Embedding else (shape[0], 2)
+                assert out.shape == expected
+                np.testing.assert_array_equal(out, np.zeros(expected))
+            ids = np.array([[1, 2]], "int32")
+            out = to_numpy(call(keras.ops.convert_to_tensor(ids)))
+            rows, _ = reference(layer, reference_params(layer), ids)
+            if cls is EmbeddingBag:
+                rows = rows.sum(axis=1)
+            np.testing.assert_allclose(out, rows, rtol=1e-6, atol=1e-6)
+
+
+def test_compiled_gradients_of_no_bags():
+    # Dense ids of shape (1, 0, 2): no bags at all. Under `tf.function`, the
+    # gradient of "mean" / "sqrtn"'s division over that static empty shape
+    # made TensorFlow's graph optimizer die with SIGFPE (the whole process).
+    for combiner in COMBINERS:
+        layer = EmbeddingBag(5, 3, combiner=combiner, mask_zero=True)
+        layer.build()
+        ids = keras.ops.convert_to_tensor(np.zeros((1, 0, 2), "int32"))
+        upstream = np.ones((1, 0, 3), "float32")
+        out, grads = forward_and_gradients(layer, ids, upstream, False, True)
+        assert tuple(out.shape) == (1, 0, 3)
+        np.testing.assert_array_equal(to_numpy(grads["embeddings"]), np.zeros((5, 3)))
