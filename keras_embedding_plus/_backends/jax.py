@@ -454,6 +454,23 @@ def snapshot(variable):
     return variable.value
 
 
+def writes_rows_in_place():
+    return False
+
+
+def write_rows(variable, start, rows):
+    """Rows `start ...` of the variable set to `rows`: a new array (JAX arrays
+    are immutable), so `_chunks` never writes a table by blocks on JAX."""
+    value = _native(variable)
+    rows = jnp.asarray(rows, value.dtype)
+    variable.assign(jax.lax.dynamic_update_slice_in_dim(value, rows, start, 0))
+
+
+def read_rows(variable, start, stop):
+    """Rows `start:stop` of a variable."""
+    return jax.lax.slice_in_dim(_native(variable), start, stop)
+
+
 # ---- pooled lookups (EmbeddingBag) ----------------------------------------------
 
 
