@@ -3,25 +3,28 @@ temporaries.
 
 A 5M x 64 float32 table is 1.3 GB. Keras's initializers draw it whole, through
 temporaries of the same size (PyTorch: `rand`, then the scaled and the shifted
-copy; TensorFlow: the drawn tensor, then the variable's own buffer), and
+copy; TensorFlow: the drawn tensor, then the variable's own buffer; JAX: the
+random bits and their conversions), and
 `variable.assign(numpy_array)` first converts the whole array to a backend
-tensor. Where the backend writes rows of a variable in place (TensorFlow,
-PyTorch: `native.writes_rows_in_place()`), tables of at least `MIN_ELEMENTS`
-elements are instead
+tensor. Tables of at least `MIN_ELEMENTS` elements are instead
 
 * built as zeros, then drawn block by block (`initialize`) for the elementwise
   initializers (`ELEMENTWISE`), each block with its own seed: an int seed gives
   the same table on every build, and no two blocks repeat each other's draws.
   Fan-based initializers (`VarianceScaling`, `Glorot*`, `Orthogonal`...),
   whose values depend on the whole shape, are drawn whole, as Keras draws them;
-* assigned block by block (`assign`) when loaded.
+* assigned block by block (`assign`) when loaded: in place where the backend
+  writes rows of a variable in place (TensorFlow, PyTorch:
+  `native.writes_rows_in_place()`).
 
 Saving, on every backend, copies a big table to NumPy by blocks (`saved`; LoRA
 merges block by block) and hands Keras's store that one copy.
 
 Smaller tables take Keras's own path, so they keep exactly the values
-`keras.layers.Embedding` gives for the same seed. JAX arrays are immutable (a
-row update copies the whole array), so JAX always takes Keras's path.
+`keras.layers.Embedding` gives for the same seed. JAX arrays are immutable:
+building, each block's update takes the table's array (donated, held by
+nothing else yet) in place. Loading takes the array Keras reads (on CPU, JAX
+adopts it without a copy): a new array filled by blocks measured worse.
 """
 
 import keras
@@ -60,9 +63,7 @@ def blockwise(initializer, shape):
     """Whether a table of `shape` with `initializer` is built by blocks."""
     initializer = keras.initializers.get(initializer)
     return (
-        native.writes_rows_in_place()
-        and is_big(shape)
-        and type(initializer) in ELEMENTWISE
+        native.builds_by_blocks() and is_big(shape) and type(initializer) in ELEMENTWISE
     )
 
 
@@ -98,22 +99,27 @@ def initialize(variable, initializer, padding_idx=None):
         block = _block_initializer(initializer, index)(
             (stop - start, *shape[1:]), dtype
         )
-        native.write_rows(variable, start, block)
+        native.fill_rows(variable, start, block)
         del block
     if padding_idx is not None:
         zeros = keras.ops.zeros((1, *shape[1:]), dtype=dtype)
-        native.write_rows(variable, padding_idx, zeros)
+        native.fill_rows(variable, padding_idx, zeros)
 
 
 def assign(variable, value):
     """`variable.assign(value)` (`value` of the variable's shape), block by block
     for a big table where the backend writes rows in place."""
     shape = tuple(variable.shape)
-    if not (native.writes_rows_in_place() and is_big(shape)):
+    if not is_big(shape):
         variable.assign(value)
-        return
-    for start, stop in _blocks(shape):
-        native.write_rows(variable, start, value[start:stop])
+    elif native.writes_rows_in_place():
+        for start, stop in _blocks(shape):
+            native.write_rows(variable, start, value[start:stop])
+    else:
+        variable.assign(value)
+
+    def assign(self, value):
+        self.value = value
 
 
 class _Saved:

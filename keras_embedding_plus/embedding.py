@@ -235,7 +235,9 @@ class Embedding(keras.layers.Layer):
         else:
             shape = (self.input_dim, self.output_dim)
             # A big table is built as zeros, then drawn by blocks (`_chunks`).
-            blockwise = _chunks.blockwise(self.embeddings_initializer, shape)
+            blockwise = _placement.for_build(
+                self._table_placement
+            ) is None and _chunks.blockwise(self.embeddings_initializer, shape)
             initializer = (
                 "zeros"
                 if blockwise

@@ -34,6 +34,7 @@ def _keras_table(initializer):
 
 def test_backend_writes_in_place_where_expected():
     assert native.writes_rows_in_place() is IN_PLACE
+    assert native.builds_by_blocks()  # JAX too: the array being built is donated.
 
 
 def test_blocks_cover_the_rows(small_blocks):
@@ -51,8 +52,8 @@ def test_small_tables_keep_keras_values():
 
 def test_only_elementwise_initializers_go_by_blocks(small_blocks):
     for name in ("uniform", "normal", "truncated_normal", "zeros", "ones"):
-        assert _chunks.blockwise(name, (ROWS, DIM)) is IN_PLACE, name
-    assert _chunks.blockwise(keras.initializers.Constant(2.0), (ROWS, DIM)) is IN_PLACE
+        assert _chunks.blockwise(name, (ROWS, DIM)), name
+    assert _chunks.blockwise(keras.initializers.Constant(2.0), (ROWS, DIM))
     for name in ("glorot_uniform", "he_normal", "orthogonal", "lecun_uniform"):
         assert not _chunks.blockwise(name, (ROWS, DIM)), name
     # A fan-based initializer is drawn whole: Keras's values, even when big.

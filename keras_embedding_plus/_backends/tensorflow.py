@@ -197,6 +197,10 @@ def writes_rows_in_place():
     return tf.executing_eagerly() and not tf.distribute.has_strategy()
 
 
+def builds_by_blocks():
+    return writes_rows_in_place()
+
+
 def write_rows(variable, start, rows):
     """Rows `start ...` of the variable set to `rows`, in place.
 
@@ -223,6 +227,11 @@ def read_rows(variable, start, stop):
     copy-on-read mode).
     """
     return tf.gather(_native(variable), tf.range(start, stop))
+
+
+def fill_rows(variable, start, rows):
+    """`write_rows` into a table being built (`_chunks.initialize`)."""
+    write_rows(variable, start, rows)
 
 
 # ---- pooled lookups (EmbeddingBag) ----------------------------------------------

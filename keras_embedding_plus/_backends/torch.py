@@ -229,6 +229,10 @@ def writes_rows_in_place():
     return True
 
 
+def builds_by_blocks():
+    return True
+
+
 def write_rows(variable, start, rows):
     """Rows `start ...` of the variable set to `rows`, in place (`copy_`, as
     Keras's own assign)."""
@@ -241,6 +245,11 @@ def write_rows(variable, start, rows):
 def read_rows(variable, start, stop):
     """Rows `start:stop` of a variable (a view)."""
     return _native(variable).detach()[start:stop]
+
+
+def fill_rows(variable, start, rows):
+    """`write_rows` into a table being built (`_chunks.initialize`)."""
+    write_rows(variable, start, rows)
 
 
 # ---- pooled lookups (EmbeddingBag) ----------------------------------------------
