@@ -63,7 +63,14 @@ def _build(rows, lora):
     inputs = keras.Input((4,), dtype="int32")
     x = Embedding(rows, DIM, lora_rank=RANK if lora else None, name="emb")(inputs)
     outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(x))
-    return keras.Model(inputs, outputs)
+    model = keras.Model(inputs, outputs)
+    if keras.backend.backend() == "jax":
+        # JAX dispatches asynchronously: without this, the table is still being
+        # drawn when `build` returns, and its peak lands in the next step.
+        import jax
+
+        jax.block_until_ready([v.value for v in model.variables])
+    return model
 
 
 def child(step, rows, lora, directory):

@@ -184,3 +184,29 @@ def optimizer_slot(optimizer, slots, variable):
     optimizer would no longer save and load as the Keras optimizer it extends.
     """
     return getattr(optimizer, slots)[optimizer._get_variable_index(variable)]
+
+
+def stored_rows(store, key):
+    """The h5py `Dataset` behind `store[key]`, read by row blocks, or None.
+
+    Keras's `.weights.h5` / `.keras` store answers `store[key]` with the whole
+    array in memory (`np.array(dataset)`): for a big table, a table-sized copy
+    on top of the table. `store._h5_entry_group` is the h5py group of the layer
+    being loaded. The same checks as Keras's `safe_get_h5_dataset` (a hard link
+    to a plain dataset, no external storage), and bfloat16 values (an `attrs`
+    marker Keras's store converts) are left to `store[key]`: None then, as for
+    any other store. Public replacement: none (a store hands out whole arrays).
+    """
+    import h5py
+
+    group = getattr(store, "_h5_entry_group", None)
+    if not isinstance(group, h5py.Group) or key not in group:
+        return None
+    if not isinstance(group.get(key, getlink=True), h5py.HardLink):
+        return None
+    dataset = group[key]
+    if not isinstance(dataset, h5py.Dataset) or dataset.external:
+        return None
+    if "dtype" in dataset.attrs or dataset.dtype.kind not in "fiub":
+        return None
+    return dataset

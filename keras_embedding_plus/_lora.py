@@ -104,6 +104,14 @@ def delta_table(a, b, scale):
     return ops.multiply(ops.matmul(a, b), scale)
 
 
+def merged_rows(table, a, b, scale, start, stop):
+    """Rows `start:stop` of `table + scale * A @ B` (added in float32), in the
+    table's dtype: a big table is merged block by block (saving, `_chunks`)."""
+    rows = ops.cast(native.read_rows(table, start, stop), "float32")
+    delta = delta_table(native.read_rows(a, start, stop), b, scale)
+    return ops.cast(ops.add(rows, delta), table.dtype)
+
+
 def delta_logits(x, a, b, scale):
     """`x @ (scale * A @ B).T` without forming `A @ B`: `(x @ B.T) @ A.T`."""
     x = ops.cast(x, "float32")

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embedding_plus import _chunks, _compat
 from keras_embedding_plus._backends import native
 
 
@@ -85,8 +86,21 @@ def check_weights(layer, values, source):
 
 
 def store_values(store):
-    """The values of a Keras weights store (`"0"`, `"1"`, ...), in order."""
-    return [store[str(i)] for i in range(len(store.keys()))]
+    """The values of a Keras weights store (`"0"`, `"1"`, ...), in order.
+
+    A big table that the backend writes by blocks is left in the file (its
+    h5py dataset, read block by block by `_chunks.assign`) rather than read
+    whole into memory first.
+    """
+    values = []
+    for i in range(len(store.keys())):
+        dataset = _compat.stored_rows(store, str(i))
+        by_blocks = dataset is not None and _chunks.is_big(dataset.shape)
+        if by_blocks and native.writes_rows_in_place():
+            values.append(dataset)
+        else:
+            values.append(store[str(i)])
+    return values
 
 
 def load_model(
@@ -218,14 +232,16 @@ def assign_checked(name, variables, store):
     """Assign a store's values to `variables`, all shapes checked first.
 
     Nothing is assigned unless every value fits (a failed load keeps the old
-    weights).
+    weights). A big table read from the file block by block (`store_values`)
+    can still fail half-way if the file is corrupted there;
+    `load_weights` puts the old values back then.
     """
     values = store_values(store)
     check_weights(
         types.SimpleNamespace(name=name, weights=variables), values, "load_weights"
     )
     for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
+        _chunks.assign(variable, value)  # By blocks for a big table.
 
 
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")

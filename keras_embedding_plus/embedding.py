@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike
 
 from keras_embedding_plus import (
     _args,
+    _chunks,
     _compat,
     _ids,
     _lookup,
@@ -232,13 +233,21 @@ class Embedding(keras.layers.Layer):
             mode, config = self.quantization_mode, self.quantization_config
             self.quantized_build((self.input_dim, self.output_dim), mode, config)
         else:
+            shape = (self.input_dim, self.output_dim)
+            # A big table is built as zeros, then drawn by blocks (`_chunks`).
+            blockwise = _placement.for_build(
+                self._table_placement
+            ) is None and _chunks.blockwise(self.embeddings_initializer, shape)
+            initializer = (
+                "zeros"
+                if blockwise
+                else _padding.initializer(self.embeddings_initializer, self.padding_idx)
+            )
             self._embeddings = _placement.create(
                 self,
                 lambda: self.add_weight(
-                    shape=(self.input_dim, self.output_dim),
-                    initializer=_padding.initializer(
-                        self.embeddings_initializer, self.padding_idx
-                    ),
+                    shape=shape,
+                    initializer=initializer,
                     name="embeddings",
                     regularizer=_compat.variable_regularizer(
                         self.embeddings_regularizer
@@ -247,6 +256,10 @@ class Embedding(keras.layers.Layer):
                     trainable=True,
                 ),
             )
+            if blockwise:
+                _chunks.initialize(
+                    self._embeddings, self.embeddings_initializer, self.padding_idx
+                )
         self.built = True
         self._lookup = _lookup.compose(self)
         if self.lora_rank and not self.lora_enabled:
@@ -269,6 +282,16 @@ class Embedding(keras.layers.Layer):
         if self.lora_enabled:
             table = ops.cast(self._lookup.lora().table(table), self.compute_dtype)
         return table
+
+    def __dir__(self):
+        # Keras's saving reads every attribute `dir` lists, looking for nested
+        # saveables: `embeddings` of a LoRA or quantized table computes a whole
+        # table (with LoRA, through three table-sized temporaries) on every
+        # save and load. It is still there, just not listed then.
+        names = super().__dir__()
+        if getattr(self, "lora_enabled", False) or self.quantization_mode:
+            names = [name for name in names if name != "embeddings"]
+        return names
 
     def __getattr__(self, name):
         # On torch a property's AttributeError falls through to
@@ -433,12 +456,25 @@ class Embedding(keras.layers.Layer):
 
     def save_own_variables(self, store):
         # Keras's layout: the stored table's variables only, LoRA merged in.
-        if self.built:
-            stored = self._stored_variables()
-            if self.lora_enabled:
-                stored = _quantization.merged(self._float_table(), stored, self)
-            for i, value in enumerate(stored):
-                store[str(i)] = value
+        if not self.built:
+            return
+        stored = self._stored_variables()
+        # A big table goes to NumPy by blocks, where the model computes (`_chunks`).
+        by_blocks = self._table_placement is None
+        big = _chunks.is_big((self.input_dim, self.output_dim))
+        if self.lora_enabled and by_blocks and big and not self.quantization_mode:
+            stored = [_chunks.saved(stored[0], self._merged_rows), *stored[1:]]
+        elif self.lora_enabled:
+            stored = _quantization.merged(self._float_table(), stored, self)
+        for i, value in enumerate(stored):
+            store[str(i)] = _chunks.saved(value) if by_blocks else value
+
+    def _merged_rows(self, start, stop):
+        """Rows `start:stop` of the LoRA-merged float table, in its dtype."""
+        lora = self._lookup.lora()
+        return _lora.merged_rows(
+            self._embeddings, lora.a, lora.b, lora.scale, start, stop
+        )
 
     def load_own_variables(self, store):
         """Load the (merged) table; a LoRA adapter restarts at 0 (B = 0)."""

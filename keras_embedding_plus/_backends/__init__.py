@@ -13,7 +13,11 @@ Every backend module defines each name of `FUNCTIONS` (a test checks it):
 * placement: `DEVICE_TYPES`, `visible_devices`, `resolve_device`,
   `build_placement`, `build_scope`, `pin`, `placed_take`, `fetch`;
 * `add_matmul` (LoRA's delta), `snapshot` (a variable's value, kept through
-  later assigns) and `SPARSE_WITH_MIXED_POLICY`;
+  later assigns), `write_rows` / `read_rows` / `fill_rows` (rows of a variable set, in
+  place where `writes_rows_in_place()`, read, and set in a table being built
+  where `builds_by_blocks()`: big tables built, saved and loaded by blocks,
+  `_chunks`)
+  and `SPARSE_WITH_MIXED_POLICY`;
 * pooled lookups (`EmbeddingBag`): `sparse_bags` (a sparse tensor's ids and
   their bags), `segment` (sum / max per bag), `embedding_bag` (a fused kernel,
   or None where the backend has none).
@@ -50,6 +54,11 @@ FUNCTIONS = (
     "fetch",
     "add_matmul",
     "snapshot",
+    "write_rows",
+    "read_rows",
+    "fill_rows",
+    "builds_by_blocks",
+    "writes_rows_in_place",
     "SPARSE_WITH_MIXED_POLICY",
     "sparse_bags",
     "segment",

@@ -191,6 +191,49 @@ def snapshot(variable):
     return tf.identity(variable.value)
 
 
+def writes_rows_in_place():
+    """Eagerly, outside a `tf.distribute` strategy (whose variables have a copy
+    per replica)."""
+    return tf.executing_eagerly() and not tf.distribute.has_strategy()
+
+
+def builds_by_blocks():
+    return writes_rows_in_place()
+
+
+def write_rows(variable, start, rows):
+    """Rows `start ...` of the variable set to `rows`, in place.
+
+    The raw strided-slice assign: `variable[a:b].assign(...)` first reads the
+    variable, and the slice it reads shares the variable's buffer, so the
+    assign copies the whole table (copy on write).
+    """
+    value = _native(variable)
+    rows = tf.cast(rows, value.dtype)
+    tf.raw_ops.ResourceStridedSliceAssign(
+        ref=value.handle,
+        begin=[start],
+        end=[start + rows.shape[0]],
+        strides=[1],
+        value=rows,
+    )
+
+
+def read_rows(variable, start, stop):
+    """Rows `start:stop` of a variable: a gather, which copies those rows only.
+
+    A dense read of a variable that a sparse op touched (a gather, a
+    scatter, `write_rows`) copies the whole table first (TensorFlow's
+    copy-on-read mode).
+    """
+    return tf.gather(_native(variable), tf.range(start, stop))
+
+
+def fill_rows(variable, start, rows):
+    """`write_rows` into a table being built (`_chunks.initialize`)."""
+    write_rows(variable, start, rows)
+
+
 # ---- pooled lookups (EmbeddingBag) ----------------------------------------------
 
 

@@ -225,6 +225,33 @@ def snapshot(variable):
     return variable.value.detach().clone()
 
 
+def writes_rows_in_place():
+    return True
+
+
+def builds_by_blocks():
+    return True
+
+
+def write_rows(variable, start, rows):
+    """Rows `start ...` of the variable set to `rows`, in place (`copy_`, as
+    Keras's own assign)."""
+    value = _native(variable)
+    rows = ops.convert_to_tensor(rows)
+    with torch.no_grad():
+        value[start : start + rows.shape[0]].copy_(rows)
+
+
+def read_rows(variable, start, stop):
+    """Rows `start:stop` of a variable (a view)."""
+    return _native(variable).detach()[start:stop]
+
+
+def fill_rows(variable, start, rows):
+    """`write_rows` into a table being built (`_chunks.initialize`)."""
+    write_rows(variable, start, rows)
+
+
 # ---- pooled lookups (EmbeddingBag) ----------------------------------------------
 
 
