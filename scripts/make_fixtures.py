@@ -1,4 +1,4 @@
-"""Regenerate the saving fixtures in `tests/integration/fixtures/`.
+"""Regenerate the saving fixtures in `integration_tests/fixtures/`.
 
     python scripts/make_fixtures.py                     # the three Keras 3 backends
     python scripts/make_fixtures.py --tf-keras /tmp/tfk/bin/python   # + tf.keras 2
@@ -32,7 +32,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "integration" / "fixtures"
+FIXTURES = ROOT / "integration_tests" / "fixtures"
 BACKENDS = ("tensorflow", "jax", "torch")
 SEED = 20240
 

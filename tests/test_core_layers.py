@@ -130,7 +130,7 @@ def _sgd_step(model, ids, targets):
     return [to_np(w) for w in model.get_weights()]
 
 
-# (A masked GRU trained side by side with Keras's layer: tests/integration.)
+# (A masked GRU trained side by side with Keras's layer: integration_tests/.)
 @pytest.mark.parametrize("head", ["dense", "gap"])
 def test_gradients_equal_keras(head):
     """One SGD step moves every weight (table included) as Keras's layer does."""

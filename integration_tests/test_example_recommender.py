@@ -9,7 +9,7 @@ from pathlib import Path
 
 from _saving_utils import BACKEND
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recommender.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "recommender.py"
 
 
 def test_recommender_example_runs(tmp_path):

@@ -1,4 +1,4 @@
-"""Test setup shared by every backend, for tests/ and tests/integration/.
+"""Test setup shared by every backend, for tests/ and integration_tests/.
 
 Runs before any test module imports a backend, so that the device-count flags take
 effect: 8 virtual CPU devices for JAX, 2 logical CPU devices for TensorFlow.
