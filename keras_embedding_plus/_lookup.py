@@ -126,7 +126,11 @@ class LoraDelta:
         self.fetch = fetch
 
     def rows(self, rows, ids, valid, gather, training):
-        a_rows, _ = gather(self.a, ids, valid)
+        # The table's rows of invalid ids are zero, and so must their deltas
+        # be: zero the rows of `A` where this gather did not (row-sparse and
+        # placed gathers leave them to the caller).
+        a_rows, a_valid = gather(self.a, ids, valid)
+        a_rows = _ids.zero_invalid(a_rows, a_valid)
         return _lora.add_delta(rows, a_rows, self.b, self.scale)
 
     def table(self, table):
