@@ -1,13 +1,21 @@
 """keras_embedding_plus: a drop-in replacement for `keras.layers.Embedding`."""
 
 from keras_embedding_plus import optimizers, training
-from keras_embedding_plus._convert import from_keras, to_keras
-from keras_embedding_plus._insight import export_projector, nearest, plot_embeddings
-from keras_embedding_plus._saving import load_model, load_saved_model, load_weights
-from keras_embedding_plus._vectors import Vectors, load_vectors
-from keras_embedding_plus.bag import EmbeddingBag
-from keras_embedding_plus.embedding import Embedding
-from keras_embedding_plus.reversible import ReversibleEmbedding
+from keras_embedding_plus.layers.bag import EmbeddingBag
+from keras_embedding_plus.layers.embedding import Embedding
+from keras_embedding_plus.layers.reversible import ReversibleEmbedding
+from keras_embedding_plus.saving.convert import from_keras, to_keras
+from keras_embedding_plus.saving.loading import (
+    load_model,
+    load_saved_model,
+    load_weights,
+)
+from keras_embedding_plus.vectors.insight import (
+    export_projector,
+    nearest,
+    plot_embeddings,
+)
+from keras_embedding_plus.vectors.pretrained import Vectors, load_vectors
 
 __version__ = "0.1.0"
 

@@ -27,7 +27,8 @@ touch every row (O(vocabulary) per step).
 import keras
 from keras import ops
 
-from keras_embedding_plus import _compat, _sparse
+from keras_embedding_plus import compat
+from keras_embedding_plus.lookup import sparse as _sparse
 
 
 class _LazyMixin:
@@ -93,7 +94,7 @@ class _LazyMixin:
         return False
 
     def _slot(self, slots, variable):
-        return _compat.optimizer_slot(self, slots, variable)
+        return compat.optimizer_slot(self, slots, variable)
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")

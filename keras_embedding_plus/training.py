@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import keras
 
-from keras_embedding_plus import _compat
+from keras_embedding_plus import compat
 
 
 class SparseTrainer:
@@ -67,10 +67,10 @@ def sparse_tables(model):
     Those a `sparse=True` layer's lookup reads by id (its table, or LoRA's `A`
     when the table is frozen under LoRA), unless a regularizer reads them whole.
     """
-    from keras_embedding_plus.embedding import Embedding
+    from keras_embedding_plus.layers.embedding import Embedding
 
     tables = []
-    for layer in _compat.flatten_layers(model):
+    for layer in compat.flatten_layers(model):
         if (
             isinstance(layer, Embedding)
             and layer.built
@@ -107,7 +107,7 @@ def sparse_train_step(
     import jax
     import jax.numpy as jnp
 
-    from keras_embedding_plus._backends.jax import IndexedRows, RowCapture
+    from keras_embedding_plus.backends.jax import IndexedRows, RowCapture
 
     tables = sparse_tables(model)
     if not tables:
@@ -175,7 +175,7 @@ def sparse_train_step(
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable
     )
-    logs, metrics_values = _compat.update_metrics(
+    logs, metrics_values = compat.update_metrics(
         model, metrics_values, unscaled_loss, x, y, y_pred, sample_weight
     )
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)

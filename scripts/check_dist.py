@@ -21,7 +21,11 @@ def main(dist):
     for names, what in ((wheel, wheels[0].name), (sdist, sdists[0].name)):
         for required in (
             "keras_embedding_plus/__init__.py",
-            "keras_embedding_plus/embedding.py",
+            "keras_embedding_plus/layers/embedding.py",
+            "keras_embedding_plus/lookup/pipeline.py",
+            "keras_embedding_plus/backends/jax/__init__.py",
+            "keras_embedding_plus/saving/loading.py",
+            "keras_embedding_plus/vectors/pretrained.py",
             "keras_embedding_plus/py.typed",
         ):
             assert required in names, f"{what} lacks {required}"

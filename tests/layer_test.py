@@ -17,6 +17,7 @@ import os
 
 import keras
 import numpy as np
+
 from conftest import BACKEND, compiled
 
 

@@ -7,7 +7,7 @@ import pathlib
 import keras
 
 import keras_embedding_plus
-from keras_embedding_plus import _backends
+from keras_embedding_plus import backends as _backends
 
 PACKAGE = pathlib.Path(keras_embedding_plus.__file__).parent
 BACKEND_LIBRARIES = ("tensorflow", "jax", "torch")
@@ -27,9 +27,9 @@ def _top_level_names(path):
 def test_every_backend_module_defines_every_function():
     # Read, not imported: each module imports its own backend library.
     for name in _backends.BACKENDS:
-        defined = _top_level_names(PACKAGE / "_backends" / f"{name}.py")
+        defined = _top_level_names(PACKAGE / "backends" / f"{name}.py")
         missing = set(_backends.FUNCTIONS) - defined
-        assert not missing, f"_backends/{name}.py lacks {sorted(missing)}"
+        assert not missing, f"backends/{name}.py lacks {sorted(missing)}"
 
 
 def test_the_running_backend_is_selected():
@@ -71,7 +71,7 @@ def test_keras_internals_only_in_compat():
         "_torch_params",
     )
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "_compat.py":
+        if path.name == "compat.py":
             continue
         text = path.read_text()
         found = [name for name in internals if f".{name}" in text]

@@ -13,9 +13,9 @@ import keras
 import layer_test
 import numpy as np
 import pytest
-from conftest import BACKEND, compiled
 from layer_test import make_sparse
 
+from conftest import BACKEND, compiled
 from keras_embedding_plus import EmbeddingBag
 from keras_embedding_plus.optimizers import LazyAdam, LazySGD
 from keras_embedding_plus.training import SparseTrainer

@@ -4,10 +4,11 @@ and loading, checked with small thresholds."""
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
 
-from keras_embedding_plus import Embedding, _chunks
-from keras_embedding_plus._backends import native
+from conftest import BACKEND
+from keras_embedding_plus import Embedding
+from keras_embedding_plus.backends import native
+from keras_embedding_plus.saving import blocks as _chunks
 
 ROWS, DIM = 1000, 8
 IN_PLACE = BACKEND in ("tensorflow", "torch")
@@ -147,7 +148,8 @@ def test_write_rows():
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
 def test_save_and_load_by_blocks(small_blocks, monkeypatch, tmp_path, lora, suffix):
-    from keras_embedding_plus import _compat, load_model, load_weights
+    from keras_embedding_plus import compat as _compat
+    from keras_embedding_plus import load_model, load_weights
 
     datasets = []
 
@@ -184,7 +186,7 @@ def test_save_and_load_by_blocks(small_blocks, monkeypatch, tmp_path, lora, suff
 
 
 def test_stored_rows_only_for_h5_stores():
-    from keras_embedding_plus import _compat
+    from keras_embedding_plus import compat as _compat
 
     assert _compat.stored_rows({"0": np.zeros(3)}, "0") is None
 

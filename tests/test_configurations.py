@@ -6,8 +6,9 @@ masks, config and `.keras` round trips."""
 import keras
 import pairs
 import pytest
-from conftest import BACKEND
 from layer_test import run_layer_test
+
+from conftest import BACKEND
 
 _STORED = {"int8": 2, "int4": 4, "int4_row": 2}  # table + scale (+ zero, g_idx)
 

@@ -4,9 +4,9 @@ constraints, trainability, dtype policies, dropout and ragged ids."""
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, compiled
 from keras import ops
 
+from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
 
+from conftest import BACKEND
 from keras_embedding_plus import Embedding
 
 VOCAB, DIM, LENGTH, BATCH = 64, 4, 5, 16

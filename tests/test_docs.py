@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 import pytest
+
 from conftest import BACKEND
 
 ROOT = Path(__file__).resolve().parents[1]

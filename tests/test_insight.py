@@ -13,7 +13,7 @@ from keras_embedding_plus import (
     nearest,
     plot_embeddings,
 )
-from keras_embedding_plus._insight import pca_2d
+from keras_embedding_plus.vectors.insight import pca_2d
 
 RNG = np.random.default_rng(7)
 TABLE = RNG.standard_normal((50, 8)).astype("float32")

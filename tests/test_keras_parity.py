@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, compiled
 from keras import ops
 
+from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding, nearest
 
 

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from conftest import compiled
 from keras import ops
 
+from conftest import compiled
 from keras_embedding_plus import Embedding
 
 

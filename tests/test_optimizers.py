@@ -8,8 +8,8 @@ Keras's optimizers applied to the same gradient made dense.
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
 
+from conftest import BACKEND
 from keras_embedding_plus import optimizers
 
 VOCAB, DIM = 10, 3
@@ -56,7 +56,7 @@ def row_sparse(ids, values):
         )
     import jax.numpy as jnp
 
-    from keras_embedding_plus._backends.jax import IndexedRows
+    from keras_embedding_plus.backends.jax import IndexedRows
 
     return IndexedRows(jnp.asarray(ids, "int32"), jnp.asarray(values), (VOCAB, DIM))
 

@@ -7,8 +7,8 @@ training with every optimizer, dense or row-sparse, on every backend.
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, compiled
 
+from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding, EmbeddingBag, to_keras
 from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
 from keras_embedding_plus.training import SparseTrainer

@@ -13,9 +13,10 @@ import keras
 import numpy as np
 import pairs
 import pytest
-from conftest import BACKEND
 from layer_test import forward_and_gradients, is_row_sparse
 from layer_test import to_numpy as _numpy
+
+from conftest import BACKEND
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,10 +11,11 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
 from keras import ops
 
-from keras_embedding_plus import Embedding, _placement
+from conftest import BACKEND
+from keras_embedding_plus import Embedding
+from keras_embedding_plus.lookup import placement as _placement
 
 # A device other than the one the model runs on (torch here has one: the CPU).
 OTHER = {"jax": "cpu:2", "tensorflow": "cpu:1", "torch": "cpu"}[BACKEND]

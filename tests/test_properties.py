@@ -21,8 +21,9 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import compiled
 from layer_test import forward_and_gradients, make_sparse, to_numpy
+
+from conftest import compiled
 
 hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis")
 from hypothesis import assume, event, given, note  # noqa: E402

@@ -5,9 +5,9 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, compiled
 from keras import ops
 
+from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding
 
 # Keras's `Model.quantize` warns for every layer without `quantize` (InputLayer,

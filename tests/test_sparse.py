@@ -10,8 +10,8 @@ duplicate ids first.
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, compiled
 
+from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
 from keras_embedding_plus.training import SparseTrainer, sparse_tables

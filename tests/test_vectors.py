@@ -6,9 +6,9 @@ import logging
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
 
 import keras_embedding_plus as kep
+from conftest import BACKEND
 from keras_embedding_plus import Embedding, load_vectors
 
 RNG = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def test_word2vec_binary(tmp_path, name):
 
 @pytest.mark.parametrize("block_rows", [8192, 4], ids=["one-block", "blocks"])
 def test_whole_file_without_vocabulary(tmp_path, monkeypatch, block_rows):
-    from keras_embedding_plus import _vectors
+    from keras_embedding_plus.vectors import pretrained as _vectors
 
     monkeypatch.setattr(_vectors, "_BLOCK_ROWS", block_rows)
     path = _write(tmp_path, "v.txt", _text())
@@ -308,7 +308,7 @@ def test_argument_errors(tmp_path):
 
 
 def test_stops_early_and_shows_progress(tmp_path, monkeypatch, capsys):
-    from keras_embedding_plus import _vectors
+    from keras_embedding_plus.vectors import pretrained as _vectors
 
     # A bad line after every wanted token is never reached.
     path = _write(tmp_path, "v.txt", _text() + "broken 1\n")

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import _legacy, _quantization
+from keras_embedding_plus.layers import legacy
+from keras_embedding_plus.lookup import quantization
 
 
 def _is_int(value):
@@ -87,7 +88,7 @@ def table_objects(kwargs, initializer, regularizer, constraint):
     `init`, `W_regularizer` and `W_constraint` are taken out of `kwargs` (with a
     `DeprecationWarning`; both spellings at once is a `ValueError`).
     """
-    aliases = _legacy.keras1_aliases(
+    aliases = legacy.keras1_aliases(
         kwargs,
         {
             "embeddings_initializer": None if initializer == "uniform" else initializer,
@@ -127,8 +128,8 @@ def from_config_arguments(class_name, config):
     raises them.
     """
     try:
-        config = _legacy.translate_config(config)
-        config["quantization_config"] = _quantization.check_config(
+        config = legacy.translate_config(config)
+        config["quantization_config"] = quantization.check_config(
             config.get("quantization_config")
         )
     except ValueError as e:

@@ -5,8 +5,9 @@ from typing import Any
 import keras
 from numpy.typing import ArrayLike
 
-from keras_embedding_plus import _ids, _pooling
-from keras_embedding_plus.embedding import Embedding
+from keras_embedding_plus.layers.embedding import Embedding
+from keras_embedding_plus.lookup import index_policy
+from keras_embedding_plus.lookup import pooling as _pooling
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -131,10 +132,10 @@ class EmbeddingBag(Embedding):
             return super().compute_output_spec(inputs, reverse=True)
         if isinstance(inputs, (tuple, list)):
             values, offsets = inputs
-            _ids.ids_dtype(values)
+            index_policy.ids_dtype(values)
             shape = (offsets.shape[0], self.output_dim)
         else:
-            _ids.ids_dtype(inputs)
+            index_policy.ids_dtype(inputs)
             shape = self.compute_output_shape(inputs.shape)
         return keras.KerasTensor(shape, dtype=self.compute_dtype)
 

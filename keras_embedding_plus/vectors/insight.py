@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus._vectors import vocabulary_rows
+from keras_embedding_plus.vectors.pretrained import vocabulary_rows
 
 # Queries scored at once by `nearest` (bounds the (queries, rows) score matrix).
 _QUERY_BLOCK = 64

@@ -12,7 +12,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_embedding_plus._backends import native
+from keras_embedding_plus.backends import native
 
 
 def check_rank(rank, name="lora_rank", allow_none=True):

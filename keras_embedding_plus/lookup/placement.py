@@ -30,7 +30,7 @@ import warnings
 
 from keras import backend
 
-from keras_embedding_plus._backends import native
+from keras_embedding_plus.backends import native
 
 # Device types this backend knows (`"host"`: host memory, compute elsewhere).
 # `"cuda"` is `"gpu"` everywhere, so a config saved on torch loads on JAX / TF.

@@ -1,7 +1,7 @@
 """The lookup pipeline: one composition of small stages behind every lookup.
 
 ```
-ids -> policy (_ids.prepare_ids)
+ids -> policy (index_policy.prepare_ids)
     -> storage.rows: the stored variables' rows (float | int8 | int4, dequantized)
          each variable read by one `gather` (dense, row-sparse gradient, on its
          device), chosen once for the layer
@@ -22,15 +22,13 @@ import functools
 import keras
 from keras import ops
 
-from keras_embedding_plus import (
-    _ids,
-    _lora,
-    _max_norm,
-    _padding,
-    _placement,
-    _quantization,
-    _sparse,
-)
+from keras_embedding_plus.lookup import index_policy
+from keras_embedding_plus.lookup import lora as _lora
+from keras_embedding_plus.lookup import max_norm as _max_norm
+from keras_embedding_plus.lookup import padding as _padding
+from keras_embedding_plus.lookup import placement as _placement
+from keras_embedding_plus.lookup import quantization as _quantization
+from keras_embedding_plus.lookup import sparse as _sparse
 
 # ---- gather: how one variable's rows are read ----------------------------------
 
@@ -46,7 +44,7 @@ def _placed_gather(variable, ids, valid, placement, sparse):
 
 
 def make_gather(sparse, placement):
-    """`gather(variable, ids, valid) -> (rows, valid)`, as `_ids.take` returns.
+    """`gather(variable, ids, valid) -> (rows, valid)`, as `index_policy.take` returns.
 
     One function for every variable of a layer that is read by id (the table,
     its quantization scales and zero points, LoRA's `A`), so that `sparse` and
@@ -56,7 +54,7 @@ def make_gather(sparse, placement):
         return functools.partial(_placed_gather, placement=placement, sparse=sparse)
     if sparse:
         return _sparse_gather
-    return _ids.take
+    return index_policy.take
 
 
 def _gather_column(gather, variable, ids, valid):
@@ -130,7 +128,7 @@ class LoraDelta:
         # be: zero the rows of `A` where this gather did not (row-sparse and
         # placed gathers leave them to the caller).
         a_rows, a_valid = gather(self.a, ids, valid)
-        a_rows = _ids.zero_invalid(a_rows, a_valid)
+        a_rows = index_policy.zero_invalid(a_rows, a_valid)
         return _lora.add_delta(rows, a_rows, self.b, self.scale)
 
     def table(self, table):
@@ -183,7 +181,8 @@ class Lookup:
         self.sparse_variables = sparse_variables
 
     def rows(self, ids, valid, training=None):
-        """`(rows, valid)` of valid integer `ids` (flat values), as `_ids.take`."""
+        """`(rows, valid)` of valid integer `ids` (flat values), as
+        `index_policy.take`."""
         rows, rows_valid = self.storage.rows(self.storage_gather, ids, valid)
         # Invalid ids' rows already are zero where `rows_valid` comes back
         # `None`; every transform keeps zero rows zero.

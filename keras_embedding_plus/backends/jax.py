@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental.compute_on import compute_on
 from keras import ops
 
-from keras_embedding_plus import _compat
+from keras_embedding_plus import compat
 
 DEVICE_TYPES = ("cpu", "gpu", "cuda", "tpu", "host")
 SPARSE_WITH_MIXED_POLICY = True
@@ -356,9 +356,9 @@ def pin(variable, placement):
     re-applies on every assign."""
     if placement is None:
         return None
-    _compat.set_variable_layout(variable, placement.sharding)
+    compat.set_variable_layout(variable, placement.sharding)
     if placement.host_memory and variable.regularizer is not None:
-        variable.regularizer = _compat.variable_regularizer(
+        variable.regularizer = compat.variable_regularizer(
             _host_regularizer(variable.regularizer)
         )
     return placement

@@ -10,9 +10,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import _compat, _max_norm, _quantization, _saving
-from keras_embedding_plus._args import check_weights
-from keras_embedding_plus.embedding import Embedding
+from keras_embedding_plus import compat
+from keras_embedding_plus.layers.arguments import check_weights
+from keras_embedding_plus.layers.embedding import Embedding
+from keras_embedding_plus.lookup import max_norm as _max_norm
+from keras_embedding_plus.lookup import quantization as _quantization
+from keras_embedding_plus.saving import loading
 
 
 class _KeepMask(keras.layers.Layer):
@@ -39,7 +42,7 @@ _KEEP_MASK = _KeepMask()
 
 def _with_mask(outputs, mask):
     if isinstance(outputs, keras.KerasTensor):
-        return _compat.set_symbolic_mask(outputs, mask)
+        return compat.set_symbolic_mask(outputs, mask)
     return _KEEP_MASK(outputs, mask=mask)
 
 
@@ -253,7 +256,7 @@ class ReversibleEmbedding(Embedding):
             )
         outputs = super().compute_output_spec(inputs, training=training)
         if self.mask_zero:
-            outputs = _with_mask(outputs, _saving.padding_mask(inputs))
+            outputs = _with_mask(outputs, loading.padding_mask(inputs))
         return outputs
 
     def _reverse_variables(self):

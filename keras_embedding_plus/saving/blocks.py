@@ -30,7 +30,7 @@ adopts it without a copy): a new array filled by blocks measured worse.
 import keras
 import numpy as np
 
-from keras_embedding_plus._backends import native
+from keras_embedding_plus.backends import native
 
 # Tables of at least this many elements are built and loaded by blocks.
 MIN_ELEMENTS = 2**25

@@ -15,7 +15,7 @@ NaN (``jnp.take``'s default) and never crash a compiled step.
 import numpy as np
 from keras import backend, ops
 
-from keras_embedding_plus._backends import native
+from keras_embedding_plus.backends import native
 
 # Integer dtypes that need no cast before `ops.take`.
 _TAKE_DTYPES = ("int32", "int64")

@@ -31,8 +31,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import _chunks, _compat
-from keras_embedding_plus._backends import native
+from keras_embedding_plus import compat
+from keras_embedding_plus.backends import native
+from keras_embedding_plus.saving import blocks as _chunks
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -94,7 +95,7 @@ def store_values(store):
     """
     values = []
     for i in range(len(store.keys())):
-        dataset = _compat.stored_rows(store, str(i))
+        dataset = compat.stored_rows(store, str(i))
         by_blocks = dataset is not None and _chunks.is_big(dataset.shape)
         if by_blocks and native.writes_rows_in_place():
             values.append(dataset)

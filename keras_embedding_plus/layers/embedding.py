@@ -15,21 +15,19 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from keras_embedding_plus import (
-    _args,
-    _chunks,
-    _compat,
-    _ids,
-    _lookup,
-    _lora,
-    _max_norm,
-    _padding,
-    _placement,
-    _quantization,
-    _saving,
-    _sparse,
-    _vectors,
-)
+from keras_embedding_plus import compat
+from keras_embedding_plus.layers import arguments as _args
+from keras_embedding_plus.lookup import index_policy
+from keras_embedding_plus.lookup import lora as _lora
+from keras_embedding_plus.lookup import max_norm as _max_norm
+from keras_embedding_plus.lookup import padding as _padding
+from keras_embedding_plus.lookup import pipeline as _lookup
+from keras_embedding_plus.lookup import placement as _placement
+from keras_embedding_plus.lookup import quantization as _quantization
+from keras_embedding_plus.lookup import sparse as _sparse
+from keras_embedding_plus.saving import blocks as _chunks
+from keras_embedding_plus.saving import loading
+from keras_embedding_plus.vectors import pretrained as _vectors
 
 _UNBUILT = (
     "You must build the layer before accessing `embeddings`: call "
@@ -215,7 +213,7 @@ class Embedding(keras.layers.Layer):
         self.autocast, self._computing_logits = False, False
         if input_length is not None:
             # What `Sequential.add` reads to build an `InputLayer` up front.
-            _compat.set_build_input_shape(
+            compat.set_build_input_shape(
                 self,
                 input_length if isinstance(input_length, tuple) else (input_length,),
             )
@@ -249,10 +247,10 @@ class Embedding(keras.layers.Layer):
                     shape=shape,
                     initializer=initializer,
                     name="embeddings",
-                    regularizer=_compat.variable_regularizer(
+                    regularizer=compat.variable_regularizer(
                         self.embeddings_regularizer
                     ),
-                    constraint=_compat.variable_constraint(self.embeddings_constraint),
+                    constraint=compat.variable_constraint(self.embeddings_constraint),
                     trainable=True,
                 ),
             )
@@ -316,18 +314,18 @@ class Embedding(keras.layers.Layer):
     def call(self, inputs, training=None, reverse=False):
         if reverse:
             return self.attend(inputs)
-        inputs = _ids.densify(inputs)
+        inputs = index_policy.densify(inputs)
         _args.check_length(self.name, self.input_length, inputs.shape)
-        ids, valid = _ids.prepare_ids(inputs, self.input_dim)
-        rows, valid = self._lookup.rows(_ids._values(ids), valid, training)
-        rows = ops.cast(_ids.zero_invalid(rows, valid), self.compute_dtype)
-        return _ids._with_values(ids, rows)
+        ids, valid = index_policy.prepare_ids(inputs, self.input_dim)
+        rows, valid = self._lookup.rows(index_policy._values(ids), valid, training)
+        rows = ops.cast(index_policy.zero_invalid(rows, valid), self.compute_dtype)
+        return index_policy._with_values(ids, rows)
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or self._computing_logits:
             return None
         # `ids != 0`, through an op every loader (legacy `.h5` too) can rebuild.
-        return _saving.padding_mask(inputs)
+        return loading.padding_mask(inputs)
 
     def compute_output_shape(self, input_shape):
         _args.check_length(self.name, self.input_length, input_shape)
@@ -337,7 +335,7 @@ class Embedding(keras.layers.Layer):
         if reverse:
             shape = (*inputs.shape[:-1], self.input_dim)
             return keras.KerasTensor(shape, dtype=self.compute_dtype)
-        _ids.ids_dtype(inputs)
+        index_policy.ids_dtype(inputs)
         shape = self.compute_output_shape(inputs.shape)
         ragged = getattr(inputs, "ragged", False)
         return keras.KerasTensor(shape, dtype=self.compute_dtype, ragged=ragged)
@@ -378,11 +376,11 @@ class Embedding(keras.layers.Layer):
                 (zeros: the adapted layer starts equal to the original).
         """
         rank, lora_alpha = _lora.check_enable(self, rank, lora_alpha)
-        regularizer = _compat.variable_regularizer(self.embeddings_regularizer)
+        regularizer = compat.variable_regularizer(self.embeddings_regularizer)
         add = functools.partial(
             _lora.add_factor, self.add_weight, regularizer=regularizer
         )
-        with _compat.unlocked_tracking(self):
+        with compat.unlocked_tracking(self):
             # A is read by id, where the table lives; B joins the rows.
             a_init = _padding.initializer(a_initializer, self.padding_idx)
             self.lora_embeddings_a = _placement.create(
@@ -451,7 +449,7 @@ class Embedding(keras.layers.Layer):
         return self._lookup.adapted_table()
 
     def set_weights(self, weights):
-        _saving.check_weights(self, weights, "set_weights")
+        loading.check_weights(self, weights, "set_weights")
         super().set_weights(weights)
 
     def save_own_variables(self, store):
@@ -478,7 +476,7 @@ class Embedding(keras.layers.Layer):
 
     def load_own_variables(self, store):
         """Load the (merged) table; a LoRA adapter restarts at 0 (B = 0)."""
-        _saving.assign_checked(self.name, self._stored_variables(), store)
+        loading.assign_checked(self.name, self._stored_variables(), store)
         if self.lora_enabled:
             self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
 

@@ -19,7 +19,7 @@ and the optimizers call.
 
 from keras import ops
 
-from keras_embedding_plus._backends import native
+from keras_embedding_plus.backends import native
 
 
 def lookup(table, ids):

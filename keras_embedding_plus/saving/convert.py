@@ -16,7 +16,7 @@ import os
 import keras
 from keras import ops
 
-from keras_embedding_plus import _compat
+from keras_embedding_plus import compat
 
 # Our options that `keras.layers.Embedding` lacks, and the value that means "off".
 # `input_length` is not here: Keras 3 ignores it, so it is dropped silently.
@@ -206,9 +206,9 @@ def _mask_op(op, convert):
     needs only Keras (`to_keras`), or loads from legacy `.h5` files, which
     cannot find `NotEqual` (`from_keras`).
     """
-    from keras_embedding_plus import _saving
+    from keras_embedding_plus.saving import loading
 
-    if convert is _ours_to_keras and type(op) is _saving.PaddingMask:
+    if convert is _ours_to_keras and type(op) is loading.PaddingMask:
         return lambda ids: ops.not_equal(ids, 0)
     if convert is _keras_to_ours and _is_keras_op(op, "NotEqual"):
 
@@ -220,7 +220,7 @@ def _mask_op(op, convert):
                 and not isinstance(x2, bool)
                 and x2 == 0
             ):
-                return _saving.padding_mask(x1)
+                return loading.padding_mask(x1)
             return ops.not_equal(x1, x2)
 
         return not_equal
@@ -268,7 +268,7 @@ def _swap_in_place(root, convert):
         if id(owner) in seen:
             return
         seen.add(id(owner))
-        for child in _compat.child_layers(owner):
+        for child in compat.child_layers(owner):
             new = convert(child)
             if new is None:
                 visit(child)
@@ -287,19 +287,19 @@ def _swap_in_place(root, convert):
             )
         swaps.append((owner, old, new, setters))
     for owner, old, new, setters in swaps:
-        _compat.replace_tracked_layer(owner, old, new)
+        compat.replace_tracked_layer(owner, old, new)
         for setter in setters:
             setter(new)
     for layer in _all_layers(root):
         # PyTorch: forget the parameters collected before the swap.
-        _compat.forget_torch_params(layer)
+        compat.forget_torch_params(layer)
 
 
 def _references(owner, old):
     """One `setter(new)` for each place among `owner`'s attributes holding `old`."""
     setters = []
     for name, value in vars(owner).items():
-        if value is _compat.child_layers(owner):
+        if value is compat.child_layers(owner):
             continue
         if value is old:
             setters.append(lambda new, name=name: object.__setattr__(owner, name, new))
@@ -411,5 +411,5 @@ def _all_layers(layer, seen=None):
         return
     seen.add(id(layer))
     yield layer
-    for child in _compat.child_layers(layer):
+    for child in compat.child_layers(layer):
         yield from _all_layers(child, seen)

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import _compat
+from keras_embedding_plus import compat
 
 MODES = ("int8", "int4")
 _RANGE = {"int8": (-127, 127), "int4": (-8, 7)}
@@ -128,7 +128,7 @@ def add_weights(layer, mode, block_size):
         layer.g_idx = add_frozen(layer, "g_idx", (output_dim,), "zeros", "float32")
         layer.g_idx.assign(np.arange(output_dim, dtype="float32") // block)
     layer._int4_block_size = block_size if mode == "int4" else None
-    _compat.mark_quantized(layer, output_dim)
+    compat.mark_quantized(layer, output_dim)
     return tuple(stored_variables(layer))
 
 

@@ -3,7 +3,7 @@
 ```
 ids (dense | (values, offsets) | ragged | sparse), weights
     -> flat bags: `(values, segments, num_segments)`, or dense `(..., L)` ids
-    -> policy (`_ids.prepare_ids`) and `Lookup.rows`: the pipeline of `Embedding`
+    -> policy (`index_policy.prepare_ids`) and `Lookup.rows` (as `Embedding`)
     -> keep = valid and not padding; per-id weights (1 by default) x keep
     -> combine: sum | mean | sqrtn | max over each bag
 ```
@@ -30,8 +30,10 @@ PyTorch, in eager calls (every id known valid), a float table without LoRA,
 
 from keras import backend, ops
 
-from keras_embedding_plus import _ids, _lookup, _padding
-from keras_embedding_plus._backends import native
+from keras_embedding_plus.backends import native
+from keras_embedding_plus.lookup import index_policy
+from keras_embedding_plus.lookup import padding as _padding
+from keras_embedding_plus.lookup import pipeline as _lookup
 
 COMBINERS = ("sum", "mean", "sqrtn", "max")
 
@@ -293,7 +295,7 @@ def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
                 "Dense bags must have shape `(batch, ..., L)`: pooled over their "
                 f"last axis. Received: ids of shape {tuple(ids.shape)}."
             )
-        ids, valid = _ids.prepare_ids(ids, input_dim)
+        ids, valid = index_policy.prepare_ids(ids, input_dim)
         fused = _fused(lookup, ids, None, valid, weights, excluded, combiner)
         if fused is not None:
             return fused
@@ -302,7 +304,7 @@ def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
     bags = {"offsets": from_offsets, "ragged": from_ragged, "sparse": from_sparse}[
         kind
     ](ids, weights)
-    values, valid = _ids.prepare_ids(bags.values, input_dim)
+    values, valid = index_policy.prepare_ids(bags.values, input_dim)
     fused = _fused(lookup, values, bags, valid, bags.weights, excluded, combiner)
     if fused is not None:
         return fused

@@ -1,0 +1,2 @@
+"""Pretrained vectors in (`load_vectors`, `Vectors`); `nearest`, the projector
+export and plots out (`insight`)."""
