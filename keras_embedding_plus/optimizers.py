@@ -27,22 +27,21 @@ touch every row (O(vocabulary) per step).
 import keras
 from keras import ops
 
-from keras_embedding_plus import compat
-from keras_embedding_plus.lookup import sparse as _sparse
+from keras_embedding_plus import backends, compat
 
 
 class _LazyMixin:
     """Row-sparse gradient handling shared by the lazy optimizers."""
 
     def update_step(self, gradient, variable, learning_rate):
-        if not _sparse.is_row_sparse(gradient):
+        if not backends.sparse.is_row_sparse(gradient):
             return super().update_step(gradient, variable, learning_rate)
         if self._linear_in_gradient():
             # `variable -= lr * gradient`: a scatter-add sums duplicate ids
             # itself, with no deduplication pass (a sort) first.
-            _sparse.subtract_scaled(self, variable, gradient, learning_rate)
+            backends.sparse.subtract_scaled(self, variable, gradient, learning_rate)
             return
-        ids, rows = _sparse.unique_rows(gradient)
+        ids, rows = backends.sparse.unique_rows(gradient)
         dtype = variable.dtype
         self._update_rows(
             ids,
@@ -53,10 +52,13 @@ class _LazyMixin:
 
     def apply(self, grads, trainable_variables=None):
         scale = self.loss_scale_factor
-        if scale is None or not any(_sparse.is_row_sparse(g) for g in grads):
+        if scale is None or not any(backends.sparse.is_row_sparse(g) for g in grads):
             return super().apply(grads, trainable_variables)
         # Keras divides with `/`, which `tf.IndexedSlices` lacks.
-        grads = [None if g is None else _sparse.scale(g, 1.0 / scale) for g in grads]
+        grads = [
+            None if g is None else backends.sparse.scale_gradient(g, 1.0 / scale)
+            for g in grads
+        ]
         self.loss_scale_factor = None
         try:
             return super().apply(grads, trainable_variables)
@@ -67,7 +69,7 @@ class _LazyMixin:
     def _backend_apply_gradients(self, grads, trainable_variables):
         if self.gradient_accumulation_steps:
             # The accumulators are dense: add dense gradients to them.
-            grads = [_sparse.densify(g) for g in grads]
+            grads = [backends.sparse.densify_gradient(g) for g in grads]
         return super()._backend_apply_gradients(grads, trainable_variables)
 
     def _clip_gradients(self, grads):
@@ -76,16 +78,17 @@ class _LazyMixin:
             or (self.global_clipnorm and self.global_clipnorm > 0)
             or (self.clipvalue and self.clipvalue > 0)
         )
-        if not clipping or not any(_sparse.is_row_sparse(g) for g in grads):
+        if not clipping or not any(backends.sparse.is_row_sparse(g) for g in grads):
             return super()._clip_gradients(grads)
         # Clip the summed rows (what the dense gradient holds), not the raw ones.
         unique = [
-            _sparse.unique_rows(g) if _sparse.is_row_sparse(g) else None for g in grads
+            backends.sparse.unique_rows(g) if backends.sparse.is_row_sparse(g) else None
+            for g in grads
         ]
         values = [g if u is None else u[1] for g, u in zip(grads, unique, strict=True)]
         values = super()._clip_gradients(values)
         return [
-            v if u is None else _sparse.with_rows(g, u[0], v)
+            v if u is None else backends.sparse.with_rows(g, u[0], v)
             for g, u, v in zip(grads, unique, values, strict=True)
         ]
 
@@ -118,17 +121,19 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
     def _update_rows(self, ids, gradient, variable, learning_rate):
         step = ops.multiply(gradient, learning_rate)
         if self.momentum == 0:
-            _sparse.scatter_sub(self, variable, ids, step)
+            backends.sparse.scatter(self, variable, ids, step, "sub")
             return
         m = self._slot("momentums", variable)
         momentum = ops.cast(self.momentum, variable.dtype)
-        m_rows = ops.subtract(ops.multiply(_sparse.gather(m, ids), momentum), step)
-        _sparse.scatter_update(self, m, ids, m_rows)
+        m_rows = ops.subtract(
+            ops.multiply(backends.sparse.gather_rows(m, ids), momentum), step
+        )
+        backends.sparse.scatter(self, m, ids, m_rows, "update")
         if self.nesterov:
             delta = ops.subtract(ops.multiply(m_rows, momentum), step)
         else:
             delta = m_rows
-        _sparse.scatter_sub(self, variable, ids, ops.negative(delta))
+        backends.sparse.scatter(self, variable, ids, ops.negative(delta), "sub")
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -159,8 +164,8 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
 
         m = self._slot("_momentums", variable)
         v = self._slot("_velocities", variable)
-        m_rows = _sparse.gather(m, ids)
-        v_rows = _sparse.gather(v, ids)
+        m_rows = backends.sparse.gather_rows(m, ids)
+        v_rows = backends.sparse.gather_rows(v, ids)
         m_rows = ops.add(
             m_rows, ops.multiply(ops.subtract(gradient, m_rows), 1 - self.beta_1)
         )
@@ -168,13 +173,13 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
             v_rows,
             ops.multiply(ops.subtract(ops.square(gradient), v_rows), 1 - self.beta_2),
         )
-        _sparse.scatter_update(self, m, ids, m_rows)
-        _sparse.scatter_update(self, v, ids, v_rows)
+        backends.sparse.scatter(self, m, ids, m_rows, "update")
+        backends.sparse.scatter(self, v, ids, v_rows, "update")
         if self.amsgrad:
             v_hat = self._slot("_velocity_hats", variable)
-            v_rows = ops.maximum(_sparse.gather(v_hat, ids), v_rows)
-            _sparse.scatter_update(self, v_hat, ids, v_rows)
-        _sparse.scatter_sub(
+            v_rows = ops.maximum(backends.sparse.gather_rows(v_hat, ids), v_rows)
+            backends.sparse.scatter(self, v_hat, ids, v_rows, "update")
+        backends.sparse.scatter(
             self,
             variable,
             ids,
@@ -182,6 +187,7 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
                 ops.multiply(m_rows, alpha),
                 ops.add(ops.sqrt(v_rows), self.epsilon),
             ),
+            "sub",
         )
 
 
@@ -202,9 +208,11 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
 
     def _update_rows(self, ids, gradient, variable, learning_rate):
         accumulator = self._slot("_accumulators", variable)
-        rows = ops.add(_sparse.gather(accumulator, ids), ops.square(gradient))
-        _sparse.scatter_update(self, accumulator, ids, rows)
-        _sparse.scatter_sub(
+        rows = ops.add(
+            backends.sparse.gather_rows(accumulator, ids), ops.square(gradient)
+        )
+        backends.sparse.scatter(self, accumulator, ids, rows, "update")
+        backends.sparse.scatter(
             self,
             variable,
             ids,
@@ -212,7 +220,16 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
                 ops.multiply(learning_rate, gradient),
                 ops.sqrt(ops.add(rows, self.epsilon)),
             ),
+            "sub",
         )
+
+
+def accepts_row_sparse(optimizer):
+    """Whether `optimizer` applies row-sparse gradients as they are (a lazy
+    optimizer without gradient accumulation)."""
+    return isinstance(optimizer, _LazyMixin) and not (
+        optimizer.gradient_accumulation_steps
+    )
 
 
 __all__ = ["LazyAdagrad", "LazyAdam", "LazySGD"]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import keras
 
-from keras_embedding_plus import compat
+from keras_embedding_plus import compat, optimizers
 
 
 class SparseTrainer:
@@ -107,7 +107,9 @@ def sparse_train_step(
     import jax
     import jax.numpy as jnp
 
-    from keras_embedding_plus.backends.jax import IndexedRows, RowCapture
+    from keras_embedding_plus import backends
+
+    IndexedRows, RowCapture = backends.sparse.IndexedRows, backends.sparse.RowCapture
 
     tables = sparse_tables(model)
     if not tables:
@@ -158,7 +160,7 @@ def sparse_train_step(
     grads = [None] * len(trainable)
     for i, gradient in zip(dense_index, dense_grads, strict=True):
         grads[i] = gradient
-    keep_sparse = _accepts_row_sparse(model.optimizer)
+    keep_sparse = optimizers.accepts_row_sparse(model.optimizer)
     for table, i in zip(tables, table_index, strict=True):
         calls = [k for k, t in enumerate(record.tables) if t is table]
         if not calls:
@@ -179,14 +181,6 @@ def sparse_train_step(
         model, metrics_values, unscaled_loss, x, y, y_pred, sample_weight
     )
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
-
-
-def _accepts_row_sparse(optimizer):
-    from keras_embedding_plus.optimizers import _LazyMixin
-
-    return isinstance(optimizer, _LazyMixin) and not (
-        optimizer.gradient_accumulation_steps
-    )
 
 
 __all__ = ["SparseTrainer", "sparse_train_step", "sparse_tables"]

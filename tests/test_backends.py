@@ -1,5 +1,5 @@
-"""The backend code lives in `keras_embedding_plus/_backends`, one module per
-backend, each defining the same functions, selected once."""
+"""The backend code lives in `keras_embedding_plus/backends`, one folder per
+backend with one module per concern, selected once; the package's import rules."""
 
 import ast
 import pathlib
@@ -11,6 +11,11 @@ from keras_embedding_plus import backends as _backends
 
 PACKAGE = pathlib.Path(keras_embedding_plus.__file__).parent
 BACKEND_LIBRARIES = ("tensorflow", "jax", "torch")
+# JAX's row-sparse training machinery (`SparseTrainer` reads it on JAX only).
+BACKEND_EXTRAS = {
+    ("jax", "sparse"): {"RowCapture", "IndexedRows", "capturing"},
+    ("jax", "placement"): {"Placement"},
+}
 
 
 def _top_level_names(path):
@@ -24,19 +29,33 @@ def _top_level_names(path):
     return names
 
 
-def test_every_backend_module_defines_every_function():
+def _public(names):
+    return {name for name in names if not name.startswith("_")}
+
+
+def test_every_backend_defines_the_same_names_per_concern():
     # Read, not imported: each module imports its own backend library.
-    for name in _backends.BACKENDS:
-        defined = _top_level_names(PACKAGE / "backends" / f"{name}.py")
-        missing = set(_backends.FUNCTIONS) - defined
-        assert not missing, f"backends/{name}.py lacks {sorted(missing)}"
+    for concern in _backends.CONCERNS:
+        names = {}
+        for name in _backends.BACKENDS:
+            path = PACKAGE / "backends" / name / f"{concern}.py"
+            extras = BACKEND_EXTRAS.get((name, concern), set())
+            names[name] = _public(_top_level_names(path)) - extras
+        first, *others = _backends.BACKENDS
+        for other in others:
+            assert names[other] == names[first], (
+                f"backends/{other}/{concern}.py and backends/{first}/{concern}.py "
+                f"differ: {sorted(names[other] ^ names[first])}"
+            )
 
 
 def test_the_running_backend_is_selected():
     assert _backends.NAME == keras.backend.backend()
-    assert _backends.native.__name__.endswith("." + keras.backend.backend())
-    for function in _backends.FUNCTIONS:
-        assert hasattr(_backends.native, function), function
+    for concern in _backends.CONCERNS:
+        module = getattr(_backends, concern)
+        assert module.__name__ == (
+            f"keras_embedding_plus.backends.{keras.backend.backend()}.{concern}"
+        )
 
 
 def _imported_modules(path):
@@ -51,10 +70,12 @@ def _imported_modules(path):
 def test_backend_libraries_are_imported_only_in_backend_modules():
     # `training.py`'s `sparse_train_step` is JAX's trainer by contract.
     allowed = {PACKAGE / "training.py": {"jax"}}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if (PACKAGE / "backends") in path.parents:
+            continue
         imported = set(_imported_modules(path)) & set(BACKEND_LIBRARIES)
         extra = imported - allowed.get(path, set())
-        assert not extra, f"{path.name} imports {sorted(extra)}"
+        assert not extra, f"{path.relative_to(PACKAGE)} imports {sorted(extra)}"
 
 
 def test_keras_internals_only_in_compat():
@@ -76,3 +97,84 @@ def test_keras_internals_only_in_compat():
         text = path.read_text()
         found = [name for name in internals if f".{name}" in text]
         assert not found, f"{path.relative_to(PACKAGE)} uses {found}"
+
+
+def _package_imports(path):
+    """Every `keras_embedding_plus...` module `path` imports (lazy ones too), as
+    dotted names below the package, with the names imported from each."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("keras_embedding_plus"):
+                    yield alias.name, ()
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("keras_embedding_plus"):
+                yield node.module, tuple(alias.name for alias in node.names)
+
+
+def _targets(module, names):
+    """The package modules an import reaches (`from pkg import module` too)."""
+    yield module
+    for name in names:
+        yield f"{module}.{name}"
+
+
+# Data flows one way: layers -> lookup -> backends, never back up.
+FORBIDDEN = {
+    "backends": ("layers", "lookup", "saving", "vectors", "training", "optimizers"),
+    "lookup": ("layers", "saving", "vectors", "training", "optimizers"),
+    "layers": ("training", "optimizers"),
+}
+
+
+def test_imports_flow_one_way():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        part = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        forbidden = FORBIDDEN.get(part, ())
+        for module, names in _package_imports(path):
+            for target in _targets(module, names):
+                below = target.split(".")[1:2]
+                assert not (below and below[0] in forbidden), (
+                    f"{path.relative_to(PACKAGE)} imports {target}"
+                )
+
+
+def test_no_private_names_across_modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        bound = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "keras_embedding_plus"
+            ):
+                for alias in node.names:
+                    assert not alias.name.startswith("_"), (
+                        f"{path.relative_to(PACKAGE)} imports {alias.name}"
+                    )
+                    bound.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in bound
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                raise AssertionError(
+                    f"{path.relative_to(PACKAGE)} reads {node.value.id}.{node.attr}"
+                )
+
+
+def test_no_keras_src_imports():
+    # Keras internals are reached through `compat.py` alone, never `keras.src`.
+    roots = (PACKAGE, PACKAGE.parent / "tests", PACKAGE.parent / "integration_tests")
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                assert not any(n.startswith("keras.src") for n in names), path

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import BACKEND
 from keras_embedding_plus import Embedding
-from keras_embedding_plus.backends import native
+from keras_embedding_plus.backends import blocks as native
 from keras_embedding_plus.saving import blocks as _chunks
 
 ROWS, DIM = 1000, 8

@@ -56,7 +56,7 @@ def row_sparse(ids, values):
         )
     import jax.numpy as jnp
 
-    from keras_embedding_plus.backends.jax import IndexedRows
+    from keras_embedding_plus.backends.jax.sparse import IndexedRows
 
     return IndexedRows(jnp.asarray(ids, "int32"), jnp.asarray(values), (VOCAB, DIM))
 

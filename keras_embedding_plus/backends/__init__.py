@@ -1,70 +1,38 @@
-"""The backend-specific code: one module per backend, chosen once at import.
+"""The backend-specific code: one folder per backend, one module per concern.
+
+As Keras splits `keras/src/backend/<name>/{core,nn,numpy,sparse}.py`, each of
+`jax/`, `tensorflow/` and `torch/` holds:
+
+* `core`: `value_of` (a variable's native array) and `add_matmul` (LoRA's delta
+  added to the rows, in place where it can);
+* `ids`: the index policy's ops: `is_concrete`, `flat_values`,
+  `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`;
+* `sparse`: row-sparse gradients: `sparse_take`, `is_row_sparse`,
+  `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`, `subtract_scaled`,
+  `scale_gradient`, `with_rows`, `SPARSE_WITH_MIXED_POLICY` (JAX also
+  `RowCapture` and `IndexedRows`, its trainer's machinery);
+* `placement`: `DEVICE_TYPES`, `visible_devices`, `resolve_device`,
+  `build_placement`, `build_scope`, `pin`, `placed_take`, `fetch`;
+* `blocks`: `snapshot`, `write_rows`, `read_rows`, `fill_rows`,
+  `writes_rows_in_place`, `builds_by_blocks` (big tables built, saved and loaded
+  by blocks);
+* `pooling`: `sparse_bags`, `segment`, `embedding_bag` (a fused kernel, or None
+  where the backend has none).
 
 As keras-rs's `distributed_embedding.py` does, `keras.backend.backend()` is read
-here, once; `native` is the module of the running backend and the rest of the
-package calls it (`native.take(...)`) with no `if backend == ...` of its own.
-Every backend module defines each name of `FUNCTIONS` (a test checks it):
-
-* the index policy: `is_concrete`, `flat_values`, `with_flat_values`,
-  `ids_all_valid`, `take`, `zero_invalid`;
-* row-sparse gradients: `sparse_take`, `capturing`, `is_row_sparse`,
-  `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`, `subtract_scaled`,
-  `scale_gradient`, `with_rows`;
-* placement: `DEVICE_TYPES`, `visible_devices`, `resolve_device`,
-  `build_placement`, `build_scope`, `pin`, `placed_take`, `fetch`;
-* `add_matmul` (LoRA's delta), `snapshot` (a variable's value, kept through
-  later assigns), `write_rows` / `read_rows` / `fill_rows` (rows of a variable set, in
-  place where `writes_rows_in_place()`, read, and set in a table being built
-  where `builds_by_blocks()`: big tables built, saved and loaded by blocks,
-  `_chunks`)
-  and `SPARSE_WITH_MIXED_POLICY`;
-* pooled lookups (`EmbeddingBag`): `sparse_bags` (a sparse tensor's ids and
-  their bags), `segment` (sum / max per bag), `embedding_bag` (a fused kernel,
-  or None where the backend has none).
+here, once: `core`, `ids`, `sparse`, `placement`, `blocks` and `pooling` below are
+the running backend's modules, and the rest of the package calls their functions
+by their own names (`backends.sparse.scatter(...)`), with no
+`if backend == ...` of its own. A test checks that every backend's module of a
+concern defines the same public names.
 """
 
 import importlib
 
 import keras
 
-FUNCTIONS = (
-    "is_concrete",
-    "flat_values",
-    "with_flat_values",
-    "ids_all_valid",
-    "take",
-    "zero_invalid",
-    "sparse_take",
-    "capturing",
-    "is_row_sparse",
-    "densify_gradient",
-    "unique_rows",
-    "gather_rows",
-    "scatter",
-    "subtract_scaled",
-    "scale_gradient",
-    "with_rows",
-    "DEVICE_TYPES",
-    "visible_devices",
-    "resolve_device",
-    "build_placement",
-    "build_scope",
-    "pin",
-    "placed_take",
-    "fetch",
-    "add_matmul",
-    "snapshot",
-    "write_rows",
-    "read_rows",
-    "fill_rows",
-    "builds_by_blocks",
-    "writes_rows_in_place",
-    "SPARSE_WITH_MIXED_POLICY",
-    "sparse_bags",
-    "segment",
-    "embedding_bag",
-)
 BACKENDS = ("tensorflow", "jax", "torch")
+CONCERNS = ("core", "ids", "sparse", "placement", "blocks", "pooling")
 
 NAME = keras.backend.backend()
 if NAME not in BACKENDS:
@@ -72,4 +40,15 @@ if NAME not in BACKENDS:
         f"keras_embedding_plus runs on the Keras backends {BACKENDS}. "
         f"Received: KERAS_BACKEND={NAME!r}."
     )
-native = importlib.import_module(f"{__name__}.{NAME}")
+
+
+def _concern(name):
+    return importlib.import_module(f"{__name__}.{NAME}.{name}")
+
+
+core = _concern("core")
+ids = _concern("ids")
+sparse = _concern("sparse")
+placement = _concern("placement")
+blocks = _concern("blocks")
+pooling = _concern("pooling")

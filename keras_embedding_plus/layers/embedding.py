@@ -15,16 +15,15 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from keras_embedding_plus import compat
+from keras_embedding_plus import backends, compat
 from keras_embedding_plus.layers import arguments as _args
-from keras_embedding_plus.lookup import index_policy
+from keras_embedding_plus.lookup import gather, index_policy, pipeline
 from keras_embedding_plus.lookup import lora as _lora
 from keras_embedding_plus.lookup import max_norm as _max_norm
 from keras_embedding_plus.lookup import padding as _padding
-from keras_embedding_plus.lookup import pipeline as _lookup
 from keras_embedding_plus.lookup import placement as _placement
 from keras_embedding_plus.lookup import quantization as _quantization
-from keras_embedding_plus.lookup import sparse as _sparse
+from keras_embedding_plus.lookup.spec import LookupSpec
 from keras_embedding_plus.saving import blocks as _chunks
 from keras_embedding_plus.saving import loading
 from keras_embedding_plus.vectors import pretrained as _vectors
@@ -204,7 +203,7 @@ class Embedding(keras.layers.Layer):
         self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
         self.lora_enabled = False
         self.max_norm, self.norm_type = max_norm, norm_type
-        self.sparse = _sparse.check_sparse(sparse, self.dtype_policy)
+        self.sparse = gather.check_sparse(sparse, self.dtype_policy)
         self.device, self.quantization_config = device, quantization_config
         self.padding_idx = padding_idx
         self._table_placement = _placement.resolve(device)
@@ -233,16 +232,17 @@ class Embedding(keras.layers.Layer):
         else:
             shape = (self.input_dim, self.output_dim)
             # A big table is built as zeros, then drawn by blocks (`_chunks`).
-            blockwise = _placement.for_build(
+            blockwise = _placement.builds_by_default(
                 self._table_placement
-            ) is None and _chunks.blockwise(self.embeddings_initializer, shape)
+            ) and _chunks.blockwise(self.embeddings_initializer, shape)
             initializer = (
                 "zeros"
                 if blockwise
                 else _padding.initializer(self.embeddings_initializer, self.padding_idx)
             )
-            self._embeddings = _placement.create(
-                self,
+            self._embeddings, self._table_placement = _placement.create(
+                self._table_placement,
+                shape,
                 lambda: self.add_weight(
                     shape=shape,
                     initializer=initializer,
@@ -259,7 +259,7 @@ class Embedding(keras.layers.Layer):
                     self._embeddings, self.embeddings_initializer, self.padding_idx
                 )
         self.built = True
-        self._lookup = _lookup.compose(self)
+        self._lookup = pipeline.compose(self._lookup_spec())
         if self.lora_rank and not self.lora_enabled:
             self.enable_lora(self.lora_rank, self.lora_alpha)
 
@@ -317,9 +317,9 @@ class Embedding(keras.layers.Layer):
         inputs = index_policy.densify(inputs)
         _args.check_length(self.name, self.input_length, inputs.shape)
         ids, valid = index_policy.prepare_ids(inputs, self.input_dim)
-        rows, valid = self._lookup.rows(index_policy._values(ids), valid, training)
+        rows, valid = self._lookup.rows(backends.ids.flat_values(ids), valid, training)
         rows = ops.cast(index_policy.zero_invalid(rows, valid), self.compute_dtype)
-        return index_policy._with_values(ids, rows)
+        return backends.ids.with_flat_values(ids, rows)
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or self._computing_logits:
@@ -383,8 +383,10 @@ class Embedding(keras.layers.Layer):
         with compat.unlocked_tracking(self):
             # A is read by id, where the table lives; B joins the rows.
             a_init = _padding.initializer(a_initializer, self.padding_idx)
-            self.lora_embeddings_a = _placement.create(
-                self, lambda: add("lora_embeddings_a", (self.input_dim, rank), a_init)
+            self.lora_embeddings_a, self._table_placement = _placement.create(
+                self._table_placement,
+                (self.input_dim, self.output_dim),
+                lambda: add("lora_embeddings_a", (self.input_dim, rank), a_init),
             )
             self.lora_embeddings_b = add(
                 "lora_embeddings_b", (rank, self.output_dim), b_initializer
@@ -393,7 +395,7 @@ class Embedding(keras.layers.Layer):
         # lora_embeddings_a, lora_embeddings_b]`; the setter below keeps it frozen.
         self._embeddings.trainable = False
         self.lora_enabled, self.lora_rank, self.lora_alpha = True, rank, lora_alpha
-        self._lookup = _lookup.compose(self)
+        self._lookup = pipeline.compose(self._lookup_spec())
 
     @property
     def trainable(self):
@@ -405,7 +407,7 @@ class Embedding(keras.layers.Layer):
         # Unlike Keras's layer, `layer.trainable = True` cannot unfreeze a table
         # under LoRA or quantization: only the adapter trains.
         if getattr(self, "lora_enabled", False) or self.quantization_mode:
-            for variable in _quantization.stored_variables(self):
+            for variable in self._table_variables():
                 variable.trainable = False
 
     def quantize(self, mode=None, type_check=True, config=None):
@@ -424,13 +426,24 @@ class Embedding(keras.layers.Layer):
         if not self.dtype_policy.quantization_mode:
             base = self.dtype_policy.name
             self.dtype_policy = _quantization.policy_name(mode, block, base)
-        self._lookup = _lookup.compose(self)
+        self._lookup = pipeline.compose(self._lookup_spec())
 
     def quantized_build(self, embeddings_shape, mode, config=None):
         del embeddings_shape  # Always `(input_dim, output_dim)`.
         _quantization.check_mode(mode)
         block = _quantization.resolve_block_size(self.dtype_policy, config, mode)
-        _placement.create(self, lambda: _quantization.add_weights(self, mode, block))
+        variables, self._table_placement = _placement.create(
+            self._table_placement,
+            (self.input_dim, self.output_dim),
+            lambda: _quantization.add_weights(
+                self.add_weight, self.input_dim, self.output_dim, mode, block
+            ),
+        )
+        self._embeddings, self.embeddings_scale, *blocks = variables
+        if blocks:
+            self.embeddings_zero, self.g_idx = blocks
+        self._int4_block_size = block if mode == "int4" else None
+        compat.mark_quantized(self, self.output_dim)
 
     def quantized_call(self, *args, **kwargs):
         # One `call` for every mode: the index policy, masks and dropout included.
@@ -440,9 +453,39 @@ class Embedding(keras.layers.Layer):
     def _quantization_mode_error(self, mode):  # Keras's hook, our text.
         return _quantization.mode_error(mode)
 
+    def _table_variables(self):
+        """The variables that hold the table, in the order Keras saves them."""
+        names = ("_embeddings", "embeddings_scale", "embeddings_zero", "g_idx")
+        return [getattr(self, n) for n in names if hasattr(self, n)]
+
     def _stored_variables(self):
         """The variables saved, in Keras's order (subclasses may add theirs)."""
-        return _quantization.stored_variables(self)
+        return self._table_variables()
+
+    def _lookup_spec(self):
+        """The `LookupSpec` the pipeline composes this layer's lookup from."""
+        lora = None
+        if self.lora_enabled:
+            scale = (self.lora_alpha or self.lora_rank) / self.lora_rank
+            lora = (self.lora_embeddings_a, self.lora_embeddings_b, scale)
+        frozen_row = self.padding_idx if self._freezes_padding_rows else None
+        return LookupSpec(
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            stored=tuple(self._table_variables()),
+            quantization_mode=self.quantization_mode,
+            block=_quantization.normalize_block(
+                getattr(self, "_int4_block_size", None)
+            ),
+            placement=self._table_placement,
+            sparse=self.sparse,
+            lora=lora,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            dropout=self.dropout,
+            seed_generator=getattr(self, "seed_generator", None),
+            frozen_row=frozen_row,
+        )
 
     def _float_table(self):
         """The dequantized and / or LoRA-adapted table, in float32."""
@@ -463,7 +506,11 @@ class Embedding(keras.layers.Layer):
         if self.lora_enabled and by_blocks and big and not self.quantization_mode:
             stored = [_chunks.saved(stored[0], self._merged_rows), *stored[1:]]
         elif self.lora_enabled:
-            stored = _quantization.merged(self._float_table(), stored, self)
+            mode, block = (
+                self.quantization_mode,
+                getattr(self, "_int4_block_size", None),
+            )
+            stored = _quantization.merged(self._float_table(), stored, mode, block)
         for i, value in enumerate(stored):
             store[str(i)] = _chunks.saved(value) if by_blocks else value
 

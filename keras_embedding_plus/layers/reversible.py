@@ -226,7 +226,7 @@ class ReversibleEmbedding(Embedding):
             return ops.cast(self.reverse_embeddings, dtype)
         # Keras's layout is the transpose of a table quantized per row (id):
         # dequantize that table with the forward machinery.
-        block = _quantization._block(self._int4_block_size)
+        block = _quantization.normalize_block(self._int4_block_size)
         parts = [ops.transpose(self.reverse_embeddings), self.reverse_embeddings_scale]
         if block is not None:
             parts = [
@@ -300,9 +300,9 @@ class ReversibleEmbedding(Embedding):
         )
         if self.tie_weights:
             return
-        block = _quantization._block(self._int4_block_size)
+        block = _quantization.normalize_block(self._int4_block_size)
         rows = self.output_dim if mode == "int8" else (self.output_dim + 1) // 2
-        add = functools.partial(_quantization.add_frozen, self)
+        add = functools.partial(_quantization.add_frozen, self.add_weight)
         self.reverse_embeddings = add(
             "reverse_embeddings", (rows, self.input_dim), "zeros", "int8"
         )

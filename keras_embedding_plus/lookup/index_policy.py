@@ -15,19 +15,10 @@ NaN (``jnp.take``'s default) and never crash a compiled step.
 import numpy as np
 from keras import backend, ops
 
-from keras_embedding_plus.backends import native
+from keras_embedding_plus.backends import ids as backend_ids
 
 # Integer dtypes that need no cast before `ops.take`.
 _TAKE_DTYPES = ("int32", "int64")
-
-
-def _values(ids):
-    """The flat values of `ids` (a ragged TensorFlow tensor's values)."""
-    return native.flat_values(ids)
-
-
-def _with_values(ids, values):
-    return native.with_flat_values(ids, values)
 
 
 def densify(ids):
@@ -40,7 +31,7 @@ def densify(ids):
 
 def ids_dtype(ids):
     """The standardized dtype name of `ids`, or a ValueError for non-numeric ids."""
-    dtype = backend.standardize_dtype(_values(ids).dtype)
+    dtype = backend.standardize_dtype(backend_ids.flat_values(ids).dtype)
     if dtype == "bool" or not (
         "int" in dtype or "float" in dtype or dtype.startswith("bfloat")
     ):
@@ -80,7 +71,7 @@ def _validity(values, input_dim, dtype):
 def _all_valid(values, input_dim, dtype):
     """Whether every id of the concrete `values` is valid."""
     if "float" not in dtype:
-        fast = native.ids_all_valid(values, input_dim)
+        fast = backend_ids.ids_all_valid(values, input_dim)
         if fast is not None:
             return fast
     valid = _validity(values, input_dim, dtype)
@@ -109,32 +100,19 @@ def prepare_ids(ids, input_dim):
     """
     dtype = ids_dtype(ids)
     int_dtype = "int32" if input_dim <= np.iinfo(np.int32).max else "int64"
-    values = _values(ids)
-    if native.is_concrete(values):
+    values = backend_ids.flat_values(ids)
+    if backend_ids.is_concrete(values):
         if not _all_valid(values, input_dim, dtype):
             _raise_invalid(values, _validity(values, input_dim, dtype), input_dim)
         if dtype not in _TAKE_DTYPES:
             values = ops.cast(values, int_dtype)
-        return _with_values(ids, values), None
+        return backend_ids.with_flat_values(ids, values), None
     valid = _validity(values, input_dim, dtype)
     if valid is not None:
         values = ops.where(valid, values, ops.zeros((), dtype=values.dtype))
     if dtype not in _TAKE_DTYPES:
         values = ops.cast(values, int_dtype)
-    return _with_values(ids, values), valid
-
-
-def take(table, ids, valid):
-    """`ops.take(table, ids, axis=0)` for `(ids, valid)` from `prepare_ids`.
-
-    Returns `(rows, valid)`, with `valid` set to `None` where the rows of invalid
-    ids already are zero. The ids are never negative here, so the backends' own
-    lookups can skip `ops.take`'s wrap-around pass over them (`native.take`:
-    JAX fills invalid ids with zero rows in the gather itself; TensorFlow and
-    torch call `tf.gather` / `torch.nn.functional.embedding`, what `ops.take`
-    ends with).
-    """
-    return native.take(table, ids, valid)
+    return backend_ids.with_flat_values(ids, values), valid
 
 
 def zero_invalid(outputs, valid):
@@ -146,4 +124,4 @@ def zero_invalid(outputs, valid):
     """
     if valid is None:
         return outputs
-    return native.zero_invalid(outputs, valid)
+    return backend_ids.zero_invalid(outputs, valid)

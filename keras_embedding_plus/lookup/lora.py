@@ -12,7 +12,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_embedding_plus.backends import native
+from keras_embedding_plus import backends
 
 
 def check_rank(rank, name="lora_rank", allow_none=True):
@@ -90,13 +90,13 @@ def add_delta(rows, a_rows, b, scale):
 
     One 2-D `(ids, rank) @ (rank, output_dim)` product (a broadcast batched product
     is several times slower on TensorFlow), added in float32 (on PyTorch fused
-    with the addition, in place where it can: `native.add_matmul`).
+    with the addition, in place where it can: `backends.core.add_matmul`).
     """
     shape = ops.shape(rows)
     a_rows = ops.reshape(a_rows, (-1, a_rows.shape[-1]))
     rows = ops.reshape(ops.cast(rows, "float32"), (-1, shape[-1]))
     b = ops.multiply(b, scale)
-    return ops.reshape(native.add_matmul(rows, a_rows, b), shape)
+    return ops.reshape(backends.core.add_matmul(rows, a_rows, b), shape)
 
 
 def delta_table(a, b, scale):
@@ -107,8 +107,8 @@ def delta_table(a, b, scale):
 def merged_rows(table, a, b, scale, start, stop):
     """Rows `start:stop` of `table + scale * A @ B` (added in float32), in the
     table's dtype: a big table is merged block by block (saving, `_chunks`)."""
-    rows = ops.cast(native.read_rows(table, start, stop), "float32")
-    delta = delta_table(native.read_rows(a, start, stop), b, scale)
+    rows = ops.cast(backends.blocks.read_rows(table, start, stop), "float32")
+    delta = delta_table(backends.blocks.read_rows(a, start, stop), b, scale)
     return ops.cast(ops.add(rows, delta), table.dtype)
 
 

@@ -8,13 +8,13 @@ ids -> policy (index_policy.prepare_ids)
     -> row transforms, in order: LoRA delta, max_norm, dropout, padding row
        (no gradient into `padding_idx`'s row)
     -> output: zero the rows of invalid ids, cast to the compute dtype;
-       or, in `EmbeddingBag`, pool the rows of each bag (`_pooling`)
+       or, in `EmbeddingBag`, pool the rows of each bag (`pooling`)
 ```
 
-`compose(layer)` builds the `Lookup` of a layer when it is built, quantized or
-given LoRA; `call`, `attend`, saving (`float_table`) and the JAX sparse trainer
-(`sparse_variables`) all read it. A new option is a new stage here, not a branch in
-`Embedding.call`.
+`compose(spec)` builds the `Lookup` of a layer from its `LookupSpec` (`spec`) when
+it is built, quantized or given LoRA; `call`, `attend`, saving (`float_table`) and
+the JAX sparse trainer (`sparse_variables`) all read it. A new option is a new
+stage here, not a branch in `Embedding.call`.
 """
 
 import functools
@@ -22,58 +22,24 @@ import functools
 import keras
 from keras import ops
 
-from keras_embedding_plus.lookup import index_policy
-from keras_embedding_plus.lookup import lora as _lora
-from keras_embedding_plus.lookup import max_norm as _max_norm
-from keras_embedding_plus.lookup import padding as _padding
-from keras_embedding_plus.lookup import placement as _placement
-from keras_embedding_plus.lookup import quantization as _quantization
-from keras_embedding_plus.lookup import sparse as _sparse
-
-# ---- gather: how one variable's rows are read ----------------------------------
-
-
-def _sparse_gather(variable, ids, valid):
-    """Rows whose gradient stays row-sparse (`_sparse.lookup`)."""
-    return _sparse.lookup(variable, ids), valid
-
-
-def _placed_gather(variable, ids, valid, placement, sparse):
-    """Rows read where the variable lives; only the rows move."""
-    return _placement.take(variable, ids, placement, sparse=sparse), valid
-
-
-def make_gather(sparse, placement):
-    """`gather(variable, ids, valid) -> (rows, valid)`, as `index_policy.take` returns.
-
-    One function for every variable of a layer that is read by id (the table,
-    its quantization scales and zero points, LoRA's `A`), so that `sparse` and
-    `device` hold on every path.
-    """
-    if placement is not None:
-        return functools.partial(_placed_gather, placement=placement, sparse=sparse)
-    if sparse:
-        return _sparse_gather
-    return index_policy.take
-
-
-def _gather_column(gather, variable, ids, valid):
-    """`gather` of a 1-D variable (one value a row), as a column and back."""
-    rows, valid = gather(ops.expand_dims(variable, -1), ids, valid)
-    return rows[..., 0], valid
-
+from keras_embedding_plus import backends
+from keras_embedding_plus.lookup import index_policy, padding, quantization
+from keras_embedding_plus.lookup import lora as lora_math
+from keras_embedding_plus.lookup import max_norm as max_norm_rule
+from keras_embedding_plus.lookup.gather import gather_column, make_gather
 
 # ---- storage: what is stored, and its float rows -------------------------------
 
 
-def _here(variable):
+def here(variable):
+    """The variable itself: a table that lives where the model computes."""
     return variable
 
 
 class FloatStorage:
     """A float table: its rows are the looked-up rows."""
 
-    def __init__(self, table, fetch=_here):
+    def __init__(self, table, fetch=here):
         self.table = table
         self.fetch = fetch  # the whole variable, where the model computes
 
@@ -87,7 +53,7 @@ class FloatStorage:
 class QuantizedStorage:
     """An int8 / int4 table (Keras's formats): rows gathered, then dequantized."""
 
-    def __init__(self, parts, mode, output_dim, block, fetch=_here):
+    def __init__(self, parts, mode, output_dim, block, fetch=here):
         self.parts = parts  # stored table, scales [, zero points]
         self.mode = mode
         self.output_dim = output_dim
@@ -98,19 +64,19 @@ class QuantizedStorage:
         parts, rows_valid = [], valid
         for variable in self.parts:
             if len(variable.shape) == 1:
-                rows, rows_valid = _gather_column(gather, variable, ids, valid)
+                rows, rows_valid = gather_column(gather, variable, ids, valid)
             else:
                 rows, rows_valid = gather(variable, ids, valid)
             parts.append(rows)
         filled = valid is not None and rows_valid is None
-        rows = _quantization.dequantize(
+        rows = quantization.dequantize(
             parts, self.mode, self.output_dim, self.block, filled
         )
         return rows, rows_valid
 
     def dense(self):
         parts = [self.fetch(part) for part in self.parts]
-        return _quantization.dequantize(parts, self.mode, self.output_dim, self.block)
+        return quantization.dequantize(parts, self.mode, self.output_dim, self.block)
 
 
 # ---- row transforms ------------------------------------------------------------
@@ -119,7 +85,7 @@ class QuantizedStorage:
 class LoraDelta:
     """Adds `scale * A[ids] @ B`: the rows of A are gathered, never `A @ B`."""
 
-    def __init__(self, a, b, scale, fetch=_here):
+    def __init__(self, a, b, scale, fetch=here):
         self.a, self.b, self.scale = a, b, scale
         self.fetch = fetch
 
@@ -129,10 +95,10 @@ class LoraDelta:
         # placed gathers leave them to the caller).
         a_rows, a_valid = gather(self.a, ids, valid)
         a_rows = index_policy.zero_invalid(a_rows, a_valid)
-        return _lora.add_delta(rows, a_rows, self.b, self.scale)
+        return lora_math.add_delta(rows, a_rows, self.b, self.scale)
 
     def table(self, table):
-        delta = _lora.delta_table(self.fetch(self.a), self.b, self.scale)
+        delta = lora_math.delta_table(self.fetch(self.a), self.b, self.scale)
         return ops.add(ops.cast(table, "float32"), delta)
 
 
@@ -143,10 +109,10 @@ class MaxNorm:
         self.max_norm, self.norm_type = max_norm, norm_type
 
     def rows(self, rows, ids, valid, gather, training):
-        return _max_norm.renormalize(rows, self.max_norm, self.norm_type)
+        return max_norm_rule.renormalize(rows, self.max_norm, self.norm_type)
 
     def table(self, table):
-        return _max_norm.renormalize(table, self.max_norm, self.norm_type)
+        return max_norm_rule.renormalize(table, self.max_norm, self.norm_type)
 
 
 class RowDropout:
@@ -182,7 +148,7 @@ class Lookup:
 
     def rows(self, ids, valid, training=None):
         """`(rows, valid)` of valid integer `ids` (flat values), as
-        `index_policy.take`."""
+        `backends.ids.take`."""
         rows, rows_valid = self.storage.rows(self.storage_gather, ids, valid)
         # Invalid ids' rows already are zero where `rows_valid` comes back
         # `None`; every transform keeps zero rows zero.
@@ -218,51 +184,43 @@ class Lookup:
             isinstance(t, MaxNorm) for t in others
         ):
             table = ops.cast(self.storage.dense(), dtype)
-            delta = _lora.delta_logits(x, lora.fetch(lora.a), lora.b, lora.scale)
+            delta = lora_math.delta_logits(x, lora.fetch(lora.a), lora.b, lora.scale)
             return ops.add(ops.matmul(x, ops.transpose(table)), ops.cast(delta, dtype))
         table = ops.cast(self.float_table(), dtype)
         return ops.matmul(x, ops.transpose(table))
 
 
-def compose(layer):
-    """The `Lookup` of a built layer, from its current state."""
-    mode = layer.quantization_mode
-    placement = layer._table_placement
-    fetch = _here
+def compose(spec):
+    """The `Lookup` of a layer, from its `LookupSpec` (`lookup.spec`)."""
+    placement = spec.placement
+    fetch = here
     if placement is not None:
-        fetch = functools.partial(_placement.fetch, placement=placement)
+        fetch = functools.partial(backends.placement.fetch, placement=placement)
+    mode = spec.quantization_mode
     if mode:
-        storage = QuantizedStorage(
-            _quantization.stored_variables(layer)[:3],
-            mode,
-            layer.output_dim,
-            _quantization._block(layer._int4_block_size),
-            fetch,
-        )
+        parts = spec.stored[:3]
+        storage = QuantizedStorage(parts, mode, spec.output_dim, spec.block, fetch)
     else:
-        storage = FloatStorage(layer._embeddings, fetch)
+        storage = FloatStorage(spec.table, fetch)
     transforms = []
-    if layer.lora_enabled:
-        scale = (layer.lora_alpha or layer.lora_rank) / layer.lora_rank
-        a, b = layer.lora_embeddings_a, layer.lora_embeddings_b
+    if spec.lora is not None:
+        a, b, scale = spec.lora
         transforms.append(LoraDelta(a, b, scale, fetch))
-    if layer.max_norm:
-        transforms.append(MaxNorm(layer.max_norm, layer.norm_type))
-    if layer.dropout:
-        transforms.append(
-            RowDropout(layer.dropout, layer.input_dim, layer.seed_generator)
-        )
-    if layer.padding_idx is not None and layer._freezes_padding_rows:
-        transforms.append(_padding.FrozenRow(layer.padding_idx))
+    if spec.max_norm:
+        transforms.append(MaxNorm(spec.max_norm, spec.norm_type))
+    if spec.dropout:
+        transforms.append(RowDropout(spec.dropout, spec.input_dim, spec.seed_generator))
+    if spec.frozen_row is not None:
+        transforms.append(padding.FrozenRow(spec.frozen_row))
     # What trains by id, and so gets a row-sparse gradient with `sparse=True`.
     sparse_variables = []
-    if layer.sparse:
-        if layer.lora_enabled:
-            sparse_variables.append(layer.lora_embeddings_a)
+    if spec.sparse:
+        if spec.lora is not None:
+            sparse_variables.append(spec.lora[0])
         elif not mode:
-            sparse_variables.append(layer._embeddings)
-    gather = make_gather(layer.sparse, placement)
+            sparse_variables.append(spec.table)
+    gather = make_gather(spec.sparse, placement)
     # A quantized or frozen (LoRA) table is never trained: a dense read.
-    table_trains = any(v is layer._embeddings for v in sparse_variables)
+    table_trains = any(v is spec.table for v in sparse_variables)
     storage_gather = gather if table_trains else make_gather(False, placement)
     return Lookup(storage, storage_gather, gather, transforms, sparse_variables)

@@ -2,12 +2,13 @@
 
 `check_device` validates the string at construction, `resolve` turns it into a
 backend placement (or `None`, with one warning, when this machine lacks the
-device), `build_scope` + `pin` create the table there, and `take` runs the lookup
-where the table lives and moves only the looked-up rows (batch x length x
+device), `create` makes the table there (`backends.placement.build_placement`,
+`build_scope`, `pin`), and `backends.placement.take` runs the lookup where the
+table lives and moves only the looked-up rows (batch x length x
 output_dim) to the device where the rest of the model runs. Gradients flow back
 the same way: every move is differentiable.
 
-Per backend (the code is in `_backends/<backend>.py`):
+Per backend (the code is in `backends/<backend>/placement.py`):
 
 * TensorFlow: the table is created under `tf.device`; the gather runs there and a
   `tf.identity` outside the scope puts the rows on the model's device.
@@ -30,31 +31,25 @@ import warnings
 
 from keras import backend
 
-from keras_embedding_plus.backends import native
-
-# Device types this backend knows (`"host"`: host memory, compute elsewhere).
-# `"cuda"` is `"gpu"` everywhere, so a config saved on torch loads on JAX / TF.
-DEVICE_TYPES = native.DEVICE_TYPES
+from keras_embedding_plus import backends
 
 _DEVICE_STRING = re.compile(r"^([a-z_]+)(?::(\d+))?$")
-
-
-def visible_devices():
-    """The devices this backend sees, as `"type:index"` strings."""
-    return native.visible_devices()
 
 
 def check_device(device):
     """Validate `device`; returns it in canonical lower-case form, or None."""
     if device is None:
         return None
-    types = DEVICE_TYPES
+    # `"host"`: host memory, compute elsewhere; `"cuda"` is `"gpu"` everywhere,
+    # so a config saved on torch loads on JAX / TF.
+    types = backends.placement.DEVICE_TYPES
     match = isinstance(device, str) and _DEVICE_STRING.match(device.strip().lower())
     if not match or match.group(1) not in types:
         raise ValueError(
             "`device` must be None or a device string 'TYPE' or 'TYPE:INDEX' with "
             f"TYPE one of {types} on the {backend.backend()} backend; this backend "
-            f"sees the devices {visible_devices()}. Received: device={device!r}"
+            f"sees the devices {backends.placement.visible_devices()}. "
+            f"Received: device={device!r}"
         )
     kind, index = match.groups()
     if kind == "host" and index is not None:
@@ -73,12 +68,13 @@ def resolve(device):
     """
     if device is None:
         return None
-    placement = native.resolve_device(device)
+    placement = backends.placement.resolve_device(device)
     if placement is None:
         warnings.warn(
             f"Embedding `device={device!r}` is not available on this machine "
-            f"(the {backend.backend()} backend sees {visible_devices()}): the "
-            "table is placed by default instead.",
+            f"(the {backend.backend()} backend sees "
+            f"{backends.placement.visible_devices()}): the table is placed by "
+            "default instead.",
             stacklevel=3,
         )
     return placement
@@ -103,64 +99,33 @@ def check_lookup_options(placement, sparse=False):
         )
 
 
-def for_build(placement):
-    """The placement to create the table with, at `build` time.
+def builds_by_default(placement):
+    """Whether a table of `placement` is created where the model computes (and
+    so can be drawn and saved by blocks)."""
+    return backends.placement.build_placement(placement) is None
 
-    `placement` (from `device=`) if any, else on JAX the device of an enclosing
-    `keras.device(...)` scope when it is not the default device (so that the
-    Keras docs' pattern keeps the table there on JAX too). Under a Keras
-    distribution (JAX) or a `tf.distribute` strategy, the engine places the
-    table: `device` is ignored, with a warning.
+
+def create(placement, shape, make):
+    """`(created, placement)`: the variables `make()` creates, on `placement`
+    (the `shape` table's, from `resolve`), and the placement their lookups use.
+
+    At build, `backends.placement.build_placement` gives `placement` if any, else
+    on JAX the device of an enclosing `keras.device(...)` scope when it is not
+    the default device (so that the Keras docs' pattern keeps the table there on
+    JAX too). Under a Keras distribution (JAX) or a `tf.distribute` strategy,
+    the engine places the table: `device` is ignored, with a warning. On JAX
+    under a Keras distribution, a table the `LayoutMap` cannot split evenly
+    raises a `ValueError` saying what to change. `backends.placement.pin` keeps
+    each variable there: on JAX the placement becomes the variable's layout,
+    which Keras re-applies on every assign (after `fit`, in `load_weights`,
+    `set_weights`); on PyTorch a table created under an enclosing
+    `keras.device(...)` scope on another device than Keras's default is looked
+    up there.
     """
-    return native.build_placement(placement)
-
-
-def build_scope(placement, shape):
-    """Context to create the `shape` table in: the placement's device scope.
-
-    On JAX under a Keras distribution, a table the `LayoutMap` cannot split
-    evenly raises a `ValueError` saying what to change.
-    """
-    return native.build_scope(placement, shape)
-
-
-def pin(variable, placement):
-    """Keep `variable` on `placement`; returns the placement its lookups use.
-
-    JAX: the placement becomes the variable's layout, which Keras's JAX backend
-    re-applies on every assign (after `fit`, in `load_weights`, `set_weights`).
-    PyTorch: a table created under an enclosing `keras.device(...)` scope on
-    another device than Keras's default is looked up there.
-    """
-    return native.pin(variable, placement)
-
-
-def create(layer, make):
-    """The variables `make()` creates, where `layer`'s table lives (`device`);
-    updates the placement its lookups use."""
-    placement = for_build(layer._table_placement)
-    with build_scope(placement, (layer.input_dim, layer.output_dim)):
+    placement = backends.placement.build_placement(placement)
+    with backends.placement.build_scope(placement, shape):
         created = make()
+    pinned = placement
     for variable in created if isinstance(created, tuple) else (created,):
-        layer._table_placement = pin(variable, placement)
-    return created
-
-
-def take(table, ids, placement, sparse=False):
-    """`ops.take(table, ids, axis=0)` run where the table lives.
-
-    Returns the looked-up rows on the device that runs the rest of the model.
-    `table` is a `keras.Variable` (or a tensor on the same device); `sparse`: the
-    gradient of a variable stays row-sparse (as `_sparse.lookup`).
-    """
-    return native.placed_take(table, ids, placement, sparse)
-
-
-def fetch(table, placement):
-    """The whole of `table` where the model computes (tied logits, merging).
-
-    JAX: a host-memory table is copied to device memory (inside a compiled step
-    too); torch: the table moves to the default device. TensorFlow copies
-    between devices by itself.
-    """
-    return native.fetch(table, placement)
+        pinned = backends.placement.pin(variable, placement)
+    return created, pinned

@@ -21,19 +21,18 @@ An empty bag (or one whose denominator is 0) pools to zeros.
 
 Dense ids are pooled by a batched matmul over their last axis (the rows are
 gathered first: a `(..., L, output_dim)` tensor); flat bags by
-a segment sum / max over the `n` looked-up rows (`native.segment`). On
+a segment sum / max over the `n` looked-up rows (`backends.pooling.segment`). On
 PyTorch, in eager calls (every id known valid), a float table without LoRA,
 `max_norm`, dropout or `device` is pooled by `torch.nn.functional.embedding_bag`
-(`native.embedding_bag`), which never forms the rows (dense ids and
+(`backends.pooling.embedding_bag`), which never forms the rows (dense ids and
 `(values, offsets)`; sparse ids take the generic path).
 """
 
 from keras import backend, ops
 
-from keras_embedding_plus.backends import native
-from keras_embedding_plus.lookup import index_policy
+from keras_embedding_plus import backends
+from keras_embedding_plus.lookup import index_policy, pipeline
 from keras_embedding_plus.lookup import padding as _padding
-from keras_embedding_plus.lookup import pipeline as _lookup
 
 COMBINERS = ("sum", "mean", "sqrtn", "max")
 
@@ -122,7 +121,7 @@ def from_offsets(ids, weights):
     if backend.standardize_dtype(offsets.dtype) != "int32":
         offsets = ops.cast(offsets, "int32")
     n = values.shape[0]
-    if native.is_concrete(offsets):
+    if backends.ids.is_concrete(offsets):
         _check_offsets(ops.convert_to_numpy(offsets), n)
 
     def segments():
@@ -178,7 +177,7 @@ def from_sparse(ids, weights):
     """`tf.SparseTensor`, JAX `BCOO` or a torch sparse COO tensor of shape
     `(batch, ..., L)`: the stored entries are the bags' ids."""
     weights = _check_weights_like(weights, ids, "sparse", "a sparse tensor")
-    values, segments, count, outer, weights = native.sparse_bags(ids, weights)
+    values, segments, count, outer, weights = backends.pooling.sparse_bags(ids, weights)
     return FlatBags(values, segments, count, outer, weights, None)
 
 
@@ -246,7 +245,9 @@ def combine_dense(rows, keep, weights, combiner):
 
 def _segment(data, bags, how):
     """Sums (`how="sum"`) or maxima (`"max"`) of `data`'s rows per bag."""
-    return native.segment(data, bags.segments, bags.num_segments, how, bags.sorted)
+    return backends.pooling.segment(
+        data, bags.segments, bags.num_segments, how, bags.sorted
+    )
 
 
 def combine_flat(rows, keep, weights, bags, combiner):
@@ -325,20 +326,20 @@ def _fused(lookup, ids, bags, valid, weights, excluded, combiner):
     A float table read where it lies, without row transforms (the padding row
     is the kernel's own `padding_idx`), every id valid, at most one excluded id,
     dense ids or bags with known offsets. `None` otherwise, or where the
-    backend has no fused kernel (`native.embedding_bag` is None).
+    backend has no fused kernel (`backends.pooling.embedding_bag` is None).
     """
-    if native.embedding_bag is None or valid is not None or len(excluded) > 1:
+    if backends.pooling.embedding_bag is None or valid is not None or len(excluded) > 1:
         return None
     storage = lookup.storage
-    if not isinstance(storage, _lookup.FloatStorage) or storage.fetch is not (
-        _lookup._here
+    if not isinstance(storage, pipeline.FloatStorage) or storage.fetch is not (
+        pipeline.here
     ):
         return None
     if any(not isinstance(t, _padding.FrozenRow) for t in lookup.transforms):
         return None
     if bags is not None and bags.offsets is None:
         return None
-    return native.embedding_bag(
+    return backends.pooling.embedding_bag(
         storage.table,
         ids,
         None if bags is None else bags.offsets,

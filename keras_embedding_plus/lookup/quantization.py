@@ -31,8 +31,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import compat
-
 MODES = ("int8", "int4")
 _RANGE = {"int8": (-127, 127), "int4": (-8, 7)}
 
@@ -68,8 +66,8 @@ def check_mode(mode):
 def resolve_block_size(policy, config, mode):
     """Columns per int4 group as Keras resolves it (`None` or -1: one per row).
 
-    Kept as given (Keras's `_int4_block_size` keeps a config's -1); `_block` below
-    normalises it.
+    Kept as given (Keras's `_int4_block_size` keeps a config's -1);
+    `normalize_block` normalises it.
     """
     if mode != "int4":
         return None
@@ -79,7 +77,8 @@ def resolve_block_size(policy, config, mode):
     return None if size is None or size == -1 else int(size)
 
 
-def _block(size):
+def normalize_block(size):
+    """Columns per int4 group, or `None` for one scale per row (`None` or -1)."""
     return None if size is None or size == -1 else int(size)
 
 
@@ -94,10 +93,11 @@ def _groups(output_dim, block):
     return math.ceil(output_dim / block)
 
 
-def add_frozen(layer, name, shape, initializer, dtype=None):
-    """One frozen quantization variable of `layer` (never autocast: a mixed
-    policy's float16 would overflow the scales of rows of small values)."""
-    return layer.add_weight(
+def add_frozen(add_weight, name, shape, initializer, dtype=None):
+    """One frozen quantization variable, made by a layer's `add_weight` (never
+    autocast: a mixed policy's float16 would overflow the scales of rows of
+    small values)."""
+    return add_weight(
         name=name,
         shape=shape,
         initializer=initializer,
@@ -107,46 +107,37 @@ def add_frozen(layer, name, shape, initializer, dtype=None):
     )
 
 
-def add_weights(layer, mode, block_size):
-    """Create the frozen quantized variables on `layer`, in Keras's order."""
-    block = _block(block_size)
-    input_dim, output_dim = layer.input_dim, layer.output_dim
+def add_weights(add_weight, input_dim, output_dim, mode, block_size):
+    """Create the frozen quantized variables with `add_weight`, in Keras's order.
+
+    Returns the tuple `(embeddings, embeddings_scale)`, with
+    `(embeddings_zero, g_idx)` after them for int4 blocks: the layer keeps them.
+    """
+    block = normalize_block(block_size)
     width = output_dim if mode == "int8" else (output_dim + 1) // 2
-    layer._embeddings = add_frozen(
-        layer, "embeddings", (input_dim, width), "zeros", "int8"
-    )
+    table = add_frozen(add_weight, "embeddings", (input_dim, width), "zeros", "int8")
     scale_shape = (input_dim,)
     if block is not None:
         scale_shape = (input_dim, _groups(output_dim, block))
-    layer.embeddings_scale = add_frozen(
-        layer, "embeddings_scale", scale_shape, "ones", "float32"
-    )
-    if block is not None:
-        layer.embeddings_zero = add_frozen(
-            layer, "embeddings_zero", scale_shape, "zeros", "int8"
-        )
-        layer.g_idx = add_frozen(layer, "g_idx", (output_dim,), "zeros", "float32")
-        layer.g_idx.assign(np.arange(output_dim, dtype="float32") // block)
-    layer._int4_block_size = block_size if mode == "int4" else None
-    compat.mark_quantized(layer, output_dim)
-    return tuple(stored_variables(layer))
-
-
-def stored_variables(layer):
-    """The variables that hold the table, in the order Keras saves them."""
-    names = ("_embeddings", "embeddings_scale", "embeddings_zero", "g_idx")
-    return [getattr(layer, n) for n in names if hasattr(layer, n)]
+    scale = add_frozen(add_weight, "embeddings_scale", scale_shape, "ones", "float32")
+    if block is None:
+        return table, scale
+    zero = add_frozen(add_weight, "embeddings_zero", scale_shape, "zeros", "int8")
+    g_idx = add_frozen(add_weight, "g_idx", (output_dim,), "zeros", "float32")
+    g_idx.assign(np.arange(output_dim, dtype="float32") // block)
+    return table, scale, zero, g_idx
 
 
 def quantize_table(table, mode, block, config=None):
     """Quantize a float `(input_dim, output_dim)` table (on the host, in NumPy).
 
-    Returns the values of `stored_variables`, minus `g_idx` (fixed by the block).
+    Returns the values of the stored variables (`add_weights`), minus `g_idx`
+    (fixed by the block).
     `config`'s `weight_quantizer`, when set, replaces the default abs-max one of
     the per-row modes, as in Keras.
     """
     values = np.asarray(ops.convert_to_numpy(table), dtype="float32")
-    block = _block(block)
+    block = normalize_block(block)
     if mode == "int4" and block is not None:
         quantized_t, scale_t, zero_t = (
             keras.quantizers.abs_max_quantize_grouped_with_zero_point(
@@ -198,7 +189,7 @@ def unpacked(stored, mode, output_dim):
 
 
 def dequantize(parts, mode, output_dim, block, filled=False):
-    """Float32 rows from gathered stored rows (`parts`: as `stored_variables`).
+    """Float32 rows from gathered stored rows (`parts`: as `add_weights`).
 
     `filled`: some rows were gathered as zeros with zero scales (invalid ids):
     they dequantize to zeros.
@@ -228,11 +219,10 @@ def check_config(config):
     )
 
 
-def merged(table, stored, layer):
+def merged(table, stored, mode, block_size):
     """What a LoRA layer saves: `stored` with the merged float `table` in place
-    of the table's variables (re-quantized when the layer is quantized)."""
-    mode = layer.quantization_mode
+    of the table's variables (re-quantized when `mode` is set)."""
     if not mode:
         return [ops.cast(table, stored[0].dtype), *stored[1:]]
-    values = quantize_table(table, mode, layer._int4_block_size)
+    values = quantize_table(table, mode, block_size)
     return [*values, *stored[len(values) :]]

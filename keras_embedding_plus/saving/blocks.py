@@ -15,7 +15,7 @@ tensor. Tables of at least `MIN_ELEMENTS` elements are instead
   whose values depend on the whole shape, are drawn whole, as Keras draws them;
 * assigned block by block (`assign`) when loaded: in place where the backend
   writes rows of a variable in place (TensorFlow, PyTorch:
-  `native.writes_rows_in_place()`).
+  `backends.blocks.writes_rows_in_place()`).
 
 Saving, on every backend, copies a big table to NumPy by blocks (`saved`; LoRA
 merges block by block) and hands Keras's store that one copy.
@@ -30,7 +30,7 @@ adopts it without a copy): a new array filled by blocks measured worse.
 import keras
 import numpy as np
 
-from keras_embedding_plus.backends import native
+from keras_embedding_plus import backends
 
 # Tables of at least this many elements are built and loaded by blocks.
 MIN_ELEMENTS = 2**25
@@ -63,7 +63,9 @@ def blockwise(initializer, shape):
     """Whether a table of `shape` with `initializer` is built by blocks."""
     initializer = keras.initializers.get(initializer)
     return (
-        native.builds_by_blocks() and is_big(shape) and type(initializer) in ELEMENTWISE
+        backends.blocks.builds_by_blocks()
+        and is_big(shape)
+        and type(initializer) in ELEMENTWISE
     )
 
 
@@ -99,11 +101,11 @@ def initialize(variable, initializer, padding_idx=None):
         block = _block_initializer(initializer, index)(
             (stop - start, *shape[1:]), dtype
         )
-        native.fill_rows(variable, start, block)
+        backends.blocks.fill_rows(variable, start, block)
         del block
     if padding_idx is not None:
         zeros = keras.ops.zeros((1, *shape[1:]), dtype=dtype)
-        native.fill_rows(variable, padding_idx, zeros)
+        backends.blocks.fill_rows(variable, padding_idx, zeros)
 
 
 def assign(variable, value):
@@ -112,9 +114,9 @@ def assign(variable, value):
     shape = tuple(variable.shape)
     if not is_big(shape):
         variable.assign(value)
-    elif native.writes_rows_in_place():
+    elif backends.blocks.writes_rows_in_place():
         for start, stop in _blocks(shape):
-            native.write_rows(variable, start, value[start:stop])
+            backends.blocks.write_rows(variable, start, value[start:stop])
     else:
         variable.assign(value)
 
@@ -156,7 +158,7 @@ def saved(value, block=None):
     if block is None:
 
         def block(start, stop):
-            return native.read_rows(value, start, stop)
+            return backends.blocks.read_rows(value, start, stop)
 
     array = None
     for start, stop in _blocks(shape):

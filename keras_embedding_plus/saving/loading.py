@@ -31,8 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import compat
-from keras_embedding_plus.backends import native
+from keras_embedding_plus import backends, compat
 from keras_embedding_plus.saving import blocks as _chunks
 
 
@@ -97,7 +96,7 @@ def store_values(store):
     for i in range(len(store.keys())):
         dataset = compat.stored_rows(store, str(i))
         by_blocks = dataset is not None and _chunks.is_big(dataset.shape)
-        if by_blocks and native.writes_rows_in_place():
+        if by_blocks and backends.blocks.writes_rows_in_place():
             values.append(dataset)
         else:
             values.append(store[str(i)])
@@ -217,7 +216,7 @@ def load_weights(
     path = os.fspath(filepath)
     check_file(path, f"weights into model '{model.name}'")
     variables = _model_variables(model)
-    snapshot = [native.snapshot(v) for v in variables]
+    snapshot = [backends.blocks.snapshot(v) for v in variables]
     try:
         model.load_weights(path, skip_mismatch=skip_mismatch)
     except Exception as e:

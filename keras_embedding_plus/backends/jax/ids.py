@@ -1,0 +1,44 @@
+"""JAX: the index policy's backend ops (concrete ids, flat values of ragged
+ids, gathers that zero or fill invalid ids)."""
+
+import jax
+import jax.numpy as jnp
+from keras import ops
+
+
+def is_concrete(x):
+    return not isinstance(x, jax.core.Tracer)
+
+
+def flat_values(ids):
+    return ids
+
+
+def with_flat_values(ids, values):
+    del ids
+    return values
+
+
+def ids_all_valid(values, input_dim):
+    del values, input_dim
+    return None  # No faster check than the generic one.
+
+
+def take(table, ids, valid):
+    """Traced: one gather that fills invalid ids with zero rows (XLA fuses the
+    id select into it), instead of a gather and a `cond` that copies the whole
+    output."""
+    if valid is None:
+        return ops.take(table, ids, axis=0), valid
+    ids = jnp.where(valid, ids, table.shape[0])
+    table = ops.convert_to_tensor(table)
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=0), None
+
+
+def zero_invalid(outputs, valid):
+    mask = ops.expand_dims(valid, -1)
+    return ops.cond(
+        ops.all(valid),
+        lambda: outputs,
+        lambda: ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype)),
+    )

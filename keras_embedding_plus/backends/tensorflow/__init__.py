@@ -1,0 +1,2 @@
+"""The TensorFlow backend, one module per concern: `core`, `ids`, `sparse`,
+`placement`, `blocks`, `pooling`."""

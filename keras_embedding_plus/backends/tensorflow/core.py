@@ -1,0 +1,15 @@
+"""TensorFlow: helpers every concern uses, and LoRA's fused `add_matmul`."""
+
+import tensorflow as tf
+
+
+def value_of(variable):
+    """The `tf.Variable` of a `keras.Variable` (or `variable` itself)."""
+    return getattr(variable, "value", variable)
+
+
+def add_matmul(rows, a, b):
+    # `tf.add`, not `ops.add`: Keras turns an add whose second operand looks
+    # like a bias (one dimension > 1) into `BiasAdd`, which fails on an empty
+    # batch of rows (found by tests/test_properties.py).
+    return tf.add(rows, tf.matmul(a, b))

@@ -1,0 +1,42 @@
+"""TensorFlow: the index policy's backend ops (concrete ids, flat values of ragged
+ids, gathers that zero or fill invalid ids)."""
+
+import tensorflow as tf
+from keras import ops
+
+
+def is_concrete(x):
+    if isinstance(x, tf.RaggedTensor):
+        x = x.flat_values
+    return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
+
+
+def flat_values(ids):
+    return ids.flat_values if isinstance(ids, tf.RaggedTensor) else ids
+
+
+def with_flat_values(ids, values):
+    return ids.with_flat_values(values) if isinstance(ids, tf.RaggedTensor) else values
+
+
+def ids_all_valid(values, input_dim):
+    del values, input_dim
+    return None  # No faster check than the generic one.
+
+
+def take(table, ids, valid):
+    if isinstance(ids, tf.Tensor):  # `tf.gather`: what `ops.take` ends with.
+        return tf.gather(ops.convert_to_tensor(table), ids), valid
+    return ops.take(table, ids, axis=0), valid
+
+
+def zero_invalid(outputs, valid):
+    if isinstance(outputs, tf.RaggedTensor):
+        return outputs.with_flat_values(zero_invalid(outputs.flat_values, valid))
+    mask = ops.expand_dims(valid, -1)
+    # A `tf.cond`: the pass over the outputs runs only when some id is invalid.
+    return ops.cond(
+        ops.all(valid),
+        lambda: outputs,
+        lambda: ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype)),
+    )

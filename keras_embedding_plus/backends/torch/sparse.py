@@ -1,0 +1,74 @@
+"""PyTorch: row-sparse gradients (sparse COO tensors) and the optimizers' row ops
+(deduplicate, gather, scatter)."""
+
+import torch
+
+from keras_embedding_plus.backends.torch.core import value_of
+
+# torch cannot carry a sparse gradient back through Keras's cast of a mixed
+# policy's table (see `_sparse.check_sparse`).
+SPARSE_WITH_MIXED_POLICY = False
+
+
+def sparse_take(table, ids):
+    return torch.nn.functional.embedding(ids, value_of(table), sparse=True)
+
+
+def is_row_sparse(gradient):
+    return bool(getattr(gradient, "is_sparse", False))
+
+
+def densify_gradient(gradient):
+    return gradient.to_dense() if is_row_sparse(gradient) else gradient
+
+
+def unique_rows(gradient):
+    # A sparse COO tensor with one sparse dimension (the rows). Eager even under
+    # `torch.compile`, which cannot trace sparse tensors.
+    return torch.compiler.disable(_coalesced_rows)(gradient)
+
+
+def _coalesced_rows(gradient):
+    # Copies, so that the compiled code after it receives plain tensors.
+    gradient = gradient.coalesce()
+    return gradient.indices()[0].clone(), gradient.values().clone()
+
+
+def gather_rows(variable, ids):
+    return value_of(variable).index_select(0, ids)
+
+
+def scatter(optimizer, variable, ids, rows, how):
+    del optimizer
+    with torch.no_grad():
+        value = value_of(variable)
+        rows = rows.to(value.dtype)
+        if how == "update":
+            value.index_copy_(0, ids, rows)
+        else:
+            value.index_add_(0, ids, rows, alpha=-1)
+
+
+def subtract_scaled(optimizer, variable, gradient, factor):
+    del optimizer
+    torch.compiler.disable(_subtract_scaled)(value_of(variable), gradient, factor)
+
+
+def _subtract_scaled(value, gradient, factor):
+    # Dense += uncoalesced sparse sums the duplicates (as `torch.optim.SGD`).
+    with torch.no_grad():
+        value.add_(gradient.to(value.dtype), alpha=-float(factor))
+
+
+def scale_gradient(gradient, factor):
+    return gradient * factor
+
+
+def with_rows(gradient, ids, values):
+    return torch.sparse_coo_tensor(
+        ids.unsqueeze(0),
+        values,
+        gradient.shape,
+        is_coalesced=True,
+        check_invariants=False,
+    )
