@@ -70,7 +70,7 @@ def check_dropout(dropout):
     return float(dropout)
 
 
-def check_weights(weights, shape):
+def check_initial_table(weights, shape):
     if isinstance(weights, (list, tuple)) and len(weights) == 1:
         weights = weights[0]  # Keras 1 form: a one-element list.
     value = np.asarray(ops.convert_to_numpy(weights))

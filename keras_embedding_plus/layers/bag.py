@@ -98,6 +98,15 @@ class EmbeddingBag(Embedding):
         self.combiner = combiner
         self.supports_masking = False
 
+    @property
+    def combiner(self):
+        """The combiner's name, one of `_pooling.COMBINERS` (checked when set)."""
+        return self._combiner
+
+    @combiner.setter
+    def combiner(self, value):
+        self._combiner = _pooling.check_combiner(value)
+
     def call(
         self,
         inputs: ArrayLike | tuple[ArrayLike, ArrayLike],

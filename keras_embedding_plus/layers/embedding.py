@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike
 
 from keras_embedding_plus import backends, compat
 from keras_embedding_plus.layers import arguments as _args
+from keras_embedding_plus.layers import masking
 from keras_embedding_plus.lookup import gather, index_policy, pipeline
 from keras_embedding_plus.lookup import lora as _lora
 from keras_embedding_plus.lookup import max_norm as _max_norm
@@ -174,7 +175,7 @@ class Embedding(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         input_dim = _args.check_dim("input_dim", input_dim, 1)
-        padding_idx = _padding.check(padding_idx, input_dim)
+        padding_idx = _padding.check_padding_idx(padding_idx, input_dim)
         output_dim = _args.check_dim("output_dim", output_dim, 0)
         initializer, regularizer, constraint = _args.table_objects(
             kwargs,
@@ -189,7 +190,7 @@ class Embedding(keras.layers.Layer):
         lora_alpha = _lora.check_alpha(lora_alpha)
         if lora_rank is not None:
             _lora.check_constraint(constraint)
-        max_norm, norm_type = _max_norm.check(max_norm, norm_type)
+        max_norm, norm_type = _max_norm.check_max_norm(max_norm, norm_type)
         device = _placement.check_device(device)
         quantization_config = _quantization.check_config(quantization_config)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -219,7 +220,7 @@ class Embedding(keras.layers.Layer):
         if dropout:
             self.seed_generator = keras.random.SeedGenerator()
         if weights is not None:
-            value = _args.check_weights(weights, (input_dim, output_dim))
+            value = _args.check_initial_table(weights, (input_dim, output_dim))
             self.build()
             self._embeddings.assign(value)
 
@@ -258,10 +259,15 @@ class Embedding(keras.layers.Layer):
                 _chunks.initialize(
                     self._embeddings, self.embeddings_initializer, self.padding_idx
                 )
+        self._build_extra_weights()
         self.built = True
         self._lookup = pipeline.compose(self._lookup_spec())
         if self.lora_rank and not self.lora_enabled:
             self.enable_lora(self.lora_rank, self.lora_alpha)
+
+    def _build_extra_weights(self):
+        """Hook: a subclass's own weights, made after the table and before LoRA's
+        factors (`ReversibleEmbedding`'s `reverse_embeddings`)."""
 
     @property
     def embeddings(self):
@@ -325,7 +331,7 @@ class Embedding(keras.layers.Layer):
         if not self.mask_zero or self._computing_logits:
             return None
         # `ids != 0`, through an op every loader (legacy `.h5` too) can rebuild.
-        return loading.padding_mask(inputs)
+        return masking.padding_mask(inputs)
 
     def compute_output_shape(self, input_shape):
         _args.check_length(self.name, self.input_length, input_shape)
@@ -492,7 +498,7 @@ class Embedding(keras.layers.Layer):
         return self._lookup.adapted_table()
 
     def set_weights(self, weights):
-        loading.check_weights(self, weights, "set_weights")
+        loading.check_weight_values(self, weights, "set_weights")
         super().set_weights(weights)
 
     def save_own_variables(self, store):

@@ -11,11 +11,11 @@ import numpy as np
 from keras import ops
 
 from keras_embedding_plus import compat
-from keras_embedding_plus.layers.arguments import check_weights
+from keras_embedding_plus.layers.arguments import check_initial_table
 from keras_embedding_plus.layers.embedding import Embedding
+from keras_embedding_plus.layers.masking import padding_mask
 from keras_embedding_plus.lookup import max_norm as _max_norm
 from keras_embedding_plus.lookup import quantization as _quantization
-from keras_embedding_plus.saving import loading
 
 
 class _KeepMask(keras.layers.Layer):
@@ -168,21 +168,13 @@ class ReversibleEmbedding(Embedding):
         self.reverse_dtype = reverse_dtype
         self.logit_soft_cap = logit_soft_cap
         if weights is not None:
-            value = check_weights(weights, (self.input_dim, self.output_dim))
+            value = check_initial_table(weights, (self.input_dim, self.output_dim))
             self.build()
             self._embeddings.assign(value)
 
-    def build(self, input_shape=None):
-        if self.built:
-            return
-        # `Embedding.build` ends by enabling LoRA, which locks the layer's
-        # variables: enable it here, after `reverse_embeddings`, in the order
-        # `layer.enable_lora` gives a built layer.
-        lora_rank, self.lora_rank = self.lora_rank, None
-        try:
-            super().build(input_shape)
-        finally:
-            self.lora_rank = lora_rank
+    def _build_extra_weights(self):
+        # After the table, before LoRA's factors: Keras's weight order. A
+        # quantized layer makes its reverse variables in `quantized_build`.
         if not self.tie_weights and not self.quantization_mode:
             self.reverse_embeddings = self.add_weight(
                 shape=(self.output_dim, self.input_dim),
@@ -193,8 +185,6 @@ class ReversibleEmbedding(Embedding):
                 # reads the float32 variable under a mixed policy.
                 autocast=False,
             )
-        if self.lora_rank and not self.lora_enabled:
-            self.enable_lora(self.lora_rank, self.lora_alpha)
 
     def call(self, inputs, training=None, reverse=False):
         if reverse:
@@ -256,7 +246,7 @@ class ReversibleEmbedding(Embedding):
             )
         outputs = super().compute_output_spec(inputs, training=training)
         if self.mask_zero:
-            outputs = _with_mask(outputs, loading.padding_mask(inputs))
+            outputs = _with_mask(outputs, padding_mask(inputs))
         return outputs
 
     def _reverse_variables(self):
@@ -300,21 +290,21 @@ class ReversibleEmbedding(Embedding):
         )
         if self.tie_weights:
             return
+        # Keras's layout: the transpose of a table quantized per row (id).
         block = _quantization.normalize_block(self._int4_block_size)
-        rows = self.output_dim if mode == "int8" else (self.output_dim + 1) // 2
+        shape, scale_shape = _quantization.variable_shapes(
+            self.input_dim, self.output_dim, mode, self._int4_block_size
+        )
         add = functools.partial(_quantization.add_frozen, self.add_weight)
         self.reverse_embeddings = add(
-            "reverse_embeddings", (rows, self.input_dim), "zeros", "int8"
+            "reverse_embeddings", shape[::-1], "zeros", "int8"
         )
-        scale_shape = (self.input_dim,)
-        if block is not None:
-            scale_shape = (-(-self.output_dim // block), self.input_dim)
         self.reverse_embeddings_scale = add(
-            "reverse_embeddings_scale", scale_shape, "ones"
+            "reverse_embeddings_scale", scale_shape[::-1], "ones"
         )
         if block is not None:
             self.reverse_embeddings_zero = add(
-                "reverse_embeddings_zero", scale_shape, "zeros"
+                "reverse_embeddings_zero", scale_shape[::-1], "zeros"
             )
 
     def get_config(self):

@@ -16,7 +16,7 @@ from keras import ops
 _EPSILON = 1e-7
 
 
-def check(max_norm, norm_type):
+def check_max_norm(max_norm, norm_type):
     if max_norm is not None and (
         not isinstance(max_norm, numbers.Real)
         or isinstance(max_norm, bool)

@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 
-def check(padding_idx, input_dim):
+def check_padding_idx(padding_idx, input_dim):
     """`padding_idx` as a row index in `[0, input_dim)`, or None."""
     if padding_idx is None:
         return None

@@ -34,7 +34,47 @@ from keras_embedding_plus import backends
 from keras_embedding_plus.lookup import index_policy, pipeline
 from keras_embedding_plus.lookup import padding as _padding
 
-COMBINERS = ("sum", "mean", "sqrtn", "max")
+# ---- the combiners: one registry --------------------------------------------
+
+
+class Combiner:
+    """How one combiner pools a bag.
+
+    `reduction`: `"sum"` (of the weighted rows) or `"max"` (element-wise, of
+    the rows; takes no weights). `weight_norm`: the sum is divided per bag by
+    the sum of the weights (1), by the L2 norm of the weights (2), or by
+    nothing (`None`).
+    """
+
+    def __init__(self, reduction, weight_norm=None):
+        if reduction not in ("sum", "max") or weight_norm not in _WEIGHT_NORMS:
+            raise ValueError(
+                f"Received: reduction={reduction!r}, weight_norm={weight_norm!r}."
+            )
+        if reduction == "max" and weight_norm is not None:
+            raise ValueError("A maximum takes no weights and no denominator.")
+        self.reduction, self.weight_norm = reduction, weight_norm
+        self.takes_weights = reduction == "sum"
+
+    def denominator(self, weights, reduce):
+        """Per bag, what the weighted sum is divided by (`None`: nothing)."""
+        norm = _WEIGHT_NORMS[self.weight_norm]
+        return None if norm is None else norm(weights, reduce)
+
+
+_WEIGHT_NORMS = {
+    None: None,
+    1: lambda weights, reduce: reduce(weights),
+    2: lambda weights, reduce: ops.sqrt(reduce(ops.square(weights))),
+}
+
+# TensorFlow's `safe_embedding_lookup_sparse` combiners, and PyTorch's "max".
+COMBINERS = {
+    "sum": Combiner("sum"),
+    "mean": Combiner("sum", weight_norm=1),
+    "sqrtn": Combiner("sum", weight_norm=2),
+    "max": Combiner("max"),
+}
 
 
 def check_combiner(combiner):
@@ -46,8 +86,8 @@ def check_combiner(combiner):
     return combiner
 
 
-def check_weights(combiner, weights):
-    if weights is not None and combiner == "max":
+def check_combiner_weights(combiner, weights):
+    if weights is not None and not COMBINERS[combiner].takes_weights:
         raise ValueError(
             "Per-id `weights` are defined for the combiners 'sum', 'mean' and "
             "'sqrtn' only: a weighted maximum has no agreed meaning. Pass "
@@ -216,21 +256,19 @@ def _weights(keep, weights, dtype):
 
 
 def _finish(combiner, total, weights, reduce):
-    if combiner == "sum" or 0 in total.shape:
+    if combiner.weight_norm is None or 0 in total.shape:
         # No bags (a 0 in the output's static shape): nothing to divide. Under
         # `tf.function`, TensorFlow's graph optimizer (grappler) dies with a
         # floating point exception (SIGFPE) folding the gradient of the
         # division over such a shape.
         return total
-    if combiner == "mean":
-        return _safe_divide(total, ops.expand_dims(reduce(weights), -1))
-    norm = ops.sqrt(reduce(ops.square(weights)))
-    return _safe_divide(total, ops.expand_dims(norm, -1))
+    denominator = combiner.denominator(weights, reduce)
+    return _safe_divide(total, ops.expand_dims(denominator, -1))
 
 
 def combine_dense(rows, keep, weights, combiner):
     """Pool `rows` `(..., L, d)` over `L`; `keep` `(..., L)` marks what counts."""
-    if combiner == "max":
+    if combiner.reduction == "max":
         if rows.shape[-2] == 0:  # Bags of no ids: zeros (the sum of no rows).
             return ops.sum(rows, axis=-2)
         lowest = ops.full((), float("-inf"), rows.dtype)
@@ -256,7 +294,7 @@ def combine_flat(rows, keep, weights, bags, combiner):
     def reduce(x):
         return _segment(x, bags, "sum")
 
-    if combiner == "max":
+    if combiner.reduction == "max":
         lowest = ops.full((), float("-inf"), rows.dtype)
         masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
         out = _segment(masked, bags, "max")
@@ -286,7 +324,8 @@ def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
     `excluded` are the ids that count nowhere (`padding_idx`, 0 with
     `mask_zero`).
     """
-    check_weights(combiner, weights)
+    check_combiner_weights(combiner, weights)
+    combiner = COMBINERS[combiner]
     kind = _kind(ids)
     if kind == "dense":
         ids = ops.convert_to_tensor(ids)
@@ -344,7 +383,8 @@ def _fused(lookup, ids, bags, valid, weights, excluded, combiner):
         ids,
         None if bags is None else bags.offsets,
         weights,
-        combiner=combiner,
+        mode=combiner.reduction,
+        weight_norm=combiner.weight_norm,
         pad=excluded[0] if excluded else None,
         sparse=bool(lookup.sparse_variables),
     )

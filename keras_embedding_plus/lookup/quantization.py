@@ -107,6 +107,17 @@ def add_frozen(add_weight, name, shape, initializer, dtype=None):
     )
 
 
+def variable_shapes(input_dim, output_dim, mode, block_size):
+    """`(table_shape, scale_shape)` of a quantized `(input_dim, output_dim)`
+    table (the zero points, with int4 blocks, have the scales' shape)."""
+    block = normalize_block(block_size)
+    width = output_dim if mode == "int8" else (output_dim + 1) // 2
+    scale_shape = (input_dim,)
+    if block is not None:
+        scale_shape = (input_dim, _groups(output_dim, block))
+    return (input_dim, width), scale_shape
+
+
 def add_weights(add_weight, input_dim, output_dim, mode, block_size):
     """Create the frozen quantized variables with `add_weight`, in Keras's order.
 
@@ -114,11 +125,8 @@ def add_weights(add_weight, input_dim, output_dim, mode, block_size):
     `(embeddings_zero, g_idx)` after them for int4 blocks: the layer keeps them.
     """
     block = normalize_block(block_size)
-    width = output_dim if mode == "int8" else (output_dim + 1) // 2
-    table = add_frozen(add_weight, "embeddings", (input_dim, width), "zeros", "int8")
-    scale_shape = (input_dim,)
-    if block is not None:
-        scale_shape = (input_dim, _groups(output_dim, block))
+    shape, scale_shape = variable_shapes(input_dim, output_dim, mode, block_size)
+    table = add_frozen(add_weight, "embeddings", shape, "zeros", "int8")
     scale = add_frozen(add_weight, "embeddings_scale", scale_shape, "ones", "float32")
     if block is None:
         return table, scale

@@ -206,9 +206,9 @@ def _mask_op(op, convert):
     needs only Keras (`to_keras`), or loads from legacy `.h5` files, which
     cannot find `NotEqual` (`from_keras`).
     """
-    from keras_embedding_plus.saving import loading
+    from keras_embedding_plus.layers import masking
 
-    if convert is _ours_to_keras and type(op) is loading.PaddingMask:
+    if convert is _ours_to_keras and type(op) is masking.PaddingMask:
         return lambda ids: ops.not_equal(ids, 0)
     if convert is _keras_to_ours and _is_keras_op(op, "NotEqual"):
 
@@ -220,7 +220,7 @@ def _mask_op(op, convert):
                 and not isinstance(x2, bool)
                 and x2 == 0
             ):
-                return loading.padding_mask(x1)
+                return masking.padding_mask(x1)
             return ops.not_equal(x1, x2)
 
         return not_equal

@@ -1,12 +1,8 @@
-"""Saving support: the padding-mask op and all-or-nothing weight loading.
+"""Saving support: all-or-nothing weight loading, and loaders that name the file.
 
-* `padding_mask(ids)` is `ids != 0`. On symbolic inputs it goes through
-  `PaddingMask`, an operation registered with this package, because a Functional
-  model records the op that made a mask as a node of its graph: Keras's own
-  `Embedding` records `keras.ops.not_equal`, whose class (`NotEqual`) the legacy
-  `.h5` loader cannot find ("Unknown layer: 'NotEqual'"). `PaddingMask` is found
-  by every loader once `keras_embedding_plus` is imported.
-* `check_weights(layer, values, source)` checks every value against the layer's
+(The padding-mask op legacy `.h5` files need is `layers.masking.PaddingMask`.)
+
+* `check_weight_values(layer, values, source)` checks every value against the layer's
   weights before anything is assigned, so that a wrong-shape table never leaves
   the layer half-loaded.
 * `load_weights(model, filepath)` is `model.load_weights` made all or nothing.
@@ -29,28 +25,9 @@ import zipfile
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_embedding_plus import backends, compat
 from keras_embedding_plus.saving import blocks as _chunks
-
-
-@keras.saving.register_keras_serializable(package="keras_embedding_plus")
-class PaddingMask(keras.Operation):
-    """`ids != 0`: the mask of an `Embedding(mask_zero=True)`."""
-
-    def call(self, ids):
-        return ops.not_equal(ids, 0)
-
-    def compute_output_spec(self, ids):
-        return keras.KerasTensor(ids.shape, dtype="bool")
-
-
-def padding_mask(ids):
-    """`ids != 0`, recorded as a `PaddingMask` node when `ids` is symbolic."""
-    if isinstance(ids, keras.KerasTensor):
-        return PaddingMask()(ids)
-    return ops.not_equal(ids, 0)
 
 
 def _shape(value):
@@ -60,7 +37,7 @@ def _shape(value):
     return tuple(shape)
 
 
-def check_weights(layer, values, source):
+def check_weight_values(layer, values, source):
     """Raise `ValueError` unless `values` fit `layer.weights` one for one.
 
     `source` names what is being loaded (`set_weights`, `load_weights`), for the
@@ -237,7 +214,7 @@ def assign_checked(name, variables, store):
     `load_weights` puts the old values back then.
     """
     values = store_values(store)
-    check_weights(
+    check_weight_values(
         types.SimpleNamespace(name=name, weights=variables), values, "load_weights"
     )
     for variable, value in zip(variables, values, strict=True):

@@ -35,17 +35,21 @@ def segment(data, segments, num_segments, how, sorted=False):
     return lowest.scatter_reduce(0, index, data, "amax", include_self=True)
 
 
-def embedding_bag(table, ids, offsets, weights, *, combiner, pad, sparse):
+def embedding_bag(table, ids, offsets, weights, *, mode, weight_norm, pad, sparse):
     """`torch.nn.functional.embedding_bag` of dense ids `(..., L)` (`offsets`
     None) or of 1-D ids and their bags' `offsets`; every id valid.
 
-    Fastest in mode "sum" without `padding_idx`: "mean" and "sqrtn" divide its
-    sum by counts computed here. `padding_idx` is passed where it matters: for
-    "max", when the table is differentiated (the padding row gets no
-    gradient), or when the padding row is not zero. None where the kernel has
+    `mode` "sum" (the weighted sum, divided per bag by the sum of the weights
+    where `weight_norm` is 1, their L2 norm where it is 2) or "max". Fastest in
+    mode "sum" without `padding_idx`: the denominators are computed here.
+    `padding_idx` is passed where it matters: for "max", when the table is
+    differentiated (the padding row gets no gradient), or when the padding row
+    is not zero. None where the kernel has
     no such path ("max" with a sparse gradient, dense bags of length 0).
     """
-    if sparse and combiner == "max":
+    if mode not in ("sum", "max") or weight_norm not in (None, 1, 2):
+        raise ValueError(f"Received: mode={mode!r}, weight_norm={weight_norm!r}.")
+    if sparse and mode == "max":
         return None  # `embedding_bag` has no sparse gradient for "max".
     table = value_of(table)
     if offsets is None:
@@ -60,13 +64,13 @@ def embedding_bag(table, ids, offsets, weights, *, combiner, pad, sparse):
     kernel_pad = pad
     if (
         pad is not None
-        and combiner != "max"
+        and mode != "max"
         and not (torch.is_grad_enabled() and table.requires_grad)
         and not table[pad].any()
     ):
         kernel_pad = None  # A zero row adds nothing to a sum.
     F = torch.nn.functional
-    if combiner == "max":
+    if mode == "max":
         out = F.embedding_bag(flat, table, offsets, mode="max", padding_idx=pad)
     else:
         w = None
@@ -83,12 +87,12 @@ def embedding_bag(table, ids, offsets, weights, *, combiner, pad, sparse):
             per_sample_weights=w,
             padding_idx=kernel_pad,
         )
-        if combiner != "sum":
+        if weight_norm is not None:
             if w is None:
                 den = _counts(flat, offsets, pad).to(table.dtype)
             else:
-                den = _bag_sums(w * w if combiner == "sqrtn" else w, offsets)
-            if combiner == "sqrtn":
+                den = _bag_sums(w * w if weight_norm == 2 else w, offsets)
+            if weight_norm == 2:
                 den = den.sqrt()
             den = den.unsqueeze(-1).to(out.dtype)
             # 0 where a bag has nothing that counts.
