@@ -49,21 +49,26 @@ def check_constraint(constraint):
         )
 
 
-def check_enable(layer, rank, alpha):
-    """`(rank, alpha)` for `layer.enable_lora`, or Keras's error texts."""
+def check_enable(rank, alpha, *, constraint, built, enabled_rank, name):
+    """`(rank, alpha)` for `enable_lora`, or Keras's error texts.
+
+    `constraint`: the layer's table constraint; `built`: whether the layer is
+    built; `enabled_rank`: the rank of its adapter, `None` when it has none;
+    `name`: the layer's name, for the messages.
+    """
     rank = check_rank(rank, "rank", allow_none=False)
     alpha = check_alpha(alpha)
-    check_constraint(layer.embeddings_constraint)
-    if not layer.built:
+    check_constraint(constraint)
+    if not built:
         raise ValueError(
             "Cannot enable lora on a layer that isn't yet built. "
-            f"Layer '{layer.name}': call `layer.build()` first, or pass "
+            f"Layer '{name}': call `layer.build()` first, or pass "
             "`lora_rank` to the constructor."
         )
-    if layer.lora_enabled:
+    if enabled_rank is not None:
         raise ValueError(
             "lora is already enabled. This can only be done once per layer. "
-            f"Layer '{layer.name}' has lora_rank={layer.lora_rank}. "
+            f"Layer '{name}' has lora_rank={enabled_rank}. "
             f"Received: rank={rank}"
         )
     return rank, alpha
