@@ -77,7 +77,7 @@ def sparse_tables(model):
             and layer.trainable
             and layer.embeddings_regularizer is None
         ):
-            tables.extend(layer._lookup.sparse_variables)
+            tables.extend(layer.sparse_variables)
     return tables
 
 

@@ -178,3 +178,47 @@ def test_no_keras_src_imports():
                 elif isinstance(node, ast.ImportFrom) and node.module:
                     names = [node.module]
                 assert not any(n.startswith("keras.src") for n in names), path
+
+
+# `compat.py` touches Keras's internals by design: the attributes it reads, each
+# with why in its own docstring.
+COMPAT_PRIVATE_READS = {
+    "_layout",
+    "_input_shape_arg",
+    "_orig_output_dim",
+    "_is_quantized",
+    "_keras_mask",
+    "_tracker",
+    "_flatten_layers",
+    "_torch_params",
+    "_update_metrics_variables",
+    "_get_variable_index",
+}
+
+
+def _private_reads(tree):
+    """`(line, "name._attr")` for each private attribute of another object read
+    as `name._attr` (`self`, `cls` and `super()` are the object's own)."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id not in ("self", "cls")
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            yield node.lineno, node.value.id, node.attr
+
+
+def test_no_private_attributes_of_other_objects():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        allowed = COMPAT_PRIVATE_READS if path.name == "compat.py" else set()
+        for line, name, attr in _private_reads(ast.parse(path.read_text())):
+            assert attr in allowed, (
+                f"{path.relative_to(PACKAGE)}:{line} reads {name}.{attr}"
+            )
+
+
+def test_the_private_attribute_check_sees_reads():
+    tree = ast.parse("x = layer._lookup.rows\ny = self._lookup\nz = super()._f")
+    assert [(n, a) for _, n, a in _private_reads(tree)] == [("layer", "_lookup")]

@@ -287,6 +287,15 @@ class Embedding(keras.layers.Layer):
             table = ops.cast(self._lookup.lora().table(table), self.compute_dtype)
         return table
 
+    @property
+    def sparse_variables(self):
+        """The variables trained with row-sparse gradients, read by id: the
+        table, or LoRA's `A` under LoRA (a list; empty unless `sparse=True`,
+        or before the layer is built)."""
+        if not self.built:
+            return []
+        return list(self._lookup.sparse_variables)
+
     def __dir__(self):
         # Keras's saving reads every attribute `dir` lists, looking for nested
         # saveables: `embeddings` of a LoRA or quantized table computes a whole
@@ -381,7 +390,14 @@ class Embedding(keras.layers.Layer):
             b_initializer: Initializer of the `(rank, output_dim)` factor
                 (zeros: the adapted layer starts equal to the original).
         """
-        rank, lora_alpha = _lora.check_enable(self, rank, lora_alpha)
+        rank, lora_alpha = _lora.check_enable(
+            rank,
+            lora_alpha,
+            constraint=self.embeddings_constraint,
+            built=self.built,
+            enabled_rank=self.lora_rank if self.lora_enabled else None,
+            name=self.name,
+        )
         regularizer = compat.variable_regularizer(self.embeddings_regularizer)
         add = functools.partial(
             _lora.add_factor, self.add_weight, regularizer=regularizer

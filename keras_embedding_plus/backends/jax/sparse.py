@@ -34,7 +34,7 @@ def sparse_take(table, ids):
 def capturing(table):
     """Whether a `RowCapture` is reading `table`'s rows now (JAX training)."""
     capture = _current_capture()
-    return capture is not None and id(table) in capture._tables
+    return capture is not None and capture.reads(table)
 
 
 class RowCapture:
@@ -66,8 +66,12 @@ class RowCapture:
     def __exit__(self, *exc_info):
         _local.capture = self._previous
 
+    def reads(self, table):
+        """Whether the lookups of `table` go through this capture."""
+        return id(table) in self._tables
+
     def lookup(self, table, ids):
-        if id(table) not in self._tables:
+        if not self.reads(table):
             return ops.take(table, ids, axis=0)
         rows = jnp.take(value_of(table), ids, axis=0, mode="clip")
         self.tables.append(table)
