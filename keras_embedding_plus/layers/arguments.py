@@ -138,3 +138,40 @@ def from_config_arguments(class_name, config):
             f"config={config}.\n\nException encountered: {e}"
         ) from e
     return config
+
+
+# Config entries stored as they are (the table objects are serialized).
+PLAIN_CONFIG = (
+    "input_dim",
+    "output_dim",
+    "mask_zero",
+    "dropout",
+    "lora_rank",
+    "lora_alpha",
+    "max_norm",
+    "norm_type",
+    "sparse",
+    "device",
+    "padding_idx",
+)
+SERIALIZED_CONFIG = {
+    "embeddings_initializer": keras.initializers.serialize,
+    "embeddings_regularizer": keras.regularizers.serialize,
+    "activity_regularizer": keras.regularizers.serialize,
+    "embeddings_constraint": keras.constraints.serialize,
+    "quantization_config": keras.saving.serialize_keras_object,
+}
+# Every entry `Embedding.get_config` adds, in the order it writes them.
+CONFIG_ENTRIES = (*PLAIN_CONFIG, *SERIALIZED_CONFIG, "input_length")
+
+
+def config_entries(arguments):
+    """The config entries of the layer's `arguments` (by name, `CONFIG_ENTRIES`):
+    initializers, regularizers, constraints and the quantization config
+    serialized, a tuple `input_length` as a list."""
+    config = {name: arguments[name] for name in PLAIN_CONFIG}
+    for name, serialize in SERIALIZED_CONFIG.items():
+        config[name] = serialize(arguments[name])
+    length = arguments["input_length"]
+    config["input_length"] = list(length) if isinstance(length, tuple) else length
+    return config

@@ -6,7 +6,6 @@ The lookup itself is the pipeline of `_lookup` (storage -> gather -> row transfo
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from numpy.typing import ArrayLike
 
 from keras_embedding_plus import backends, compat
 from keras_embedding_plus.layers import arguments as _args
-from keras_embedding_plus.layers import masking
+from keras_embedding_plus.layers import masking, variables
 from keras_embedding_plus.lookup import gather, index_policy, pipeline
 from keras_embedding_plus.lookup import lora as _lora
 from keras_embedding_plus.lookup import max_norm as _max_norm
@@ -25,7 +24,6 @@ from keras_embedding_plus.lookup import padding as _padding
 from keras_embedding_plus.lookup import placement as _placement
 from keras_embedding_plus.lookup import quantization as _quantization
 from keras_embedding_plus.lookup.spec import LookupSpec
-from keras_embedding_plus.saving import blocks as _chunks
 from keras_embedding_plus.saving import loading
 from keras_embedding_plus.vectors import pretrained as _vectors
 
@@ -33,27 +31,6 @@ _UNBUILT = (
     "You must build the layer before accessing `embeddings`: call "
     "`layer.build()` or call the layer on some ids first."
 )
-# Config entries stored as they are (the table objects are serialized).
-_PLAIN_CONFIG = (
-    "input_dim",
-    "output_dim",
-    "mask_zero",
-    "dropout",
-    "lora_rank",
-    "lora_alpha",
-    "max_norm",
-    "norm_type",
-    "sparse",
-    "device",
-    "padding_idx",
-)
-_SERIALIZED_CONFIG = {
-    "embeddings_initializer": keras.initializers.serialize,
-    "embeddings_regularizer": keras.regularizers.serialize,
-    "activity_regularizer": keras.regularizers.serialize,
-    "embeddings_constraint": keras.constraints.serialize,
-    "quantization_config": keras.saving.serialize_keras_object,
-}
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -231,34 +208,15 @@ class Embedding(keras.layers.Layer):
             mode, config = self.quantization_mode, self.quantization_config
             self.quantized_build((self.input_dim, self.output_dim), mode, config)
         else:
-            shape = (self.input_dim, self.output_dim)
-            # A big table is built as zeros, then drawn by blocks (`_chunks`).
-            blockwise = _placement.builds_by_default(
-                self._table_placement
-            ) and _chunks.blockwise(self.embeddings_initializer, shape)
-            initializer = (
-                "zeros"
-                if blockwise
-                else _padding.initializer(self.embeddings_initializer, self.padding_idx)
-            )
-            self._embeddings, self._table_placement = _placement.create(
+            self._embeddings, self._table_placement = variables.add_table(
+                self.add_weight,
                 self._table_placement,
-                shape,
-                lambda: self.add_weight(
-                    shape=shape,
-                    initializer=initializer,
-                    name="embeddings",
-                    regularizer=compat.variable_regularizer(
-                        self.embeddings_regularizer
-                    ),
-                    constraint=compat.variable_constraint(self.embeddings_constraint),
-                    trainable=True,
-                ),
+                (self.input_dim, self.output_dim),
+                self.embeddings_initializer,
+                self.embeddings_regularizer,
+                self.embeddings_constraint,
+                self.padding_idx,
             )
-            if blockwise:
-                _chunks.initialize(
-                    self._embeddings, self.embeddings_initializer, self.padding_idx
-                )
         self._build_extra_weights()
         self.built = True
         self._lookup = pipeline.compose(self._lookup_spec())
@@ -398,21 +356,17 @@ class Embedding(keras.layers.Layer):
             enabled_rank=self.lora_rank if self.lora_enabled else None,
             name=self.name,
         )
-        regularizer = compat.variable_regularizer(self.embeddings_regularizer)
-        add = functools.partial(
-            _lora.add_factor, self.add_weight, regularizer=regularizer
-        )
         with compat.unlocked_tracking(self):
-            # A is read by id, where the table lives; B joins the rows.
-            a_init = _padding.initializer(a_initializer, self.padding_idx)
-            self.lora_embeddings_a, self._table_placement = _placement.create(
+            a, b, self._table_placement = variables.add_lora_factors(
+                self.add_weight,
                 self._table_placement,
                 (self.input_dim, self.output_dim),
-                lambda: add("lora_embeddings_a", (self.input_dim, rank), a_init),
+                rank,
+                (a_initializer, b_initializer),
+                self.embeddings_regularizer,
+                self.padding_idx,
             )
-            self.lora_embeddings_b = add(
-                "lora_embeddings_b", (rank, self.output_dim), b_initializer
-            )
+            self.lora_embeddings_a, self.lora_embeddings_b = a, b
         # Frozen where it stands: the weights keep Keras's order `[embeddings,
         # lora_embeddings_a, lora_embeddings_b]`; the setter below keeps it frozen.
         self._embeddings.trainable = False
@@ -454,14 +408,14 @@ class Embedding(keras.layers.Layer):
         del embeddings_shape  # Always `(input_dim, output_dim)`.
         _quantization.check_mode(mode)
         block = _quantization.resolve_block_size(self.dtype_policy, config, mode)
-        variables, self._table_placement = _placement.create(
+        created, self._table_placement = variables.add_quantized(
+            self.add_weight,
             self._table_placement,
             (self.input_dim, self.output_dim),
-            lambda: _quantization.add_weights(
-                self.add_weight, self.input_dim, self.output_dim, mode, block
-            ),
+            mode,
+            block,
         )
-        self._embeddings, self.embeddings_scale, *blocks = variables
+        self._embeddings, self.embeddings_scale, *blocks = created
         if blocks:
             self.embeddings_zero, self.g_idx = blocks
         self._int4_block_size = block if mode == "int4" else None
@@ -521,20 +475,17 @@ class Embedding(keras.layers.Layer):
         # Keras's layout: the stored table's variables only, LoRA merged in.
         if not self.built:
             return
-        stored = self._stored_variables()
-        # A big table goes to NumPy by blocks, where the model computes (`_chunks`).
-        by_blocks = self._table_placement is None
-        big = _chunks.is_big((self.input_dim, self.output_dim))
-        if self.lora_enabled and by_blocks and big and not self.quantization_mode:
-            stored = [_chunks.saved(stored[0], self._merged_rows), *stored[1:]]
-        elif self.lora_enabled:
-            mode, block = (
-                self.quantization_mode,
-                getattr(self, "_int4_block_size", None),
-            )
-            stored = _quantization.merged(self._float_table(), stored, mode, block)
-        for i, value in enumerate(stored):
-            store[str(i)] = _chunks.saved(value) if by_blocks else value
+        lora_merge = (self._float_table, self._merged_rows)
+        saved = variables.saved_values(
+            self._stored_variables(),
+            (self.input_dim, self.output_dim),
+            by_blocks=self._table_placement is None,
+            mode=self.quantization_mode,
+            block=getattr(self, "_int4_block_size", None),
+            lora_merge=lora_merge if self.lora_enabled else None,
+        )
+        for i, value in enumerate(saved):
+            store[str(i)] = value
 
     def _merged_rows(self, start, stop):
         """Rows `start:stop` of the LoRA-merged float table, in its dtype."""
@@ -550,13 +501,8 @@ class Embedding(keras.layers.Layer):
             self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
 
     def get_config(self):
-        config = super().get_config()
-        config.update({name: getattr(self, name) for name in _PLAIN_CONFIG})
-        for name, serialize in _SERIALIZED_CONFIG.items():
-            config[name] = serialize(getattr(self, name))
-        length = self.input_length
-        config["input_length"] = list(length) if isinstance(length, tuple) else length
-        return config
+        arguments = {name: getattr(self, name) for name in _args.CONFIG_ENTRIES}
+        return {**super().get_config(), **_args.config_entries(arguments)}
 
     @classmethod
     def from_config(cls, config):
