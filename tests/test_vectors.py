@@ -76,9 +76,9 @@ def test_word2vec_binary(tmp_path, name):
 
 @pytest.mark.parametrize("block_rows", [8192, 4], ids=["one-block", "blocks"])
 def test_whole_file_without_vocabulary(tmp_path, monkeypatch, block_rows):
-    from keras_embedding_plus.vectors import pretrained as _vectors
+    from keras_embedding_plus.vectors import readers
 
-    monkeypatch.setattr(_vectors, "_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(readers, "_BLOCK_ROWS", block_rows)
     path = _write(tmp_path, "v.txt", _text())
     vectors = load_vectors(path)
     assert vectors.tokens == WORDS and vectors.coverage == 1.0 and vectors.dim == 5
@@ -308,13 +308,13 @@ def test_argument_errors(tmp_path):
 
 
 def test_stops_early_and_shows_progress(tmp_path, monkeypatch, capsys):
-    from keras_embedding_plus.vectors import pretrained as _vectors
+    from keras_embedding_plus.vectors import readers
 
     # A bad line after every wanted token is never reached.
     path = _write(tmp_path, "v.txt", _text() + "broken 1\n")
     np.testing.assert_array_equal(load_vectors(path, ["cat"]).matrix, VECTORS[[1]])
-    monkeypatch.setattr(_vectors, "_PROGRESS_AFTER_S", 0.0)
-    monkeypatch.setattr(_vectors, "_PROGRESS_EVERY", 1)
+    monkeypatch.setattr(readers, "_PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(readers, "_PROGRESS_EVERY", 1)
     path = _write(tmp_path, "v.txt", _text())
     load_vectors(path, ["dog", "zebra"])
     assert "MiB" in capsys.readouterr().out
