@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike
 from keras_embedding_plus import backends, compat
 from keras_embedding_plus.layers import arguments as _args
 from keras_embedding_plus.layers import masking, variables
+from keras_embedding_plus.layers.table_hooks import TableHooks
 from keras_embedding_plus.lookup import gather, index_policy, pipeline
 from keras_embedding_plus.lookup import lora as _lora
 from keras_embedding_plus.lookup import max_norm as _max_norm
@@ -34,7 +35,7 @@ _UNBUILT = (
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
-class Embedding(keras.layers.Layer):
+class Embedding(TableHooks, keras.layers.Layer):
     """Turns non-negative integers (indexes) into dense vectors of fixed size.
 
     A drop-in replacement for `keras.layers.Embedding` (Keras 3.15's arguments,
@@ -331,61 +332,6 @@ class Embedding(keras.layers.Layer):
             self.build()
         return self._lookup.logits(inputs, self.compute_dtype)
 
-    def enable_lora(
-        self,
-        rank: int,
-        lora_alpha: float | None = None,
-        a_initializer: str | keras.initializers.Initializer = "he_uniform",
-        b_initializer: str | keras.initializers.Initializer = "zeros",
-    ) -> None:
-        """Freeze the table and train a low-rank adapter (see `lora_rank`).
-
-        Args:
-            rank: Positive integer, the rank of the adapter.
-            lora_alpha: Optional number; the adapter is scaled by
-                `lora_alpha / rank` (default 1).
-            a_initializer: Initializer of the `(input_dim, rank)` factor.
-            b_initializer: Initializer of the `(rank, output_dim)` factor
-                (zeros: the adapted layer starts equal to the original).
-        """
-        rank, lora_alpha = _lora.check_enable(
-            rank,
-            lora_alpha,
-            constraint=self.embeddings_constraint,
-            built=self.built,
-            enabled_rank=self.lora_rank if self.lora_enabled else None,
-            name=self.name,
-        )
-        with compat.unlocked_tracking(self):
-            a, b, self._table_placement = variables.add_lora_factors(
-                self.add_weight,
-                self._table_placement,
-                (self.input_dim, self.output_dim),
-                rank,
-                (a_initializer, b_initializer),
-                self.embeddings_regularizer,
-                self.padding_idx,
-            )
-            self.lora_embeddings_a, self.lora_embeddings_b = a, b
-        # Frozen where it stands: the weights keep Keras's order `[embeddings,
-        # lora_embeddings_a, lora_embeddings_b]`; the setter below keeps it frozen.
-        self._embeddings.trainable = False
-        self.lora_enabled, self.lora_rank, self.lora_alpha = True, rank, lora_alpha
-        self._lookup = pipeline.compose(self._lookup_spec())
-
-    @property
-    def trainable(self):
-        return keras.layers.Layer.trainable.fget(self)
-
-    @trainable.setter
-    def trainable(self, value):
-        keras.layers.Layer.trainable.fset(self, value)
-        # Unlike Keras's layer, `layer.trainable = True` cannot unfreeze a table
-        # under LoRA or quantization: only the adapter trains.
-        if getattr(self, "lora_enabled", False) or self.quantization_mode:
-            for variable in self._table_variables():
-                variable.trainable = False
-
     def quantize(self, mode=None, type_check=True, config=None):
         """Quantize the table: `"int8"` or `"int4"` (see the class docstring)."""
         if type_check and type(self) is not Embedding:
@@ -403,31 +349,6 @@ class Embedding(keras.layers.Layer):
             base = self.dtype_policy.name
             self.dtype_policy = _quantization.policy_name(mode, block, base)
         self._lookup = pipeline.compose(self._lookup_spec())
-
-    def quantized_build(self, embeddings_shape, mode, config=None):
-        del embeddings_shape  # Always `(input_dim, output_dim)`.
-        _quantization.check_mode(mode)
-        block = _quantization.resolve_block_size(self.dtype_policy, config, mode)
-        created, self._table_placement = variables.add_quantized(
-            self.add_weight,
-            self._table_placement,
-            (self.input_dim, self.output_dim),
-            mode,
-            block,
-        )
-        self._embeddings, self.embeddings_scale, *blocks = created
-        if blocks:
-            self.embeddings_zero, self.g_idx = blocks
-        self._int4_block_size = block if mode == "int4" else None
-        compat.mark_quantized(self, self.output_dim)
-
-    def quantized_call(self, *args, **kwargs):
-        # One `call` for every mode: the index policy, masks and dropout included.
-        _quantization.check_mode(self.quantization_mode)
-        return self.call(*args, **kwargs)
-
-    def _quantization_mode_error(self, mode):  # Keras's hook, our text.
-        return _quantization.mode_error(mode)
 
     def _table_variables(self):
         """The variables that hold the table, in the order Keras saves them."""
@@ -486,13 +407,6 @@ class Embedding(keras.layers.Layer):
         )
         for i, value in enumerate(saved):
             store[str(i)] = value
-
-    def _merged_rows(self, start, stop):
-        """Rows `start:stop` of the LoRA-merged float table, in its dtype."""
-        lora = self._lookup.lora()
-        return _lora.merged_rows(
-            self._embeddings, lora.a, lora.b, lora.scale, start, stop
-        )
 
     def load_own_variables(self, store):
         """Load the (merged) table; a LoRA adapter restarts at 0 (B = 0)."""
