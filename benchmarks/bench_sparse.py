@@ -121,7 +121,7 @@ def run_series(variant, optimizer, vocabs, rounds):
             int(np.prod(v.shape)) * 4
             for v in model.trainable_variables + model.optimizer.variables
         )
-        cases.append(dict(model=model, x=x, y=y, state=state, times=[], peak=0))
+        cases.append(dict(model=model, x=x, y=y, state=state, times=[], peak=0.0))
     for _ in range(rounds):
         for case in cases:
             gc.collect()
