@@ -53,14 +53,9 @@ import gc
 import os
 import statistics
 import sys
-import time
-from pathlib import Path
 
-from bench_sparse import _reset_peak, _status_kb
-from bench_sparse import save as save_rows
+from _bench import RESULTS, peak_mb, peak_start, repeat_ms, replace_backend_rows
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 CSV_PATH = RESULTS / "bench_bag.csv"
 VOCAB, DIM, BATCH, MEAN_LENGTH, PADDED = 1_000_000, 64, 4096, 20, 50
 FIELDS = ("backend", "case", "contender", "median_ms", "min_ms", "peak_mb", "repeats")
@@ -68,19 +63,11 @@ FIELDS = ("backend", "case", "contender", "median_ms", "min_ms", "peak_mb", "rep
 
 def measure(fn, repeats, warmup=2):
     """`(median_ms, min_ms, peak_mb)` of `fn()`; peak from one extra call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    times = repeat_ms(fn, repeats, warmup)
     gc.collect()
-    _reset_peak()
-    before = _status_kb("VmRSS")
+    before = peak_start()
     fn()
-    peak = max(0, _status_kb("VmHWM") - before) / 1024
-    return statistics.median(times), min(times), peak
+    return statistics.median(times), min(times), max(0, peak_mb(before))
 
 
 def make_data(seed=0):
@@ -321,7 +308,7 @@ def run(backend, repeats, cases):
 
 
 def save(rows, backend):
-    save_rows(rows, backend, CSV_PATH, FIELDS)
+    replace_backend_rows(CSV_PATH, FIELDS, rows, backend)
 
 
 def set_threads(n):

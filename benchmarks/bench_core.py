@@ -10,15 +10,17 @@ Cases (the sizes of issue 2):
   returns a NumPy array made the way ``predict_on_batch`` makes it on that backend
   (``.numpy()`` on TensorFlow, a ``np.array`` copy on JAX and torch), so all of
   them pay the same 33.5 MB output copy.
+* ``forward_1M``: the same at vocab 1,000,000 x 64, ids 4096 x 50: a table past
+  the size (2**25 elements) from which ours is built by row blocks.
 * ``train_10k`` / ``train_1M``: one Adam step (``model.train_on_batch``) of
   ``Embedding(vocab, 64) -> GlobalAveragePooling1D -> Dense(1)`` on a 256 x 32 batch;
   ours vs Keras (the target is relative to Keras only).
 
 Contenders are interleaved round by round (the order rotates every round) so that
 drift of a shared machine hits them alike; warm-up rounds (compilation) are
-excluded. Reported: each contender's median time, and each ratio as the median
-over rounds of the two contenders' per-round ratio (paired, so drift cancels).
-The ratios are what carry over between machines.
+excluded (``_bench.time_interleaved``). Reported: each contender's median time,
+and each ratio as the median over rounds of the two contenders' per-round ratio
+(paired, so drift cancels). The ratios are what carry over between machines.
 
 Usage::
 
@@ -32,32 +34,27 @@ Results go to ``benchmarks/results/bench_core.csv`` (a run replaces its backend'
 rows) and ``benchmarks/results/bench_core.png``.
 """
 
-import argparse
-import csv
 import gc
-import os
-import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
-CSV_PATH = RESULTS / "bench_core.csv"
-PNG_PATH = RESULTS / "bench_core.png"
-BACKENDS = ("tensorflow", "jax", "torch")
+import _bench as bench
+
+CSV_PATH = bench.RESULTS / "bench_core.csv"
+PNG_PATH = bench.RESULTS / "bench_core.png"
 CONTENDERS = ("ours", "keras", "native")
 CASES = {
     # name: (label, vocab, output_dim)
     "forward": ("forward, vocab 100k x 128, ids 1024 x 64", 100_000, 128),
+    "forward_1M": ("forward, vocab 1M x 64, ids 4096 x 50", 1_000_000, 64),
     "train_10k": ("Adam train step, vocab 10k x 64, batch 256 x 32", 10_000, 64),
     "train_1M": ("Adam train step, vocab 1M x 64, batch 256 x 32", 1_000_000, 64),
 }
+# The ids of the forward cases.
+IDS_SHAPES = {"forward": (1024, 64), "forward_1M": (4096, 50)}
 # (contender, reference, highest allowed ratio) per case: the issue's targets.
 TARGETS = {
     "forward": (("ours", "keras", 1.00), ("ours", "native", 1.10)),
+    "forward_1M": (("ours", "keras", 1.05), ("ours", "native", 1.10)),
     "train_10k": (("ours", "keras", 1.10),),
     "train_1M": (("ours", "keras", 1.10),),
 }
@@ -65,50 +62,11 @@ FIELDS = (
     "backend",
     "case",
     "contender",
-    "median_ms",
-    "q1_ms",
-    "q3_ms",
-    "repeats",
+    *bench.TIMING_FIELDS,
     "vs_keras",
     "vs_native",
-    "keras_version",
-    "backend_version",
+    *bench.VERSION_FIELDS,
 )
-
-
-def time_interleaved(fns, budget_s, min_repeats, max_repeats, warmup=3, samples=None):
-    """Median, quartiles and count of wall times (ms) per contender.
-
-    `fns` maps names to zero-argument callables. Each round calls every contender
-    once, in an order that rotates every round. `samples`, if given, is a dict
-    that receives every contender's list of times (ms), one per round.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        start = time.perf_counter()
-        for name in names:
-            fns[name]()
-        round_s = time.perf_counter() - start
-    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(round_s, 1e-9))))
-    times = {name: [] for name in names}
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(repeats):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                start = time.perf_counter()
-                fns[name]()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    finally:
-        gc.enable()
-    if samples is not None:
-        samples.update(times)
-    stats = {}
-    for name, ts in times.items():
-        q1, median, q3 = statistics.quantiles(ts, n=4)
-        stats[name] = (statistics.median(ts), q1, q3, len(ts))
-    return stats
 
 
 def native_lookup(table, backend):
@@ -147,16 +105,16 @@ def native_lookup(table, backend):
     raise ValueError(f"Unknown backend {backend!r}.")
 
 
-def bench_forward(layer_classes, backend, rng, budget_s, samples):
+def bench_forward(layer_classes, case, backend, rng, budget_s, samples):
     import keras
 
-    vocab, dim = CASES["forward"][1:]
+    vocab, dim = CASES[case][1:]
     table = rng.standard_normal((vocab, dim), dtype="float32")
-    ids = rng.integers(0, vocab, size=(1024, 64), dtype="int32")
+    ids = rng.integers(0, vocab, size=IDS_SHAPES[case], dtype="int32")
     fns = {}
     for name, cls in layer_classes.items():
         layer = cls(vocab, dim)
-        model = keras.Sequential([keras.Input((64,), dtype="int32"), layer])
+        model = keras.Sequential([keras.Input(ids.shape[1:], dtype="int32"), layer])
         layer.embeddings.assign(table)
         fns[name] = lambda model=model: model.predict_on_batch(ids)
     native = native_lookup(table, backend)
@@ -165,7 +123,7 @@ def bench_forward(layer_classes, backend, rng, budget_s, samples):
     for name, fn in fns.items():
         diff = float(abs(fn() - reference).max())
         assert diff == 0.0, f"{name} disagrees with keras by {diff}"
-    return time_interleaved(
+    return bench.time_interleaved(
         fns, budget_s, min_repeats=15, max_repeats=200, samples=samples
     )
 
@@ -188,71 +146,44 @@ def bench_train(layer_classes, case, rng, budget_s, samples):
         model.compile(keras.optimizers.Adam(1e-3), "mse")
         fns[name] = lambda model=model: model.train_on_batch(ids, y)
     del table
-    return time_interleaved(
+    return bench.time_interleaved(
         fns, budget_s, min_repeats=9, max_repeats=300, samples=samples
     )
 
 
-def paired_ratio(samples, name, reference):
-    """Median over rounds of `name`'s time / `reference`'s time in that round.
-
-    Both ran back to back in every round, so this cancels the machine's drift
-    better than a ratio of the two medians.
-    """
-    return statistics.median(
-        a / b for a, b in zip(samples[name], samples[reference], strict=True)
-    )
-
-
-def backend_version(backend):
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
-    return __import__(module).__version__
-
-
 def run_backend(budget_s, cases):
     """Time every case on the active backend; return CSV rows."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backend = bench.start_backend()
     import keras
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from keras_embedding_plus import Embedding
 
-    backend = keras.backend.backend()
     layer_classes = {"ours": Embedding, "keras": keras.layers.Embedding}
-    print(
-        f"Keras {keras.__version__}, backend {backend} {backend_version(backend)}, "
-        f"{os.cpu_count()} CPUs",
-        flush=True,
-    )
     rows = []
     for case in cases:
         rng = np.random.default_rng(0)
         samples = {}
-        if case == "forward":
-            stats = bench_forward(layer_classes, backend, rng, budget_s, samples)
+        if case in IDS_SHAPES:
+            stats = bench_forward(layer_classes, case, backend, rng, budget_s, samples)
         else:
             stats = bench_train(layer_classes, case, rng, budget_s, samples)
         keras.backend.clear_session()
         gc.collect()
-        for name, (median, q1, q3, n) in stats.items():
+        for name in stats:
             rows.append(
                 {
                     "backend": backend,
                     "case": case,
                     "contender": name,
-                    "median_ms": f"{median:.3f}",
-                    "q1_ms": f"{q1:.3f}",
-                    "q3_ms": f"{q3:.3f}",
-                    "repeats": n,
-                    "vs_keras": f"{paired_ratio(samples, name, 'keras'):.3f}",
+                    **bench.timing_fields(stats[name]),
+                    "vs_keras": f"{bench.paired_ratio(samples, name, 'keras'):.3f}",
                     "vs_native": (
-                        f"{paired_ratio(samples, name, 'native'):.3f}"
+                        f"{bench.paired_ratio(samples, name, 'native'):.3f}"
                         if "native" in stats
                         else ""
                     ),
-                    "keras_version": keras.__version__,
-                    "backend_version": backend_version(backend),
+                    **bench.version_fields(backend),
                 }
             )
         print_case(case, [r for r in rows if r["case"] == case])
@@ -278,31 +209,23 @@ def print_case(case, rows):
     sys.stdout.flush()
 
 
-def read_rows():
-    if not CSV_PATH.exists():
-        return []
-    with CSV_PATH.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def write_rows(new_rows):
-    """Replace the rows of the backends in `new_rows`, keep the others."""
+    """Replace the rows of the (backend, case) pairs in `new_rows`, keep the
+    others."""
     replaced = {(r["backend"], r["case"]) for r in new_rows}
-    rows = [r for r in read_rows() if (r["backend"], r["case"]) not in replaced]
-    rows += new_rows
-    order = {b: i for i, b in enumerate(BACKENDS)}
-    rows.sort(
-        key=lambda r: (
+    order = {b: i for i, b in enumerate(bench.BACKENDS)}
+    bench.update_csv(
+        CSV_PATH,
+        FIELDS,
+        new_rows,
+        lambda r: (r["backend"], r["case"]) in replaced,
+        sort_key=lambda r: (
             order.get(r["backend"], 9),
             list(CASES).index(r["case"]),
             CONTENDERS.index(r["contender"]),
-        )
+        ),
+        lineterminator="\n",
     )
-    RESULTS.mkdir(exist_ok=True)
-    with CSV_PATH.open("w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _ms(value):
@@ -316,67 +239,49 @@ def plot():
     (the paired ratio), so that panels with 2 ms and 2 s steps read alike; each
     bar is labelled with its median in ms. Dashed lines: the targets.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_rows()
+    plt = bench.pyplot()
+    rows = bench.read_csv(CSV_PATH)
     if not rows:
         return
     colors = {"ours": "#d95f02", "keras": "#7570b3", "native": "#1b9e77"}
-    fig, axes = plt.subplots(1, len(CASES), figsize=(16, 5), sharey=True)
+    fig, axes = plt.subplots(1, len(CASES), figsize=(20, 5), sharey=True)
     for ax, (case, (label, _, _)) in zip(axes, CASES.items(), strict=True):
-        backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
-        width = 0.27
-        for i, name in enumerate(CONTENDERS):
-            found = {
-                r["backend"]: r
-                for r in rows
-                if (r["case"], r["contender"]) == (case, name)
-            }
-            xs = [j + (i - 1) * width for j, b in enumerate(backends) if b in found]
-            cases = [found[b] for b in backends if b in found]
-            if not xs:
-                continue
-            ratios = [float(r["vs_keras"]) for r in cases]
-            bars = ax.bar(xs, ratios, width, label=name, color=colors[name])
-            for bar, ratio, row in zip(bars, ratios, cases, strict=True):
-                ax.annotate(
-                    f"{ratio:.2f}x\n{_ms(float(row['median_ms']))} ms",
-                    (bar.get_x() + bar.get_width() / 2, ratio),
-                    ha="center",
-                    va="bottom",
-                    fontsize=6.5,
-                )
+        bench.grouped_bars(
+            ax,
+            rows,
+            case,
+            CONTENDERS,
+            height=lambda r: float(r["vs_keras"]),
+            label=lambda r: (
+                f"{float(r['vs_keras']):.2f}x\n{_ms(float(r['median_ms']))} ms"
+            ),
+            width=0.27,
+            colors=colors,
+            fontsize=6.5,
+        )
         for _, reference, limit in TARGETS[case]:
             if reference == "keras":
                 ax.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
-        ax.set_xticks(range(len(backends)), backends)
         ax.set_title(label, fontsize=9)
         ax.set_ylim(0, 1.45)
     axes[0].set_ylabel("time relative to keras.layers.Embedding (lower is better)")
     axes[0].legend(loc="upper left", fontsize=8, ncols=3)
-    fig.suptitle(
+    title = (
         "keras_embedding_plus.Embedding (ours) vs keras.layers.Embedding vs the "
-        "native lookup, one process per backend; dashed: target vs Keras",
-        fontsize=10,
+        "native lookup, one process per backend; dashed: target vs Keras"
     )
-    fig.tight_layout()
-    fig.savefig(PNG_PATH, dpi=110)
-    plt.close(fig)
-    print(f"wrote {CSV_PATH.relative_to(ROOT)} and {PNG_PATH.relative_to(ROOT)}")
+    bench.save_chart(fig, PNG_PATH, CSV_PATH, title)
 
 
 def markdown_table():
     """The CSV as a Markdown table (what README.md shows)."""
-    rows = read_rows()
+    rows = bench.read_csv(CSV_PATH)
     lines = [
         "| backend | case | ours ms | keras ms | native ms | ours / keras "
         "| ours / native |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for backend in BACKENDS:
+    for backend in bench.BACKENDS:
         for case in CASES:
             found = {
                 r["contender"]: r
@@ -394,45 +299,16 @@ def markdown_table():
     return "\n".join(lines)
 
 
-def run_all(args):
-    """Each backend in its own subprocess, one after the other."""
-    for backend in BACKENDS:
-        python = ROOT / ".tox" / backend / "bin" / "python"
-        python = str(python) if python.exists() else sys.executable
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        command = [
-            python,
-            __file__,
-            "--budget",
-            str(args.budget),
-            "--cases",
-            *args.cases,
-        ]
-        print(f"=== {backend}: {python}", flush=True)
-        subprocess.run(command, env=env, check=True)
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--all", action="store_true", help="every backend, one by one")
-    parser.add_argument("--plot-only", action="store_true", help="redraw the chart")
+    parser = bench.case_parser(__doc__, CASES, budget_s=30.0)
     parser.add_argument(
         "--markdown", action="store_true", help="print the CSV as a Markdown table"
     )
-    parser.add_argument(
-        "--budget", type=float, default=30.0, help="seconds of timing per case"
-    )
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     args = parser.parse_args()
     if args.markdown:
         print(markdown_table())
         return
-    if args.all:
-        run_all(args)  # each backend's process redrew the chart
-        return
-    if not args.plot_only:
-        write_rows(run_backend(args.budget, args.cases))
-    plot()
+    bench.run_cases(args, __file__, run_backend, write_rows, plot)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ device; TensorFlow ``/device:CPU:0``; torch ``cpu``). On this CPU-only machine
 "devices" share the same cores and RAM, so the numbers are the cost of the
 placement machinery (dispatch, copies, host-memory gathers), not of a PCIe link.
 
-Timing: interleaved rounds and medians (``time_interleaved`` from
-``bench_core.py``).
+Timing: interleaved rounds and medians (``_bench.time_interleaved``).
 
 Usage::
 
@@ -27,17 +26,18 @@ rows).
 """
 
 import argparse
-import csv
 import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CSV_PATH = HERE / "results" / "bench_placement.csv"
-BACKENDS = ("tensorflow", "jax", "torch")
+from _bench import (
+    RESULTS,
+    replace_backend_rows,
+    run_each_backend,
+    start_backend,
+    time_interleaved,
+)
+
+CSV_PATH = RESULTS / "bench_placement.csv"
 OTHER = {"jax": "cpu:1", "tensorflow": "cpu:1", "torch": "cpu"}
 FIELDS = ("backend", "case", "contender", "device", "median_ms", "ratio")
 
@@ -97,11 +97,9 @@ def make_models(backend, case, rng):
 
 
 def run_backend(budget_s):
-    import keras
+    backend = start_backend()
     import numpy as np
-    from bench_core import time_interleaved
 
-    backend = keras.backend.backend()
     rng = np.random.default_rng(0)
     rows = []
     for case in ("forward", "train"):
@@ -132,38 +130,17 @@ def run_backend(budget_s):
     return rows
 
 
-def write_rows(new_rows):
-    rows = []
-    if CSV_PATH.exists():
-        with open(CSV_PATH, newline="") as f:
-            rows = list(csv.DictReader(f))
-    done = {r["backend"] for r in new_rows}
-    rows = [r for r in rows if r["backend"] not in done] + new_rows
-    CSV_PATH.parent.mkdir(exist_ok=True)
-    with open(CSV_PATH, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="every backend")
     parser.add_argument("--budget", type=float, default=8.0, help="seconds a case")
     args = parser.parse_args()
     if args.all:
-        for backend in BACKENDS:
-            python = ROOT / ".tox" / backend / "bin" / "python"
-            python = str(python) if python.exists() else sys.executable
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-            env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])
-            subprocess.run(
-                [python, __file__, "--budget", str(args.budget)], env=env, check=True
-            )
+        run_each_backend(__file__, ["--budget", args.budget])
         return
     setup_devices(os.environ.get("KERAS_BACKEND", "tensorflow"))
-    sys.path[:0] = [str(ROOT), str(HERE)]
-    write_rows(run_backend(args.budget))
+    rows = run_backend(args.budget)
+    replace_backend_rows(CSV_PATH, FIELDS, rows, rows[0]["backend"])
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ Cases (forward, `model.predict_on_batch`, ids 1024 x 64 int32, output_dim 64):
   call. Target: ours with LoRA <= 1.3x our plain forward at vocab 1M.
 
 Also prints the stored table bytes (from the variables) of each quantized layer
-relative to float32. Timing: interleaved rounds, medians (``time_interleaved`` from
-``bench_core.py``); the ratios are what carry over between machines.
+relative to float32. Timing: interleaved rounds, medians
+(``_bench.time_interleaved``); the ratios are what carry over between machines.
 
 Usage::
 
@@ -25,22 +25,12 @@ Results: ``benchmarks/results/bench_quant_lora.csv`` (a run replaces its backend
 rows) and ``benchmarks/results/bench_quant_lora.png``.
 """
 
-import argparse
-import csv
 import gc
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from bench_core import backend_version, time_interleaved
+import _bench as bench
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
-CSV_PATH = RESULTS / "bench_quant_lora.csv"
-PNG_PATH = RESULTS / "bench_quant_lora.png"
-BACKENDS = ("tensorflow", "jax", "torch")
+CSV_PATH = bench.RESULTS / "bench_quant_lora.csv"
+PNG_PATH = bench.RESULTS / "bench_quant_lora.png"
 DIM = 64
 IDS_SHAPE = (1024, 64)
 RANK = 8
@@ -61,14 +51,10 @@ FIELDS = (
     "backend",
     "case",
     "contender",
-    "median_ms",
-    "q1_ms",
-    "q3_ms",
-    "repeats",
+    *bench.TIMING_FIELDS,
     "ratio",
     "table_bytes_ratio",
-    "keras_version",
-    "backend_version",
+    *bench.VERSION_FIELDS,
 )
 
 
@@ -145,7 +131,7 @@ def bench_case(case, budget_s):
         name: (lambda model=model: model.predict_on_batch(ids))
         for name, (model, _) in contenders.items()
     }
-    stats = time_interleaved(fns, budget_s, min_repeats=9, max_repeats=60)
+    stats = bench.time_interleaved(fns, budget_s, min_repeats=9, max_repeats=60)
     sizes = {
         name: _table_bytes(layer) / float_bytes
         for name, (_, layer) in contenders.items()
@@ -155,16 +141,9 @@ def bench_case(case, budget_s):
 
 
 def run_backend(budget_s, cases):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backend = bench.start_backend()
     import keras
 
-    sys.path.insert(0, str(ROOT))
-    backend = keras.backend.backend()
-    print(
-        f"Keras {keras.__version__}, backend {backend} {backend_version(backend)}, "
-        f"{os.cpu_count()} CPUs",
-        flush=True,
-    )
     rows = []
     for case in cases:
         stats, sizes = bench_case(case, budget_s)
@@ -172,21 +151,17 @@ def run_backend(budget_s, cases):
         gc.collect()
         reference = stats[REFERENCE[CASES[case][0]]][0]
         print(f"-- {case} (ratio to {REFERENCE[CASES[case][0]]})")
-        for name, (median, q1, q3, n) in stats.items():
+        for name, (median, *_) in stats.items():
             size = f"{sizes[name]:.4f}" if name in sizes else ""
             rows.append(
                 {
                     "backend": backend,
                     "case": case,
                     "contender": name,
-                    "median_ms": f"{median:.3f}",
-                    "q1_ms": f"{q1:.3f}",
-                    "q3_ms": f"{q3:.3f}",
-                    "repeats": n,
+                    **bench.timing_fields(stats[name]),
                     "ratio": f"{median / reference:.3f}",
                     "table_bytes_ratio": size,
-                    "keras_version": keras.__version__,
-                    "backend_version": backend_version(backend),
+                    **bench.version_fields(backend),
                 }
             )
             print(
@@ -197,66 +172,36 @@ def run_backend(budget_s, cases):
     return rows
 
 
-def read_rows():
-    if not CSV_PATH.exists():
-        return []
-    with open(CSV_PATH, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def write_rows(new_rows):
     backends = {r["backend"] for r in new_rows}
     cases = {r["case"] for r in new_rows}
-    rows = [
-        r for r in read_rows() if not (r["backend"] in backends and r["case"] in cases)
-    ] + new_rows
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(CSV_PATH, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.update_csv(
+        CSV_PATH,
+        FIELDS,
+        new_rows,
+        lambda r: r["backend"] in backends and r["case"] in cases,
+    )
 
 
 def plot():
     """One panel per case: backends on x, one bar per contender (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_rows()
+    plt = bench.pyplot()
+    rows = bench.read_csv(CSV_PATH)
     if not rows:
         return
     fig, axes = plt.subplots(1, len(CASES), figsize=(17, 4.8))
     for ax, case in zip(axes, CASES, strict=True):
-        names = CONTENDERS[CASES[case][0]]
-        backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
-        width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            xs, heights, ratios = [], [], []
-            for j, backend in enumerate(backends):
-                match = [
-                    r
-                    for r in rows
-                    if (r["backend"], r["case"], r["contender"])
-                    == (backend, case, name)
-                ]
-                if match:
-                    xs.append(j - 0.4 + (i + 0.5) * width)
-                    heights.append(float(match[0]["median_ms"]))
-                    ratios.append(float(match[0]["ratio"]))
-            bars = ax.bar(xs, heights, width, label=name)
-            for bar, ratio in zip(bars, ratios, strict=True):
-                ax.annotate(
-                    f"{ratio:.2f}x",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=6,
-                    rotation=90,
-                )
+        bench.grouped_bars(
+            ax,
+            rows,
+            case,
+            CONTENDERS[CASES[case][0]],
+            height=lambda r: float(r["median_ms"]),
+            label=lambda r: f"{float(r['ratio']):.2f}x",
+            fontsize=6,
+            rotation=90,
+        )
         ax.set_yscale("log")
-        ax.set_xticks(range(len(backends)), backends)
         kind, vocab = CASES[case]
         ax.set_title(
             f"{kind} forward, vocab {vocab:,} x {DIM}, ids 1024 x 64", fontsize=9
@@ -264,42 +209,17 @@ def plot():
         ax.set_ylabel("median ms (log; lower is better)")
         ax.legend(fontsize=7, loc="upper left")
         ax.margins(y=0.3)
-    fig.suptitle(
+    title = (
         "Quantized and LoRA lookups: keras_embedding_plus (ours) vs keras.layers."
-        "Embedding; labels: ratio to our float / plain layer",
-        fontsize=10,
+        "Embedding; labels: ratio to our float / plain layer"
     )
-    fig.tight_layout()
-    fig.savefig(PNG_PATH, dpi=110)
-    plt.close(fig)
-    print(f"wrote {CSV_PATH.relative_to(ROOT)} and {PNG_PATH.relative_to(ROOT)}")
-
-
-def run_all(args):
-    for backend in BACKENDS:
-        python = ROOT / ".tox" / backend / "bin" / "python"
-        python = str(python) if python.exists() else sys.executable
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        command = [python, __file__, "--budget", str(args.budget), "--cases"]
-        print(f"=== {backend}: {python}", flush=True)
-        subprocess.run([*command, *args.cases], env=env, check=True)
+    bench.save_chart(fig, PNG_PATH, CSV_PATH, title)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--all", action="store_true", help="every backend, one by one")
-    parser.add_argument("--plot-only", action="store_true", help="redraw the chart")
-    parser.add_argument(
-        "--budget", type=float, default=10.0, help="seconds of timing per case"
-    )
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser = bench.case_parser(__doc__, CASES, budget_s=10.0)
     args = parser.parse_args()
-    if args.all:
-        run_all(args)  # Each backend's process redraws the chart itself.
-        return
-    if not args.plot_only:
-        write_rows(run_backend(args.budget, args.cases))
-    plot()
+    bench.run_cases(args, __file__, run_backend, write_rows, plot)
 
 
 if __name__ == "__main__":

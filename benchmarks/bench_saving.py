@@ -35,14 +35,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-from bench_sparse import _reset_peak, _status_kb
-from bench_sparse import save as save_rows
+from _bench import RESULTS, peak_mb, peak_start, replace_backend_rows
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CSV_PATH = HERE / "results" / "bench_saving.csv"
+CSV_PATH = RESULTS / "bench_saving.csv"
 DIM, RANK = 64, 8
 STEPS = (
     "build",
@@ -86,8 +82,7 @@ def child(step, rows, lora, directory):
     model = None
     if step != "build" and step != "load_keras":
         model = _build(rows, lora)
-    _reset_peak()
-    base = _status_kb("VmRSS")
+    base = peak_start()
     start = time.perf_counter()
     if step == "build":
         model = _build(rows, lora)
@@ -102,7 +97,7 @@ def child(step, rows, lora, directory):
     elif step == "load_weights_ours":
         keras_embedding_plus.load_weights(model, weights_path)
     seconds = time.perf_counter() - start
-    peak = (_status_kb("VmHWM") - base) / 1024
+    peak = peak_mb(base)
     table_mb = rows * DIM * 4 / 2**20
     print(
         "RESULT "
@@ -142,7 +137,6 @@ def main():
     parser.add_argument("--child")
     parser.add_argument("--dir")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     if args.child:
         child(args.child, args.rows, args.lora, args.dir)
         return
@@ -153,7 +147,7 @@ def main():
         with tempfile.TemporaryDirectory() as directory:
             results += run(args.rows, lora, directory)
     if args.rows == 5_000_000:
-        save_rows(results, keras.backend.backend(), CSV_PATH, FIELDS)
+        replace_backend_rows(CSV_PATH, FIELDS, results, keras.backend.backend())
 
 
 if __name__ == "__main__":

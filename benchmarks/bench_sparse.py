@@ -33,17 +33,22 @@ replaces its backend's rows of ``benchmarks/results/bench_sparse.csv`` and redra
 """
 
 import argparse
-import csv
 import gc
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-RESULTS = HERE / "results"
+from _bench import (
+    RESULTS,
+    peak_mb,
+    pyplot,
+    read_csv,
+    replace_backend_rows,
+    reset_peak,
+    save_chart,
+    status_kb,
+)
+
 CSV_PATH = RESULTS / "bench_sparse.csv"
 PNG_PATH = RESULTS / "bench_sparse.png"
 VOCABS = (10_000, 1_000_000, 5_000_000)
@@ -59,19 +64,6 @@ FIELDS = (
     "step_peak_mb",
     "state_mb",
 )
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def variants(backend):
@@ -129,16 +121,16 @@ def run_series(variant, optimizer, vocabs, rounds):
             int(np.prod(v.shape)) * 4
             for v in model.trainable_variables + model.optimizer.variables
         )
-        cases.append(dict(model=model, x=x, y=y, state=state, times=[], peak=0))
+        cases.append(dict(model=model, x=x, y=y, state=state, times=[], peak=0.0))
     for _ in range(rounds):
         for case in cases:
             gc.collect()
-            before = _status_kb("VmRSS")
-            _reset_peak()
+            before = status_kb("VmRSS")
+            reset_peak()
             start = time.perf_counter()
             case["model"].train_on_batch(case["x"], case["y"])
             case["times"].append(time.perf_counter() - start)
-            case["peak"] = max(case["peak"], _status_kb("VmHWM") - before)
+            case["peak"] = max(case["peak"], peak_mb(before))
     results = []
     for case in cases:
         ratios = [
@@ -148,7 +140,7 @@ def run_series(variant, optimizer, vocabs, rounds):
             (
                 statistics.median(case["times"]) * 1e3,
                 statistics.median(ratios),
-                case["peak"] / 1024,
+                case["peak"],
                 case["state"] / 2**20,
             )
         )
@@ -183,27 +175,9 @@ def run(backend, rounds, vocabs=VOCABS):
     return rows
 
 
-def save(rows, backend, csv_path=CSV_PATH, fields=FIELDS):
-    """Write `rows` to `csv_path`, replacing the rows of `backend` only."""
-    csv_path.parent.mkdir(exist_ok=True)
-    kept = []
-    if csv_path.exists():
-        with open(csv_path) as f:
-            kept = [r for r in csv.DictReader(f) if r["backend"] != backend]
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(kept + rows)
-
-
 def plot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(CSV_PATH) as f:
-        rows = list(csv.DictReader(f))
+    plt = pyplot()
+    rows = read_csv(CSV_PATH)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     every = sorted({(r["backend"], r["variant"]) for r in rows})
     colors = {key: f"C{i}" for i, key in enumerate(every)}
@@ -234,9 +208,7 @@ def plot():
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("median step time (ms)")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(PNG_PATH, dpi=110)
-    print("wrote", PNG_PATH)
+    save_chart(fig, PNG_PATH)
 
 
 def main():
@@ -252,7 +224,8 @@ def main():
 
         backend = keras.backend.backend()
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        save(run(backend, args.rounds, args.vocabs), backend)
+        rows = run(backend, args.rounds, args.vocabs)
+        replace_backend_rows(CSV_PATH, FIELDS, rows, backend)
     plot()
 
 

@@ -16,7 +16,6 @@ Usage::
 Each run replaces its backend's rows of ``benchmarks/results/bench_vectors.csv``.
 """
 
-import csv
 import os
 import statistics
 import sys
@@ -26,14 +25,13 @@ import tracemalloc
 
 import keras
 import numpy as np
+from _bench import RESULTS, repeat_ms, update_csv
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from keras_embedding_plus import Embedding, load_vectors, nearest  # noqa: E402
+from keras_embedding_plus import Embedding, load_vectors, nearest
 
 LINES, DIM, WANTED, MISSING = 200_000, 100, 15_000, 5_000
 ROWS, NEAREST_DIM = 1_000_000, 64
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench_vectors.csv")
+CSV_PATH = RESULTS / "bench_vectors.csv"
 
 
 def _write_file(path):
@@ -92,17 +90,13 @@ def bench_nearest(backend, rows):
     layer.embeddings.assign(table)
     del table
     for label, query in (("1 id", 123), ("64 ids", np.arange(64))):
-        nearest(layer, query, k=10)  # warm-up (compiles the ops once)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            nearest(layer, query, k=10)
-            times.append(time.perf_counter() - start)
+        # One warm-up call (compiles the ops once), then 5 timed.
+        times = repeat_ms(lambda q=query: nearest(layer, q, k=10), 5, warmup=1)
         rows.append(
             {
                 "backend": backend,
                 "case": f"nearest 1M x 64, {label}, k=10",
-                "seconds": round(statistics.median(times), 4),
+                "seconds": round(statistics.median(times) / 1e3, 4),
             }
         )
 
@@ -118,20 +112,15 @@ def main():
     fields.append("coverage")
     for row in rows:
         print(", ".join(f"{k}={row[k]}" for k in fields if k in row))
-    old = []
-    if os.path.exists(RESULTS):
-        with open(RESULTS, newline="") as f:
-            old = [
-                r
-                for r in csv.DictReader(f)
-                if r["backend"] != backend
-                or (nearest_only and r["case"].startswith("load_vectors"))
-            ]
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(old + rows)
+    update_csv(
+        CSV_PATH,
+        fields,
+        rows,
+        lambda r: (
+            r["backend"] == backend
+            and not (nearest_only and r["case"].startswith("load_vectors"))
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,16 @@ import numpy as np
 # padding id 0.
 INPUT_DIM, OUTPUT_DIM, RANK, LENGTH = 7, 3, 2, 4
 IDS = np.array([[1, 0, 3, 1], [6, 2, 0, 5]], dtype="int32")
+# The ids of the compiled calls: `IDS` with two invalid ids, a negative one (which
+# `ops.take` would wrap to the last row) and `INPUT_DIM` (one past the end). The
+# index policy (`keras_embedding_plus/_ids.py`): their rows are zero there, and
+# no gradient flows from them; eager calls refuse them with `INVALID_MESSAGE`.
+MIXED_IDS = np.array([[1, 0, -1, 1], [6, 2, INPUT_DIM, 5]], dtype="int32")
+INVALID_MESSAGE = (
+    "Invalid embedding id -1 at position (0, 2) of the ids: valid ids are the "
+    f"integers 0 to {INPUT_DIM - 1} (input_dim={INPUT_DIM}). 2 of 8 ids are "
+    "invalid."
+)
 DROPOUT = 0.5
 MAX_NORM = 1.0
 
@@ -293,8 +303,16 @@ def reference_params(layer, options):
     return params
 
 
+def valid_ids(ids):
+    """Which of `ids` are valid: the integers 0 .. INPUT_DIM - 1."""
+    return (ids >= 0) & (ids < INPUT_DIM)
+
+
 def reference(params, options, ids=IDS, keep=None):
-    """The layer's output for `ids` in float64; `keep`: dropout's kept rows."""
+    """The layer's output for `ids` in float64 (zero rows for invalid ids, as in
+    compiled calls); `keep`: dropout's kept rows."""
+    valid = valid_ids(ids)
+    ids = np.where(valid, ids, 0)
     rows = params["embeddings"][ids]
     if "lora" in options:
         scale = 1.0  # lora_alpha defaults to lora_rank.
@@ -307,12 +325,12 @@ def reference(params, options, ids=IDS, keep=None):
         rows = np.where(norm > MAX_NORM, rows * MAX_NORM / (norm + 1e-7), rows)
     if keep is not None:
         rows = rows * keep[ids][..., None] / (1.0 - DROPOUT)
-    return rows
+    return rows * valid[..., None]
 
 
-def reference_gradients(params, options, names, upstream=UPSTREAM, keep=None):
+def reference_gradients(params, options, names, upstream=UPSTREAM, keep=None, ids=IDS):
     """d sum(reference * upstream) / d params[name] for `names`, by central
-    finite differences in float64."""
+    finite differences in float64 (none from the positions of invalid ids)."""
     eps = 1e-6
     grads = {}
     for name in names:
@@ -323,7 +341,7 @@ def reference_gradients(params, options, names, upstream=UPSTREAM, keep=None):
                 shifted = dict(params)
                 shifted[name] = params[name].copy()
                 shifted[name][index] += step
-                out = reference(shifted, options, keep=keep)
+                out = reference(shifted, options, ids=ids, keep=keep)
                 values.append(np.sum(out * upstream))
             grad[index] = (values[0] - values[1]) / (2 * eps)
         grads[name] = grad

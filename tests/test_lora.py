@@ -222,3 +222,25 @@ def test_mixed_precision_output_dtype():
     out = layer(IDS)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert layer.lora_embeddings_a.dtype == "float32"
+
+
+def test_sparse_lora_invalid_ids_are_zero_rows_in_compiled_calls():
+    # Regression: with sparse=True, LoRA's `A` rows came from the row-sparse
+    # gather, which leaves invalid ids' rows to the caller, and `model.predict`
+    # on JAX gave non-zero rows for -1 and 12.
+    w = table(10, 3)
+    layer = Embedding(10, 3, weights=w, sparse=True, lora_rank=2)
+    model = seq_model(layer, length=3)
+    a, b = set_factors(layer)  # B non-zero: the delta shows.
+    assert np.abs(b).min() > 0
+    ids = np.array([[1, -1, 12]], "int32")
+    if keras.backend.backend() == "torch":
+        # Keras's predict runs eagerly on torch, where the policy refuses the ids;
+        # the compiled call checks the rows.
+        with pytest.raises(ValueError, match=r"Invalid embedding id -1 at position"):
+            model.predict(ids, verbose=0)
+        out = to_np(compiled(lambda x: model(x))(ops.convert_to_tensor(ids)))
+    else:
+        out = model.predict(ids, verbose=0)  # compiled on TensorFlow and JAX
+    np.testing.assert_array_equal(out[0, 1:], 0.0)
+    np.testing.assert_allclose(out[0, 0], (w + a @ b)[1], rtol=1e-5, atol=1e-6)

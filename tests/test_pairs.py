@@ -5,6 +5,12 @@ For each combination of `tests/pairs.py`: either `make_layer` raises the
 `sum(outputs * U)` with respect to each trainable variable equal the NumPy
 reference, eager and compiled. Combinations in `pairs.KNOWN_BROKEN` are strict
 xfails.
+
+Every combination also checks the index policy: the compiled call looks up
+`pairs.MIXED_IDS`, whose invalid ids must give zero rows and no gradient, and the
+same ids raise `ValueError` in an eager call (whose checks use the valid
+`pairs.IDS`). The invalid ids ride in the one compiled call each combination
+already makes: no compiled call is added for them.
 """
 
 import os
@@ -48,14 +54,17 @@ def _sparse_names(options):
     return [n for n in _trainable_names(options) if n != "lora_embeddings_b"]
 
 
-def _observed_keep(out, params, options):
-    """Dropout's kept rows, read from training outputs (checking they are rows
-    of the reference, 0 or scaled by 1 / (1 - p), the same for every occurrence
-    of an id)."""
+def _observed_keep(out, params, options, ids):
+    """Dropout's kept rows, read from training outputs for `ids` (checking they
+    are rows of the reference, 0 or scaled by 1 / (1 - p), the same for every
+    occurrence of an id). Invalid ids' rows are checked by the caller."""
     rtol, atol = pairs.tolerance(options)
-    full = pairs.reference(params, options, keep=np.ones(pairs.INPUT_DIM))
+    full = pairs.reference(params, options, ids=ids, keep=np.ones(pairs.INPUT_DIM))
     keep = {}
-    for position in np.ndindex(*pairs.IDS.shape):
+    valid = pairs.valid_ids(ids)
+    for position in np.ndindex(*ids.shape):
+        if not valid[position]:
+            continue
         row, expected = out[position], full[position]
         kept = np.allclose(row, expected, rtol=rtol, atol=atol)
         dropped = np.allclose(row, 0.0, atol=0.0)
@@ -63,7 +72,7 @@ def _observed_keep(out, params, options):
             f"dropout: row {row} at {position} is neither 0 nor the reference "
             f"row / (1 - p) = {expected}"
         )
-        i = pairs.IDS[position]
+        i = ids[position]
         assert keep.setdefault(i, kept) == kept, (
             f"dropout: id {i} is kept at one position and dropped at another"
         )
@@ -113,22 +122,33 @@ def _check_combination(options):
             atol=atol,
             err_msg="inference",
         )
+    _check_eager_refusal(layer)
     for compile_ in (False, True):
         where = "compiled" if compile_ else "eager"
+        # Compiled: invalid ids too (zero rows, no gradient); eager: valid ids.
+        ids_np = pairs.MIXED_IDS if compile_ else pairs.IDS
+        ids = keras.ops.convert_to_tensor(ids_np)
         out, grads = _forward_and_grads(layer, ids, True, compile_)
         assert keras.backend.standardize_dtype(out.dtype) == dtype
         out = _numpy(out)
         keep = None
         if "dropout" in options:
-            keep = _observed_keep(out, params, options)
+            keep = _observed_keep(out, params, options, ids_np)
         np.testing.assert_allclose(
             out,
-            pairs.reference(params, options, keep=keep),
+            pairs.reference(params, options, ids=ids_np, keep=keep),
             rtol=rtol,
             atol=atol,
             err_msg=f"{where} forward",
         )
-        expected_grads = pairs.reference_gradients(params, options, names, keep=keep)
+        if compile_:  # Exactly zero, whatever the tolerance.
+            invalid = ~pairs.valid_ids(ids_np)
+            np.testing.assert_array_equal(
+                out[invalid], 0.0, err_msg=f"{where}: rows of invalid ids"
+            )
+        expected_grads = pairs.reference_gradients(
+            params, options, names, keep=keep, ids=ids_np
+        )
         for name in names:
             np.testing.assert_allclose(
                 _numpy(grads[name]),
@@ -147,9 +167,18 @@ def _check_combination(options):
         _check_jax_sparse_step(layer, options, params)
 
 
+def _check_eager_refusal(layer):
+    """Eager calls refuse `pairs.MIXED_IDS`, naming the first invalid id, where it
+    sits and the valid range (`keras_embedding_plus/_ids.py`)."""
+    with pytest.raises(ValueError) as info:
+        layer(keras.ops.convert_to_tensor(pairs.MIXED_IDS), training=True)
+    assert pairs.INVALID_MESSAGE in str(info.value), str(info.value)
+
+
 def _check_jax_sparse_step(layer, options, params):
-    """One `fit` step with `SparseTrainer` and `LazySGD` equals NumPy's SGD step,
-    with the sparse variables differentiated through their rows."""
+    """One `fit` step with `SparseTrainer` and `LazySGD` on `pairs.MIXED_IDS`
+    (compiled: invalid ids look up zero rows) equals NumPy's SGD step, with the
+    sparse variables differentiated through their rows."""
     from keras_embedding_plus.optimizers import LazySGD
     from keras_embedding_plus.training import SparseTrainer, sparse_tables
 
@@ -174,13 +203,14 @@ def _check_jax_sparse_step(layer, options, params):
         assert id(pairs.variable(layer, name)) in sparse, (
             f"SparseTrainer does not differentiate `{name}` through its rows"
         )
+    ids = pairs.MIXED_IDS
     upstream = pairs.UPSTREAM
     if "mask_zero" in options:  # Keras masks the loss at padding ids.
-        upstream = upstream * (pairs.IDS != 0)[..., None]
-    model.fit(pairs.IDS, upstream, batch_size=2, epochs=1, shuffle=False, verbose=0)
+        upstream = upstream * (ids != 0)[..., None]
+    model.fit(ids, upstream, batch_size=2, epochs=1, shuffle=False, verbose=0)
     rtol, atol = pairs.tolerance(options)
     if "dropout" not in options:
-        grads = pairs.reference_gradients(params, options, names, upstream)
+        grads = pairs.reference_gradients(params, options, names, upstream, ids=ids)
         for name in names:
             np.testing.assert_allclose(
                 _numpy(pairs.variable(layer, name).value),
@@ -192,7 +222,9 @@ def _check_jax_sparse_step(layer, options, params):
         return
     # Dropout: each looked-up row moved by its full step, or (dropped) not at all.
     ones = np.ones(pairs.INPUT_DIM)
-    grads = pairs.reference_gradients(params, options, names, upstream, keep=ones)
+    grads = pairs.reference_gradients(
+        params, options, names, upstream, keep=ones, ids=ids
+    )
     for name in _sparse_names(options):
         after = _numpy(pairs.variable(layer, name).value)
         for i in range(pairs.INPUT_DIM):

@@ -207,10 +207,11 @@ def dequantize(parts, mode, output_dim, block, filled=False):
     if block is None:
         scale = ops.expand_dims(scale, -1)
         return ops.divide_no_nan(values, scale) if filled else values / scale
-    columns = np.arange(output_dim) // block
-    scale = ops.take(scale, columns, axis=-1)
-    zero = ops.cast(ops.take(parts[2], columns, axis=-1), "float32")
-    return (values - zero) * scale
+    # Each group's scale and zero point repeated over its `block` columns (no
+    # NumPy index array: under `torch.compile` one broke the graph 8 times).
+    scale = ops.repeat(scale, block, axis=-1)[..., :output_dim]
+    zero = ops.repeat(ops.cast(parts[2], "float32"), block, axis=-1)
+    return (values - zero[..., :output_dim]) * scale
 
 
 def check_config(config):
