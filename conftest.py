@@ -1,5 +1,9 @@
 """Test setup shared by every backend, for tests/ and integration_tests/.
 
+Only the environment (device counts, torch.compile's recompile limit), the autouse
+seed fixture and the Hypothesis profiles; the tests' helpers are in
+`keras_embedding_plus.testing`, and no test imports this file.
+
 Runs before any test module imports a backend, so that the device-count flags take
 effect: 8 virtual CPU devices for JAX, 2 logical CPU devices for TensorFlow.
 """
@@ -13,16 +17,16 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-BACKEND = keras.backend.backend()
+_backend = keras.backend.backend()
 
-if BACKEND == "tensorflow":
+if _backend == "tensorflow":
     import tensorflow as tf
 
     _cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
-elif BACKEND == "torch":
+elif _backend == "torch":
     import torch
 
     # Past its recompile limit, torch.compile runs the frame eagerly without a
@@ -41,31 +45,6 @@ def _seed():
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(1337)
     yield
-
-
-def compiled(fn):
-    """`fn` traced / compiled the way each backend's compiler does it.
-
-    `tf.function`, `jax.jit`, or `torch.compile` with the graph-capturing eager
-    backend (no C++ toolchain needed): in all three the ids' values are unknown
-    while `fn` is traced, so the layer takes its compiled path.
-    """
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn)
-    if BACKEND == "jax":
-        import jax
-
-        return jax.jit(fn)
-    if BACKEND == "torch":
-        import torch
-
-        # Forget earlier frames: one test (or Hypothesis example) after another
-        # compiles the same code with new ranks and dtypes, up to the limit.
-        torch._dynamo.reset()
-        return torch.compile(fn, backend="eager", fullgraph=False)
-    return fn
 
 
 # Hypothesis profiles (tests/test_properties.py): "fast" in `python -m tox`,

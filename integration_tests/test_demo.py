@@ -8,7 +8,6 @@ import re
 
 import keras
 import numpy as np
-from _saving_utils import BACKEND, run_python
 
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.__main__ import (
@@ -17,6 +16,9 @@ from keras_embedding_plus.__main__ import (
     build_classifier,
     make_sentiment_data,
 )
+from keras_embedding_plus.testing.saving import run_python
+
+BACKEND = keras.backend.backend()
 
 # What `python -m keras_embedding_plus` does.
 _RUN_AS_MAIN = (

@@ -13,8 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND
 from keras_embedding_plus import Embedding
+
+BACKEND = keras.backend.backend()
 
 VOCAB, DIM, LENGTH, BATCH = 64, 4, 5, 16
 JAX_ONLY = (

@@ -16,7 +16,8 @@ from pathlib import Path
 import keras
 import pytest
 
-from conftest import BACKEND
+BACKEND = keras.backend.backend()
+
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

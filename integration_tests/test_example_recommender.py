@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _saving_utils import BACKEND
+import keras
+
+BACKEND = keras.backend.backend()
+
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "recommender.py"
 

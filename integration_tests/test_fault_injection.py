@@ -24,6 +24,7 @@ backend only: those cases run there.
 """
 
 import collections
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,11 +36,24 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from _fault_worker import make_model, values
 
 import keras_embedding_plus
 
 HERE = Path(__file__).resolve().parent
+
+
+def _load_worker():
+    """`_fault_worker.py`, a script run by path, loaded as a module for its helpers."""
+    spec = importlib.util.spec_from_file_location(
+        "_fault_worker", HERE / "_fault_worker.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_worker = _load_worker()
+make_model, values = _worker.make_model, _worker.values
 FAULT_CASES = int(os.environ.get("KEP_FAULT_CASES", "10"))
 BACKEND = keras.backend.backend()
 ONLY_TENSORFLOW = pytest.mark.skipif(

@@ -6,9 +6,11 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from _saving_utils import BACKEND, run_python
 
 from keras_embedding_plus import Embedding
+from keras_embedding_plus.testing.saving import run_python
+
+BACKEND = keras.backend.backend()
 
 # The example from the Keras docs, as the README shows it.
 _DOCUMENTED_EXAMPLE = textwrap.dedent(

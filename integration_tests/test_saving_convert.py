@@ -4,8 +4,9 @@
 import keras
 import numpy as np
 import pytest
-from _saving_utils import (
-    BACKEND,
+
+from keras_embedding_plus import from_keras, to_keras
+from keras_embedding_plus.testing.saving import (
     Embedding,
     assert_same_outputs,
     embedding_layers,
@@ -15,7 +16,7 @@ from _saving_utils import (
     run_python,
 )
 
-from keras_embedding_plus import from_keras, to_keras
+BACKEND = keras.backend.backend()
 
 DATA = ids((4, 6), 20)
 

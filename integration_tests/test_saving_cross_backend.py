@@ -6,18 +6,27 @@ mask and the outputs the writing backend computed with a `keras.layers.Embedding
 twin. Every backend must reproduce them (float32, max abs difference <= 1e-6).
 """
 
+import json
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
-from _saving_utils import (
+
+from keras_embedding_plus.testing.saving import (
     ATOL,
     BACKENDS,
-    FIXTURES,
     Embedding,
     max_abs_diff,
     outputs,
-    read_manifest,
 )
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def read_manifest(writer):
+    return json.loads((FIXTURES / writer / "manifest.json").read_text())
+
 
 KERAS_VERSION = tuple(int(p) for p in keras.__version__.split(".")[:2])
 

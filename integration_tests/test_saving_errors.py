@@ -16,9 +16,9 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from _saving_utils import Embedding
 
 import keras_embedding_plus
+from keras_embedding_plus.testing.saving import Embedding
 
 
 def _model(input_dim=10):

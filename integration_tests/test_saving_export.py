@@ -15,14 +15,16 @@ import importlib.util
 
 import keras
 import pytest
-from _saving_utils import (
-    BACKEND,
+
+from keras_embedding_plus.testing.saving import (
     Embedding,
     assert_same_outputs,
     fill_weights,
     ids,
     outputs,
 )
+
+BACKEND = keras.backend.backend()
 
 
 def _has(module):

@@ -10,7 +10,8 @@ registered by `import keras_embedding_plus`, so the same model loads.
 import keras
 import numpy as np
 import pytest
-from _saving_utils import (
+
+from keras_embedding_plus.testing.saving import (
     Embedding,
     assert_same_embedding,
     assert_same_outputs,

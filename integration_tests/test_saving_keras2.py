@@ -12,11 +12,15 @@ passed in `custom_objects`, the LSTM model loads into our layer too.
 """
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from _saving_utils import FIXTURES, Embedding, assert_same_outputs, outputs
+
+from keras_embedding_plus.testing.saving import Embedding, assert_same_outputs, outputs
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 CUSTOM_OBJECTS = {"Embedding": Embedding}
 

@@ -10,8 +10,9 @@ package.
 import keras
 import numpy as np
 import pytest
-from _saving_utils import (
-    BACKEND,
+
+from keras_embedding_plus import Embedding
+from keras_embedding_plus.testing.saving import (
     assert_same_embedding,
     assert_same_outputs,
     embedding_layers,
@@ -21,7 +22,7 @@ from _saving_utils import (
     run_python,
 )
 
-from keras_embedding_plus import Embedding
+BACKEND = keras.backend.backend()
 
 
 def sequential_input_length():

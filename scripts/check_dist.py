@@ -26,6 +26,8 @@ def main(dist):
             "keras_embedding_plus/backends/jax/__init__.py",
             "keras_embedding_plus/saving/loading.py",
             "keras_embedding_plus/vectors/pretrained.py",
+            # The tests import their helpers from the installed package.
+            "keras_embedding_plus/testing/__init__.py",
             "keras_embedding_plus/py.typed",
         ):
             assert required in names, f"{what} lacks {required}"

@@ -9,8 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND
 from keras_embedding_plus import optimizers
+
+BACKEND = keras.backend.backend()
 
 VOCAB, DIM = 10, 3
 

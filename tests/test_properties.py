@@ -21,9 +21,13 @@ import math
 import keras
 import numpy as np
 import pytest
-from layer_test import forward_and_gradients, make_sparse, to_numpy
 
-from conftest import compiled
+from keras_embedding_plus.testing import (
+    compiled,
+    forward_and_gradients,
+    make_sparse,
+    to_numpy,
+)
 
 hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis")
 from hypothesis import assume, event, given, note  # noqa: E402

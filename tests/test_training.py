@@ -11,10 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
+from keras_embedding_plus.testing import compiled
 from keras_embedding_plus.training import SparseTrainer, sparse_tables
+
+BACKEND = keras.backend.backend()
 
 VOCAB, LENGTH, DIM, BATCH = 64, 4, 8, 4
 

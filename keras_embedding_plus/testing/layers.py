@@ -1,9 +1,9 @@
 """`run_layer_test`: one check of a layer configuration, in the spirit of Keras's
 `TestCase.run_layer_test`.
 
-Importable by the test modules (`from layer_test import run_layer_test`); no tests
-here. For one built layer and its ids it checks, against a NumPy reference of
-the output:
+Imported by the test modules (`from keras_embedding_plus.testing import
+run_layer_test`); no tests here. For one built layer and its ids it checks,
+against a NumPy reference of the output:
 
 * the number of trainable and non-trainable weights;
 * the eager output (values and compute dtype) and the compiled output
@@ -18,28 +18,52 @@ import os
 import keras
 import numpy as np
 
-from conftest import BACKEND, compiled
+
+def compiled(fn):
+    """`fn` traced / compiled the way each backend's compiler does it.
+
+    `tf.function`, `jax.jit`, or `torch.compile` with the graph-capturing eager
+    backend (no C++ toolchain needed): in all three the ids' values are unknown
+    while `fn` is traced, so the layer takes its compiled path.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "torch":
+        import torch
+
+        # Forget earlier frames: one test (or Hypothesis example) after another
+        # compiles the same code with new ranks and dtypes, up to the limit.
+        torch._dynamo.reset()
+        return torch.compile(fn, backend="eager", fullgraph=False)
+    return fn
 
 
 def to_numpy(x):
     """A float32 NumPy copy of a tensor or gradient (row-sparse ones densified)."""
-    if BACKEND == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         if isinstance(x, tf.IndexedSlices):
             x = tf.convert_to_tensor(x)
-    if BACKEND == "torch" and x.is_sparse:
+    if keras.backend.backend() == "torch" and x.is_sparse:
         x = x.to_dense()
     return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")))
 
 
 def is_row_sparse(grad):
     """Whether a gradient is the backend's row-sparse type (never on JAX)."""
-    if BACKEND == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return isinstance(grad, tf.IndexedSlices)
-    if BACKEND == "torch":
+    if keras.backend.backend() == "torch":
         return grad.is_sparse
     return False
 
@@ -56,7 +80,7 @@ def forward_and_gradients(
     variables = layer.trainable_variables
     upstream = keras.ops.convert_to_tensor(upstream)
     names = [v.name for v in variables]
-    if BACKEND == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         def step(ids):
@@ -66,7 +90,7 @@ def forward_and_gradients(
             return out, tape.gradient(loss, variables)
 
         out, grads = (compiled(step) if compile_ else step)(ids)
-    elif BACKEND == "jax":
+    elif keras.backend.backend() == "jax":
         import jax
         import jax.numpy as jnp
 
@@ -181,11 +205,11 @@ def run_layer_test(
 
 def make_sparse(indices, values, shape):
     """The backend's sparse tensor: `tf.SparseTensor`, `BCOO`, torch COO."""
-    if BACKEND == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.SparseTensor(indices, values, shape)
-    if BACKEND == "jax":
+    if keras.backend.backend() == "jax":
         from jax.experimental import sparse
 
         return sparse.BCOO((values, indices.astype("int32")), shape=shape)

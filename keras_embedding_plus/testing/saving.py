@@ -1,6 +1,8 @@
-"""Small helpers shared by the `test_saving_*` files."""
+"""Helpers of the saving tests (`integration_tests/test_saving_*.py` and others).
 
-import json
+The saved fixtures stay with the integration tests (`integration_tests/fixtures/`).
+"""
+
 import os
 import subprocess
 import sys
@@ -14,8 +16,7 @@ from keras_embedding_plus import Embedding
 
 BACKEND = keras.backend.backend()
 BACKENDS = ("tensorflow", "jax", "torch")
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# The float32 tolerance every round trip must meet (issue 3).
+# The float32 tolerance every round trip must meet.
 ATOL = 1e-6
 
 
@@ -103,7 +104,3 @@ def run_python(code, cwd, timeout=240):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-def read_manifest(writer):
-    return json.loads((FIXTURES / writer / "manifest.json").read_text())

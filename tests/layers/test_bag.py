@@ -10,15 +10,16 @@ gradients.
 import os
 
 import keras
-import layer_test
 import numpy as np
 import pytest
-from layer_test import make_sparse
 
-from conftest import BACKEND, compiled
 from keras_embedding_plus import EmbeddingBag
 from keras_embedding_plus.optimizers import LazyAdam, LazySGD
+from keras_embedding_plus.testing import compiled, make_sparse
+from keras_embedding_plus.testing import layers as layer_test
 from keras_embedding_plus.training import SparseTrainer
+
+BACKEND = keras.backend.backend()
 
 VOCAB, DIM, PAD = 12, 4, 0
 COMBINERS = ("sum", "mean", "sqrtn", "max")

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding
+from keras_embedding_plus.testing import compiled
+
+BACKEND = keras.backend.backend()
 
 
 def to_np(x):

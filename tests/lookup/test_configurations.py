@@ -4,11 +4,12 @@ reference of `pairs.reference`: weight counts, eager and compiled outputs,
 masks, config and `.keras` round trips."""
 
 import keras
-import pairs
 import pytest
-from layer_test import run_layer_test
 
-from conftest import BACKEND
+from keras_embedding_plus.testing import pairs, run_layer_test
+
+BACKEND = keras.backend.backend()
+
 
 _STORED = {"int8": 2, "int4": 4, "int4_row": 2}  # table + scale (+ zero, g_idx)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import compiled
 from keras_embedding_plus import Embedding
+from keras_embedding_plus.testing import compiled
 
 
 def to_np(x):

@@ -8,10 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding, EmbeddingBag, to_keras
 from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
+from keras_embedding_plus.testing import compiled
 from keras_embedding_plus.training import SparseTrainer
+
+BACKEND = keras.backend.backend()
 
 VOCAB, DIM, LENGTH, PAD = 10, 3, 4, 2
 

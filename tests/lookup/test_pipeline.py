@@ -17,14 +17,15 @@ import os
 
 import keras
 import numpy as np
-import pairs
 import pytest
-from layer_test import forward_and_gradients, is_row_sparse
-from layer_test import to_numpy as _numpy
 
-from conftest import BACKEND
+from keras_embedding_plus.testing import forward_and_gradients, is_row_sparse, pairs
+from keras_embedding_plus.testing import to_numpy as _numpy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND = keras.backend.backend()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _params():

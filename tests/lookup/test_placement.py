@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import BACKEND
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.backends import placement as _placement
+
+BACKEND = keras.backend.backend()
 
 # A device other than the one the model runs on (torch here has one: the CPU).
 OTHER = {"jax": "cpu:2", "tensorflow": "cpu:1", "torch": "cpu"}[BACKEND]

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import BACKEND, compiled
 from keras_embedding_plus import Embedding
+from keras_embedding_plus.testing import compiled
+
+BACKEND = keras.backend.backend()
 
 # Keras's `Model.quantize` warns for every layer without `quantize` (InputLayer,
 # pooling...).

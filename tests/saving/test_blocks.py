@@ -5,10 +5,11 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.backends import blocks as native
 from keras_embedding_plus.saving import blocks as _chunks
+
+BACKEND = keras.backend.backend()
 
 ROWS, DIM = 1000, 8
 IN_PLACE = BACKEND in ("tensorflow", "torch")

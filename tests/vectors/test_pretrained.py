@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import keras_embedding_plus as kep
-from conftest import BACKEND
 from keras_embedding_plus import Embedding, load_vectors
+
+BACKEND = keras.backend.backend()
 
 RNG = np.random.default_rng(0)
 WORDS = ["the", "cat", "sat", "on", "mat", "dog"]
