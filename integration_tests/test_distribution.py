@@ -1,4 +1,4 @@
-"""Issue 4, sharding on the distribution engines Keras already has.
+"""Sharding on the distribution engines Keras already has.
 
 JAX: `keras.distribution.ModelParallel` (table rows sharded by a `LayoutMap` over
 a `DeviceMesh` of the 8 virtual CPU devices conftest.py sets up) and
@@ -292,8 +292,9 @@ def test_torch_ddp_two_processes_match_one(tmp_path):
 
 
 # --- The Big tables page's recipes -----------------------------------------
-# tests/test_docs.py runs every code block of the docs, these recipes included
-# (each on the backend its first line names); here: the page still has them all.
+# integration_tests/test_docs.py runs every code block of the docs, these recipes
+# included (each on the backend its first line names); here: the page still has
+# them all.
 
 BIG_TABLES = Path(__file__).resolve().parents[1] / "docs" / "big-tables.md"
 _RECIPE = re.compile(r"```python\n# Big tables recipe \(([\w ]+)\): ")

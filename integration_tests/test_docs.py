@@ -101,5 +101,5 @@ def test_readme_links_resolve():
 
 
 def test_readme_size():
-    """The README is a front page, the docs are the manual (issue 14: <= 8 KB)."""
+    """The README is a front page, the docs are the manual (<= 8 KB)."""
     assert (ROOT / "README.md").stat().st_size <= 8 * 1024

@@ -1,4 +1,4 @@
-"""`examples/recommender.py` (issue 12): generated multi-hot data, `fit`, `.keras`,
+"""`examples/recommender.py`: generated multi-hot data, `fit`, `.keras`,
 reloaded in a fresh process with equal predictions (the example checks that itself).
 """
 

@@ -1,4 +1,4 @@
-"""Fault injection on every format we read (issue 13): nothing hangs, crashes or
+"""Fault injection on every format we read: nothing hangs, crashes or
 is lost, and every error names the file.
 
 * Random faults, in a subprocess (`_fault_worker.py`): truncation at a random

@@ -1,4 +1,4 @@
-"""Issue 2 in real models: the documented example, training side by side with
+"""`Embedding` in real models: the documented example, training side by side with
 `keras.layers.Embedding`, `input_length` models, shared layers and N-D ids."""
 
 import textwrap

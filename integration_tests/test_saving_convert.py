@@ -1,4 +1,4 @@
-"""Issue 10 part 4, moving models: converted models saved, loaded elsewhere, and
+"""Moving models: converted models saved, loaded elsewhere, and
 `from_keras` given the path of a `.keras` or `.h5` file."""
 
 import keras

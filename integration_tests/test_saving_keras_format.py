@@ -1,4 +1,4 @@
-"""`.keras` round trips (issue 3, items 1 and 2).
+"""`.keras` round trips (saving and loading, and the files' contents).
 
 Sequential, Functional and subclassed models holding `keras_embedding_plus.Embedding`
 (`mask_zero=True` feeding a masked layer, a regularizer and a constraint,

@@ -1,4 +1,4 @@
-"""Issue 10: Keras 3 API parity, checked against `keras.layers.Embedding` itself."""
+"""Keras 3 API parity, checked against `keras.layers.Embedding` itself."""
 
 import keras
 import numpy as np

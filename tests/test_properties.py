@@ -1,4 +1,4 @@
-"""Property-based tests (issue 13): drawn configurations, ids and call modes,
+"""Property-based tests: drawn configurations, ids and call modes,
 each checked against a NumPy reference of the layer.
 
 Hypothesis draws a layer configuration (`sparse`, `device`, `lora_rank`,
@@ -11,7 +11,7 @@ case checks outputs and masks, the index policy on bad ids, one step's
 gradients, and `get_config` / `.keras` round trips. Refused combinations must
 raise their `ValueError` where they are set.
 
-Profiles (tests/conftest.py): "fast" (30 derandomized cases a test) in
+Profiles (the root conftest.py): "fast" (30 derandomized cases a test) in
 `python -m tox`; "deep" (600 random cases a test) with `HYPOTHESIS_PROFILE=deep`.
 Failing examples found are kept below as `@example`s.
 """

@@ -1,6 +1,8 @@
-"""The option pairs of issue 11, their NumPy reference and what is known of them.
+"""The option pairs of the lookup pipeline, their NumPy reference and what is
+known of them.
 
-Importable by `tests/test_pairs.py` and `scripts/pair_table.py`; no tests here.
+Imported by `tests/lookup/test_pipeline.py`,
+`tests/lookup/test_configurations.py` and `scripts/pair_table.py`; no tests here.
 
 Every option is one argument of `Embedding` (or one call on it) with one value. For
 each option alone and each unordered pair of options, exactly one holds:

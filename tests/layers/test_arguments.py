@@ -1,4 +1,4 @@
-"""Issue 2, Constructor: argument checks, Keras 1 aliases, `weights`, `build()`."""
+"""`Embedding`'s constructor: argument checks, Keras 1 aliases, `weights`, `build()`."""
 
 import re
 

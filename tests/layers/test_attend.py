@@ -1,4 +1,4 @@
-"""Issue 5, tied output logits: `layer.attend(x)` and `layer(x, reverse=True)`."""
+"""Tied output logits: `layer.attend(x)` and `layer(x, reverse=True)`."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""`EmbeddingBag` (issue 12): pooled lookups against NumPy, torch and TensorFlow.
+"""`EmbeddingBag`: pooled lookups against NumPy, torch and TensorFlow.
 
 Every combiner x input form x weights is compared with a NumPy reference, forward
 and the gradient of `sum(outputs * U)` with respect to the table; then with

@@ -1,4 +1,4 @@
-"""Issue 2, Behaviour: the layer against `keras.layers.Embedding`, masks, losses,
+"""`Embedding`'s behaviour: the layer against `keras.layers.Embedding`, masks, losses,
 constraints, trainability, dtype policies, dropout and ragged ids."""
 
 import keras

@@ -1,4 +1,4 @@
-"""Issue 2, Serialization: get_config / from_config, Keras 1 and tf.keras 2 configs,
+"""`Embedding` serialization: get_config / from_config, Keras 1 and tf.keras 2 configs,
 `keras.layers.serialize` and a `.keras` round trip."""
 
 import inspect

@@ -1,4 +1,4 @@
-"""Issue 10, part 3: `ReversibleEmbedding`, checked against NumPy on every backend."""
+"""`ReversibleEmbedding`, checked against NumPy on every backend."""
 
 import keras
 import numpy as np

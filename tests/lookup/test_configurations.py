@@ -1,7 +1,8 @@
-"""Every configuration of `tests/pairs.py` (each option alone and each pair)
-through the shared layer test (`layer_test.run_layer_test`), against the NumPy
-reference of `pairs.reference`: weight counts, eager and compiled outputs,
-masks, config and `.keras` round trips."""
+"""Every configuration of `keras_embedding_plus.testing.pairs` (each option alone
+and each pair) through the shared layer test
+(`keras_embedding_plus.testing.run_layer_test`), against the NumPy reference of
+`pairs.reference`: weight counts, eager and compiled outputs, masks, config and
+`.keras` round trips."""
 
 import keras
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 2, Behaviour: shapes, `input_length`, id dtypes and the index policy."""
+"""The ids: shapes, `input_length`, id dtypes and the index policy."""
 
 import re
 

@@ -1,4 +1,4 @@
-"""Issue 5, LoRA: `lora_rank` / `lora_alpha` and `layer.enable_lora(rank)`."""
+"""LoRA: `lora_rank` / `lora_alpha` and `layer.enable_lora(rank)`."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""Issue 5, `max_norm` / `norm_type`: looked-up rows renormalised (outputs only)."""
+"""`max_norm` / `norm_type`: looked-up rows renormalised (outputs only)."""
 
 import math
 

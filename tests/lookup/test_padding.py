@@ -1,4 +1,4 @@
-"""`Embedding(padding_idx=...)` (issue 12), with PyTorch's meaning.
+"""`Embedding(padding_idx=...)`, with PyTorch's meaning.
 
 The padding row starts at zeros and gets no gradient, so it stays zero through
 training with every optimizer, dense or row-sparse, on every backend.

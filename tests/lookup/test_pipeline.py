@@ -1,7 +1,8 @@
-"""Issue 11: every option alone and every pair of options composes, or is refused.
+"""The lookup pipeline: every option alone and every pair of options composes, or
+is refused.
 
-For each combination of `tests/pairs.py`: either `make_layer` raises the
-`ValueError` of `pairs.REFUSED`, or the layer's output and the gradients of
+For each combination of `keras_embedding_plus.testing.pairs`: either `make_layer`
+raises the `ValueError` of `pairs.REFUSED`, or the layer's output and the gradients of
 `sum(outputs * U)` with respect to each trainable variable equal the NumPy
 reference, eager and compiled. Combinations in `pairs.KNOWN_BROKEN` are strict
 xfails.

@@ -1,4 +1,4 @@
-"""Issue 4, device placement: `Embedding(device=...)` on every backend.
+"""Device placement: `Embedding(device=...)` on every backend.
 
 conftest.py gives JAX 8 virtual CPU devices and TensorFlow 2 logical CPUs, so a
 table can live on another device than the rest of the model on this CPU machine.

@@ -1,4 +1,4 @@
-"""Issue 5, Quantization: `layer.quantize("int8" | "int4")` and `model.quantize`."""
+"""Quantization: `layer.quantize("int8" | "int4")` and `model.quantize`."""
 
 import os
 

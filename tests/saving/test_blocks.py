@@ -1,4 +1,4 @@
-"""Big tables built and loaded by blocks (`_chunks`, issue 13): the values drawn,
+"""Big tables built and loaded by blocks (`saving.blocks`): the values drawn,
 and loading, checked with small thresholds."""
 
 import keras

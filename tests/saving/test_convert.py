@@ -1,4 +1,4 @@
-"""Issue 10 part 4, moving models: `from_keras` and `to_keras`."""
+"""Moving models between layer classes: `from_keras` and `to_keras`."""
 
 import inspect
 
