@@ -15,6 +15,9 @@ import pytest
 
 from keras_embedding_plus import Embedding
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 
 VOCAB, DIM, LENGTH, BATCH = 64, 4, 5, 16

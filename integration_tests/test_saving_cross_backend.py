@@ -21,6 +21,9 @@ from keras_embedding_plus.testing.saving import (
     outputs,
 )
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

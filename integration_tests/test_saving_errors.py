@@ -20,6 +20,9 @@ import pytest
 import keras_embedding_plus
 from keras_embedding_plus.testing.saving import Embedding
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 
 def _model(input_dim=10):
     inputs = keras.Input((3,), dtype="int32")

@@ -24,6 +24,9 @@ from keras_embedding_plus.testing.saving import (
     outputs,
 )
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 
 

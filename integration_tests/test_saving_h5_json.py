@@ -20,6 +20,9 @@ from keras_embedding_plus.testing.saving import (
     outputs,
 )
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 
 def masked_lstm(embedding_cls=Embedding, input_dim=20):
     inputs = keras.Input((6,), dtype="int32")

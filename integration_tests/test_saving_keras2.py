@@ -20,6 +20,9 @@ import pytest
 
 from keras_embedding_plus.testing.saving import Embedding, assert_same_outputs, outputs
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 CUSTOM_OBJECTS = {"Embedding": Embedding}

@@ -22,6 +22,9 @@ from keras_embedding_plus.testing.saving import (
     run_python,
 )
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 
 

@@ -19,6 +19,9 @@ import pytest
 
 import keras_embedding_plus as kep
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 WRITERS = ("tensorflow", "jax", "torch")
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "0.1.0"

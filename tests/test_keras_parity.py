@@ -8,6 +8,9 @@ from keras import ops
 from keras_embedding_plus import Embedding, nearest
 from keras_embedding_plus.testing import compiled
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 
 

@@ -11,6 +11,9 @@ import pytest
 
 from keras_embedding_plus import optimizers
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 
 VOCAB, DIM = 10, 3

@@ -16,6 +16,9 @@ from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
 from keras_embedding_plus.testing import compiled
 from keras_embedding_plus.training import SparseTrainer, sparse_tables
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 
 VOCAB, LENGTH, DIM, BATCH = 64, 4, 8, 4

@@ -7,6 +7,10 @@ from keras import ops
 
 from keras_embedding_plus import Embedding
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest):
+# quantized and LoRA tables, and a `.keras` round trip.
+pytestmark = pytest.mark.keras_version
+
 
 def to_np(x):
     return ops.convert_to_numpy(x)

@@ -12,6 +12,9 @@ from keras import ops
 
 from keras_embedding_plus import Embedding
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 
 def to_np(x):
     return ops.convert_to_numpy(x)

@@ -8,6 +8,9 @@ from keras import ops
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.testing import compiled
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 
 def to_np(x):
     return ops.convert_to_numpy(x)

@@ -16,6 +16,9 @@ from keras import ops
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.backends import placement as _placement
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 BACKEND = keras.backend.backend()
 
 # A device other than the one the model runs on (torch here has one: the CPU).

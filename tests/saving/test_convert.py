@@ -10,6 +10,9 @@ from keras import ops
 import keras_embedding_plus
 from keras_embedding_plus import Embedding, from_keras, to_keras
 
+# Depends on the installed Keras (tox env keras-min runs it with the oldest).
+pytestmark = pytest.mark.keras_version
+
 # Keras's `Model.quantize` warns for every layer without `quantize` (InputLayer,
 # pooling...).
 IGNORE_NO_QUANTIZE = pytest.mark.filterwarnings(
