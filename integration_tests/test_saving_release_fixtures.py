@@ -29,6 +29,7 @@ MANIFESTS = {
     w: json.loads((RELEASE / w / "manifest.json").read_text()) for w in WRITERS
 }
 MODELS = list(MANIFESTS["tensorflow"]["models"])
+KERAS_VERSION = tuple(int(p) for p in keras.__version__.split(".")[:2])
 # Measured over all 9 writer x reader pairs (`make_release_fixtures.py --measure`,
 # Keras 3.15.1, CPU): 0 on the writer's backend; across backends at most
 # 1.1920929e-07 = 2**-23 (float32 rounding of the Dense and pooling sums, of the
@@ -67,6 +68,13 @@ def test_manifests_cover_every_model_and_format():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_release_fixture_loads_with_the_same_outputs(name):
+    if KERAS_VERSION < (3, 15) and any(
+        "input_axes" in (RELEASE / w / f"{name}.json").read_text() for w in WRITERS
+    ):
+        pytest.skip(
+            "needs Keras 3.15: the fixture was saved by Keras 3.15, whose "
+            "GlorotUniform config (input_axes, output_axes) older Keras cannot read"
+        )
     for writer in WRITERS:
         directory = RELEASE / writer
         entry = MANIFESTS[writer]["models"][name]
