@@ -132,6 +132,15 @@ def set_symbolic_mask(tensor, mask):
     return tensor
 
 
+def symbolic_mask(tensor):
+    """The mask `Layer.__call__` attached to a symbolic output, or None.
+
+    `_keras_mask` again (see `set_symbolic_mask`); Keras has no public reader
+    of a `KerasTensor`'s mask. Used by `testing.run_layer_test`.
+    """
+    return getattr(tensor, "_keras_mask", None)
+
+
 def flatten_layers(model):
     """Every layer inside `model`, nested ones included, `model` excluded.
 

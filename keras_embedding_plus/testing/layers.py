@@ -18,6 +18,18 @@ import os
 import keras
 import numpy as np
 
+from keras_embedding_plus import compat
+
+
+def expect(condition, message):
+    """Fail the calling test with `message` unless `condition` holds.
+
+    An explicit `AssertionError` (not a bare `assert`, which `python -O`
+    strips): these checks ship in the package and must always run.
+    """
+    if not condition:
+        raise AssertionError(message)
+
 
 def compiled(fn):
     """`fn` traced / compiled the way each backend's compiler does it.
@@ -123,8 +135,9 @@ def forward_and_gradients(
 
 
 def _check_output(what, outputs, expected, dtype, atol):
-    assert keras.backend.standardize_dtype(outputs.dtype) == dtype, (
-        f"{what}: dtype {outputs.dtype}, expected {dtype}"
+    expect(
+        keras.backend.standardize_dtype(outputs.dtype) == dtype,
+        f"{what}: dtype {outputs.dtype}, expected {dtype}",
     )
     np.testing.assert_allclose(
         to_numpy(outputs), expected, rtol=atol, atol=atol, err_msg=what
@@ -156,12 +169,14 @@ def run_layer_test(
     `compile=False` skips the compiled call (checked elsewhere for that layer).
     """
     call_kwargs = call_kwargs or {}
-    assert len(layer.trainable_weights) == num_trainable_weights, [
-        w.path for w in layer.trainable_weights
-    ]
-    assert len(layer.non_trainable_weights) == num_non_trainable_weights, [
-        w.path for w in layer.non_trainable_weights
-    ]
+    expect(
+        len(layer.trainable_weights) == num_trainable_weights,
+        [w.path for w in layer.trainable_weights],
+    )
+    expect(
+        len(layer.non_trainable_weights) == num_non_trainable_weights,
+        [w.path for w in layer.non_trainable_weights],
+    )
     dtype = layer.compute_dtype
     x = keras.ops.convert_to_tensor(ids)
 
@@ -176,14 +191,18 @@ def run_layer_test(
         expected_mask = ids != 0
     mask = layer.compute_mask(x)
     if expected_mask is None:
-        assert mask is None
+        expect(mask is None, f"a mask where none was expected: {mask}")
     else:
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), expected_mask)
     symbolic = keras.Input(ids.shape[1:], dtype=str(ids.dtype))
     symbolic_out = layer(symbolic, **call_kwargs)
-    assert symbolic_out.shape[1:] == expected_output.shape[1:]
-    assert (getattr(symbolic_out, "_keras_mask", None) is None) == (
-        expected_mask is None
+    expect(
+        symbolic_out.shape[1:] == expected_output.shape[1:],
+        f"symbolic shape {symbolic_out.shape}, expected {expected_output.shape}",
+    )
+    expect(
+        (compat.symbolic_mask(symbolic_out) is None) == (expected_mask is None),
+        "the symbolic output's mask does not match `expected_mask`",
     )
 
     # The config, with the weights copied.

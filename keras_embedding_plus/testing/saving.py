@@ -13,6 +13,7 @@ import numpy as np
 
 import keras_embedding_plus
 from keras_embedding_plus import Embedding
+from keras_embedding_plus.testing.layers import expect
 
 BACKEND = keras.backend.backend()
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -38,18 +39,18 @@ def fill_weights(model, seed=1):
 
 def max_abs_diff(expected, received):
     """Largest absolute difference over matching lists of arrays."""
-    assert len(expected) == len(received), (len(expected), len(received))
+    expect(len(expected) == len(received), (len(expected), len(received)))
     diffs = []
     for a, b in zip(expected, received, strict=True):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        assert a.shape == b.shape, (a.shape, b.shape)
+        expect(a.shape == b.shape, (a.shape, b.shape))
         diffs.append(float(np.max(np.abs(a - b))) if a.size else 0.0)
     return max(diffs)
 
 
 def assert_same_outputs(expected, received, atol=ATOL):
     diff = max_abs_diff(expected, received)
-    assert diff <= atol, f"max abs difference {diff} > {atol}"
+    expect(diff <= atol, f"max abs difference {diff} > {atol}")
 
 
 def ids(shape, input_dim, seed=0, pad=True):
@@ -75,8 +76,8 @@ def embedding_layers(model):
 
 def assert_same_embedding(saved, loaded):
     """`loaded` is our class with `saved`'s config and table."""
-    assert type(loaded) is Embedding, type(loaded)
-    assert loaded.get_config() == saved.get_config()
+    expect(type(loaded) is Embedding, type(loaded))
+    expect(loaded.get_config() == saved.get_config(), "configs differ")
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(loaded.embeddings),
         keras.ops.convert_to_numpy(saved.embeddings),
@@ -102,5 +103,5 @@ def run_python(code, cwd, timeout=240):
         text=True,
         timeout=timeout,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    expect(result.returncode == 0, result.stderr[-3000:])
     return result
