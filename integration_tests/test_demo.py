@@ -8,6 +8,7 @@ import re
 
 import keras
 import numpy as np
+import pytest
 
 from keras_embedding_plus import Embedding
 from keras_embedding_plus.__main__ import (
@@ -17,6 +18,10 @@ from keras_embedding_plus.__main__ import (
     make_sentiment_data,
 )
 from keras_embedding_plus.testing.saving import run_python
+
+# The slowest tests: run them alone with `-m slow`, or skip them with
+# `-m "not slow"` (CONTRIBUTING.md).
+pytestmark = pytest.mark.slow
 
 BACKEND = keras.backend.backend()
 

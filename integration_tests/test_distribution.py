@@ -16,7 +16,8 @@ import pytest
 from keras_embedding_plus import Embedding
 
 # Depends on the installed Keras (tox env keras-min runs it with the oldest).
-pytestmark = pytest.mark.keras_version
+# The slowest tests: run them alone with `-m slow` (CONTRIBUTING.md).
+pytestmark = [pytest.mark.keras_version, pytest.mark.slow]
 
 BACKEND = keras.backend.backend()
 

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import keras
+import pytest
+
+# The slowest tests: run them alone with `-m slow`, or skip them with
+# `-m "not slow"` (CONTRIBUTING.md).
+pytestmark = pytest.mark.slow
 
 BACKEND = keras.backend.backend()
 

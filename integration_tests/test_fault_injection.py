@@ -39,6 +39,10 @@ import pytest
 
 import keras_embedding_plus
 
+# The slowest tests: run them alone with `-m slow`, or skip them with
+# `-m "not slow"` (CONTRIBUTING.md).
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve().parent
 
 

@@ -35,6 +35,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 from keras_embedding_plus import Embedding, EmbeddingBag  # noqa: E402
 
+# The slowest tests: run them alone with `-m slow`, or skip them with
+# `-m "not slow"` (CONTRIBUTING.md).
+pytestmark = pytest.mark.slow
+
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
 ID_DTYPES = ("int32", "int64", "int16", "uint8", "float32", "float64")
 TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
