@@ -61,20 +61,42 @@ def test_the_docs_have_code_blocks():
     assert len(BLOCKS) >= 15, len(BLOCKS)
 
 
-@pytest.mark.parametrize("page, line, code, backends", BLOCKS)
-def test_code_block(page, line, code, backends, tmp_path_factory, monkeypatch):
-    if backends is not None and BACKEND not in backends:
-        pytest.skip(f"this block needs the {' or '.join(backends)} backend")
-    if page not in _PAGE_STATE:
-        _PAGE_STATE[page] = ({"__name__": "__docs__"}, tmp_path_factory.mktemp("docs"))
-    namespace, workdir = _PAGE_STATE[page]
-    monkeypatch.chdir(workdir)
+def _runs_here(backends):
+    return backends is None or BACKEND in backends
+
+
+def _run_block(page, line, code, namespace):
     try:
         # Padded so that tracebacks give the line numbers of the page.
         exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
     finally:
         if BACKEND == "jax":
             keras.distribution.set_distribution(None)
+
+
+@pytest.mark.parametrize("page, line, code, backends", BLOCKS)
+def test_code_block(page, line, code, backends, tmp_path_factory, monkeypatch):
+    if not _runs_here(backends):
+        pytest.skip(f"this block needs the {' or '.join(backends)} backend")
+    if page not in _PAGE_STATE:
+        _PAGE_STATE[page] = (
+            {"__name__": "__docs__"},
+            tmp_path_factory.mktemp("docs"),
+            set(),
+        )
+    namespace, workdir, done = _PAGE_STATE[page]
+    monkeypatch.chdir(workdir)
+    # The page's earlier blocks first, where this process has not run them (under
+    # pytest-xdist another worker may have): each block sees what the page
+    # defined before it, whichever worker runs it.
+    for earlier, earlier_code, earlier_backends in _blocks(page):
+        if earlier >= line:
+            break
+        if earlier not in done and _runs_here(earlier_backends):
+            _run_block(page, earlier, earlier_code, namespace)
+            done.add(earlier)
+    done.add(line)
+    _run_block(page, line, code, namespace)
 
 
 @pytest.mark.parametrize(
