@@ -384,8 +384,17 @@ class Embedding(TableHooks, keras.layers.Layer):
             frozen_row=frozen_row,
         )
 
-    def _float_table(self):
-        """The dequantized and / or LoRA-adapted table, in float32."""
+    def float_table(self):
+        """The table the lookups read, in float32: dequantized, LoRA adapted.
+
+        `embeddings` is the stored table, as in Keras (int8 / packed int4 values
+        when quantized); this is the float table those values stand for, with
+        LoRA's delta added. `max_norm` and dropout act on looked-up rows and are
+        not applied.
+
+        Returns:
+            A `(input_dim, output_dim)` float32 tensor.
+        """
         return self._lookup.adapted_table()
 
     def set_weights(self, weights):
@@ -396,7 +405,7 @@ class Embedding(TableHooks, keras.layers.Layer):
         # Keras's layout: the stored table's variables only, LoRA merged in.
         if not self.built:
             return
-        lora_merge = (self._float_table, self._merged_rows)
+        lora_merge = (self.float_table, self._merged_rows)
         saved = variables.saved_values(
             self._stored_variables(),
             (self.input_dim, self.output_dim),

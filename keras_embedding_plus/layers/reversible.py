@@ -208,7 +208,7 @@ class ReversibleEmbedding(Embedding):
     def _reverse_kernel(self, dtype):
         """The `(output_dim, input_dim)` projection, in `dtype`."""
         if self.tie_weights:
-            table = self._float_table()
+            table = self.float_table()
             if self.max_norm:
                 table = _max_norm.renormalize(table, self.max_norm, self.norm_type)
             return ops.transpose(ops.cast(table, dtype))

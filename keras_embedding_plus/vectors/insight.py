@@ -28,7 +28,8 @@ def _table(layer):
                 "call the layer on some ids) before reading its table."
             )
         # Ours: the dequantized / LoRA-adapted float table; Keras's: `embeddings`.
-        table = getattr(layer, "_float_table", lambda: layer.embeddings)()
+        float_table = getattr(layer, "float_table", None)
+        table = float_table() if callable(float_table) else layer.embeddings
     else:
         table = layer
     table = ops.convert_to_tensor(table)

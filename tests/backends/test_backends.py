@@ -199,21 +199,40 @@ COMPAT_PRIVATE_READS = {
     "_torch_params",
     "_update_metrics_variables",
     "_get_variable_index",
+    "_layers",
+    "_modules",
+    "_h5_entry_group",
 }
 
 
+def _is_private(attr):
+    return attr.startswith("_") and not attr.startswith("__")
+
+
 def _private_reads(tree):
-    """`(line, "name._attr")` for each private attribute of another object read
-    as `name._attr` (`self`, `cls` and `super()` are the object's own)."""
+    """`(line, name, attr)` for each private attribute of another object read
+    as `name._attr` or through `getattr` / `hasattr` / `setattr(name, "_attr")`
+    (`self`, `cls` and `super()` are the object's own)."""
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name)
             and node.value.id not in ("self", "cls")
-            and node.attr.startswith("_")
-            and not node.attr.startswith("__")
+            and _is_private(node.attr)
         ):
             yield node.lineno, node.value.id, node.attr
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id not in ("self", "cls")
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _is_private(node.args[1].value)
+        ):
+            yield node.lineno, node.args[0].id, node.args[1].value
 
 
 def test_no_private_attributes_of_other_objects():
@@ -229,5 +248,11 @@ def test_no_private_attributes_of_other_objects():
 
 
 def test_the_private_attribute_check_sees_reads():
-    tree = ast.parse("x = layer._lookup.rows\ny = self._lookup\nz = super()._f")
-    assert [(n, a) for _, n, a in _private_reads(tree)] == [("layer", "_lookup")]
+    tree = ast.parse(
+        "x = layer._lookup.rows\ny = self._lookup\nz = super()._f\n"
+        "t = getattr(layer, '_float_table', None)\nu = getattr(self, '_x', 0)"
+    )
+    assert sorted((n, a) for _, n, a in _private_reads(tree)) == [
+        ("layer", "_float_table"),
+        ("layer", "_lookup"),
+    ]

@@ -247,3 +247,13 @@ def test_sparse_lora_invalid_ids_are_zero_rows_in_compiled_calls():
         out = model.predict(ids, verbose=0)  # compiled on TensorFlow and JAX
     np.testing.assert_array_equal(out[0, 1:], 0.0)
     np.testing.assert_allclose(out[0, 0], (w + a @ b)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_float_table_adds_the_adapter():
+    """`float_table()`: the table plus `scale * A @ B`, in float32."""
+    w = table()
+    layer = Embedding(40, 6, weights=w, lora_rank=4, lora_alpha=8)
+    a, b = set_factors(layer)
+    out = layer.float_table()
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_allclose(to_np(out), w + 2.0 * a @ b, rtol=1e-5, atol=1e-5)

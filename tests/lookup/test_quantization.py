@@ -334,3 +334,14 @@ def test_ragged_ids(mode):
     rows = out.flat_values.numpy()
     row_max = np.abs(table[[1, 2, 3, 4]]).max(1, keepdims=True)
     assert np.all(np.abs(rows - table[[1, 2, 3, 4]]) <= BOUND[mode] * row_max * 1.001)
+
+
+@pytest.mark.parametrize(
+    "mode, block", [("int8", None), ("int4", 4)], ids=["int8", "int4-block4"]
+)
+def test_float_table_is_the_dequantized_table(mode, block):
+    """`float_table()` is what the stored values stand for (Keras's formulas)."""
+    layer = quantized_layer(random_table(24, 8), mode, block)
+    np.testing.assert_allclose(
+        to_np(layer.float_table()), numpy_dequantized(layer), rtol=1e-6, atol=1e-6
+    )
