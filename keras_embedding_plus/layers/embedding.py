@@ -384,7 +384,7 @@ class Embedding(TableHooks, keras.layers.Layer):
             frozen_row=frozen_row,
         )
 
-    def float_table(self):
+    def float_table(self) -> ArrayLike:
         """The table the lookups read, in float32: dequantized, LoRA adapted.
 
         `embeddings` is the stored table, as in Keras (int8 / packed int4 values
