@@ -242,6 +242,8 @@ def train(module, x, y):
 
 
 def worker(rank, world, store, out):
+    import os
+
     import numpy as np
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -254,11 +256,12 @@ def worker(rank, world, store, out):
     train(DistributedDataParallel(model), x[part], y[part])
     if rank == 0:
         np.savez(out, *model.get_weights())
-    # Both ranks done before either tears gloo down: a rank leaving while the
-    # other still talks aborted it ("terminate called without an active
-    # exception", SIGABRT) about once in four runs next to other tests.
+    # Both ranks done, then leave without tearing gloo down: its teardown at
+    # exit aborted a worker ("terminate called without an active exception",
+    # SIGABRT) about once in four runs next to other tests, after the result
+    # was written.
     dist.barrier()
-    dist.destroy_process_group()
+    os._exit(0)
 
 
 if __name__ == "__main__":
