@@ -28,18 +28,28 @@ _BLOCK_ROWS = 8192
 def _is_number(text):
     try:
         float(text)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         return False
     return True
 
 
-def _looks_binary(sample):
-    """Whether the bytes after a header line are word2vec binary, not text."""
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
-    except UnicodeDecodeError:
-        return True
-    return any(b < 32 and b not in (9, 10, 13) for b in sample)
+def _is_text_record(line):
+    """Whether `line`, the first line after a `<count> <dim>` header (or its
+    first MiB), is a text record: a token, then values most of which are numbers.
+
+    The rule looks at the line's structure, not at its bytes, so one stray byte
+    (a NUL, an 0xFF) in a text vector cannot make the file binary: the text
+    reader then names the bad value. A word2vec binary record is a token, one
+    space and `4 * dim` raw bytes, whose space-separated pieces are not numbers.
+    """
+    values = line.rstrip(b"\r\n ").split(b" ", 1001)[1:1001]
+    numbers = sum(len(v) <= 64 and _is_number(v) for v in values)
+    return numbers * 2 > len(values)
+
+
+# DEFLATE cannot compress better than about 1032 to 1: a gzip file holds at most
+# this many bytes per compressed byte.
+_GZIP_MAX_RATIO = 1032
 
 
 class _Progress:
@@ -83,6 +93,7 @@ class Reader:
         self.dim_line = None  # The line that set the dimension.
         self.binary = False
         self.records = 0
+        self._pending = b""  # Bytes read past the header, not yet a record.
         self._raw = open(self.path, "rb")
         try:
             gzipped = self._raw.read(2) == b"\x1f\x8b"
@@ -90,6 +101,7 @@ class Reader:
             self._stream = (
                 gzip.GzipFile(fileobj=self._raw, mode="rb") if gzipped else self._raw
             )
+            self._gzipped = gzipped
             self._progress = _Progress(self._raw, verbose)
             self._first = self._stream.readline()
             self._read_header(binary)
@@ -112,8 +124,9 @@ class Reader:
             if self.dim < 1:
                 raise self._error(1, f"the header gives dimension {self.dim}.")
             if binary is None:
-                sample = self._stream.peek(4 * self.dim + 64)[: 4 * self.dim + 64]
-                binary = bool(sample) and _looks_binary(sample)
+                # The next line (at most 1 MiB of it), kept for the records.
+                self._pending = self._stream.readline(_CHUNK)
+                binary = bool(self._pending) and not _is_text_record(self._pending)
         if binary and not self.has_header:
             raise self._error(
                 1,
@@ -121,6 +134,23 @@ class Reader:
                 f"'<count> <dim>'. Received: {self._first[:80]!r}.",
             )
         self.binary = bool(binary)
+        if self.binary:
+            self._check_binary_size()
+
+    def _check_binary_size(self):
+        """Refuse a header that claims more than the file can hold, before
+        reading a record: each vector takes a token, a space and `4 * dim` bytes."""
+        least = self.count * (4 * self.dim + 2)
+        size = os.fstat(self._raw.fileno()).st_size
+        room = size * _GZIP_MAX_RATIO if self._gzipped else size - len(self._first)
+        if least > room:
+            held = "at most " if self._gzipped else ""
+            raise self._error(
+                1,
+                f"the file ends early: the header announces {self.count} vectors "
+                f"of dimension {self.dim} (at least {least} bytes), but the file "
+                f"holds {held}{room} bytes after it.",
+            )
 
     def close(self):
         self._raw.close()
@@ -147,9 +177,10 @@ class Reader:
             raise self._error(line, f"not valid {self.encoding}: {e}.") from None
 
     def _text_records(self):
-        lines = self._stream
-        if not self.has_header:
-            lines = _chain_first(self._first, lines)
+        first = self._pending if self.has_header else self._first
+        if first and not first.endswith(b"\n"):
+            first += self._stream.readline()  # The rest of a line over 1 MiB.
+        lines = _chain_first(first, self._stream)
         for lineno, raw in enumerate(lines, 2 if self.has_header else 1):
             text = self._decode(lineno, raw).rstrip("\r\n ")
             if not text:
@@ -177,7 +208,7 @@ class Reader:
 
     def _binary_records(self):
         size = 4 * self.dim
-        buf, pos = b"", 0
+        buf, pos = self._pending, 0
         for number in range(1, self.count + 1):
             while True:
                 space = buf.find(b" ", pos)
@@ -216,7 +247,8 @@ class Reader:
 
 
 def _chain_first(first, rest):
-    yield first
+    if first:
+        yield first
     yield from rest
 
 

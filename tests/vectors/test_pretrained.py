@@ -329,3 +329,56 @@ def test_public_names(tmp_path):
     matrix, found = kep.load_vectors(path, WORDS[:2], verbose=0)
     np.testing.assert_allclose(matrix, VECTORS[:2], rtol=1e-6)
     assert isinstance(Embedding.from_pretrained(VECTORS), kep.Embedding)
+
+
+@pytest.mark.parametrize("name", ["w2v.txt", "w2v.txt.gz"])
+@pytest.mark.parametrize(
+    "stray,message",
+    [(b"\x00", "non-numeric value for token 'the'"), (b"\xff", "not valid utf-8")],
+    ids=["nul", "0xff"],
+)
+def test_stray_byte_in_text_is_not_binary(tmp_path, name, stray, message):
+    # A `<count> <dim>` header and one bad byte in the first vector: the file is
+    # still text (a token and `dim` values), so the bad value is named, not
+    # read as word2vec binary garbage.
+    data = _text(header=True).encode()
+    cut = data.index(b"\n") + len("the 0.1")
+    path = tmp_path / name
+    with (gzip.open if name.endswith(".gz") else open)(path, "wb") as f:
+        f.write(data[:cut] + stray + data[cut:])
+    with pytest.raises(ValueError, match=f"'{path}', line 2: .*{message}"):
+        load_vectors(path)
+
+
+@pytest.mark.parametrize("name", ["lying.bin", "lying.bin.gz"])
+def test_binary_header_claims_checked_against_file_size(tmp_path, name):
+    # The header claims two vectors of 10**8 floats (800 MB); the file holds
+    # 4 MiB of float bytes with no newline. Refused after reading at most
+    # 1 MiB past the header, before any record is buffered.
+    import tracemalloc
+
+    body = b"2 100000000\nthe " + np.ones(2**20, "<f4").tobytes()
+    path = tmp_path / name
+    with (gzip.open if name.endswith(".gz") else open)(path, "wb") as f:
+        f.write(body)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="the file ends early: the header"):
+            load_vectors(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 2**20, peak
+
+
+def test_header_then_text_line_longer_than_the_format_peek(tmp_path):
+    # The format is decided on the first MiB of the line after the header; the
+    # text reader still reads that line whole.
+    dim = 120_000
+    values = np.arange(dim, dtype="float32") % 7
+    line = "tok " + " ".join(f"{v:.6f}" for v in values)
+    assert len(line) > 2**20
+    path = _write(tmp_path, "long.vec", f"1 {dim}\n{line}\n")
+    vectors = load_vectors(path)
+    assert vectors.tokens == ["tok"]
+    np.testing.assert_array_equal(vectors.matrix, values[None])
