@@ -269,8 +269,8 @@ def _finish(combiner, total, weights, reduce):
 def combine_dense(rows, keep, weights, combiner):
     """Pool `rows` `(..., L, d)` over `L`; `keep` `(..., L)` marks what counts."""
     if combiner.reduction == "max":
-        if rows.shape[-2] == 0:  # Bags of no ids: zeros (the sum of no rows).
-            return ops.sum(rows, axis=-2)
+        if 0 in rows.shape[-2:]:  # Bags of no ids, or rows of no columns: zeros
+            return ops.sum(rows, axis=-2)  # (a maximum over nothing fails).
         lowest = ops.full((), float("-inf"), rows.dtype)
         masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
         out = ops.amax(masked, axis=-2)
@@ -295,6 +295,8 @@ def combine_flat(rows, keep, weights, bags, combiner):
         return _segment(x, bags, "sum")
 
     if combiner.reduction == "max":
+        if rows.shape[-1] == 0:  # Rows of no columns: a maximum over nothing fails.
+            return reduce(rows)
         lowest = ops.full((), float("-inf"), rows.dtype)
         masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
         out = _segment(masked, bags, "max")
@@ -373,6 +375,8 @@ def _fused(lookup, ids, bags, valid, weights, excluded, combiner):
     if not isinstance(storage, pipeline.FloatStorage) or storage.fetch is not (
         pipeline.here
     ):
+        return None
+    if storage.table.shape[-1] == 0:  # torch's kernel fails on rows of no columns.
         return None
     if any(not isinstance(t, _padding.FrozenRow) for t in lookup.transforms):
         return None

@@ -583,3 +583,20 @@ def test_quantized_bag_keras_file_round_trip(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.get_layer("bag").quantization_mode == "int8"
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, **TOL)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize(("combiner", "weighted"), POOLINGS)
+def test_zero_output_dim_works_as_embedding_does(combiner, form, weighted):
+    # `Embedding(7, 0)` gives `(..., 0)` rows; a bag of them pools to `(bags, 0)`
+    # on every backend (torch's fused kernel refuses zero columns).
+    # Compiled once per form (torch.compile is slow), eager for every combiner.
+    _skip_form(form)
+    bag = EmbeddingBag(VOCAB, 0, combiner=combiner)
+    weights = WEIGHTS if weighted else None
+    ids, w = make_inputs(form, weights=weights)
+    out = to_numpy(bag(ids, weights=w))
+    np.testing.assert_array_equal(out, np.zeros((len(BAGS), 0)))
+    if combiner == "max" and form != "sparse":
+        compiled = layer_test.compiled(bag)
+        np.testing.assert_array_equal(to_numpy(compiled(ids, weights=w)), out)
