@@ -14,6 +14,63 @@ from keras import ops
 from keras_embedding_plus.layers import legacy
 from keras_embedding_plus.lookup import quantization
 
+# PyTorch's argument names -> ours: where code is ported from `nn.Embedding` /
+# `nn.EmbeddingBag`, the error names our argument. (Hints rather than aliases:
+# one name per argument keeps configs single, and `bag(ids, offsets)`, torch's
+# call, cannot be an alias: the second positional argument is `weights`, as in
+# Keras.)
+_TORCH_NAMES = {
+    "num_embeddings": "`input_dim`",
+    "embedding_dim": "`output_dim`",
+    "mode": "`combiner` (one of 'sum', 'mean', 'sqrtn', 'max')",
+    "per_sample_weights": "`weights=`, per-id weights of the shape of the ids",
+    "_weight": "`weights=[table]`",
+}
+
+
+def check_torch_names(class_name, kwargs):
+    """A `ValueError` naming our equivalent for the first PyTorch name in `kwargs`."""
+    for name, ours in _TORCH_NAMES.items():
+        if name not in kwargs:
+            continue
+        if name == "mode" and class_name != "EmbeddingBag":
+            ours = "`EmbeddingBag(..., combiner=...)`: `Embedding` does not pool"
+        raise ValueError(
+            f"`{name}` is PyTorch's name; {class_name}'s equivalent is {ours}. "
+            f"Received: {name}={kwargs[name]!r}."
+        )
+
+
+def check_bag_call(args, kwargs):
+    """A hint for torch's `bag(ids, offsets)` / `per_sample_weights=` calls."""
+    check_torch_names("EmbeddingBag", kwargs)
+    offsets = kwargs.get("offsets")
+    if offsets is None and len(args) >= 2 and _looks_like_offsets(args[0], args[1]):
+        offsets = args[1]
+    if offsets is not None:
+        raise ValueError(
+            "Bags given as ids and offsets are one argument, a tuple: "
+            "`bag((ids, offsets))` (PyTorch's `bag(ids, offsets)` would pass the "
+            "offsets as per-id `weights`, the second argument here). Received: "
+            f"offsets of shape {tuple(np.shape(offsets))}."
+        )
+
+
+def _looks_like_offsets(ids, weights):
+    """1-D integer `weights` next to 1-D ids, of another length: offsets."""
+    if isinstance(ids, (tuple, list)) or weights is None:
+        return False
+    dtype = getattr(weights, "dtype", None)
+    if dtype is None:
+        return False
+    shape, ids_shape = tuple(weights.shape), tuple(getattr(ids, "shape", ()))
+    return (
+        len(shape) == 1
+        and len(ids_shape) == 1
+        and shape != ids_shape
+        and "int" in keras.backend.standardize_dtype(dtype)
+    )
+
 
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -5,6 +5,7 @@ from typing import Any
 import keras
 from numpy.typing import ArrayLike
 
+from keras_embedding_plus.layers import arguments as _args
 from keras_embedding_plus.layers.embedding import Embedding
 from keras_embedding_plus.lookup import index_policy
 from keras_embedding_plus.lookup import pooling as _pooling
@@ -106,6 +107,10 @@ class EmbeddingBag(Embedding):
     @combiner.setter
     def combiner(self, value):
         self._combiner = _pooling.check_combiner(value)
+
+    def __call__(self, *args, **kwargs):
+        _args.check_bag_call(args, kwargs)
+        return super().__call__(*args, **kwargs)
 
     def call(
         self,

@@ -130,6 +130,11 @@ class Embedding(TableHooks, keras.layers.Layer):
     # `padding_idx`'s rows pass through `stop_gradient` (`_padding.FrozenRow`).
     _freezes_padding_rows = True
 
+    def __new__(cls, *args, **kwargs):
+        # Before `__init__`'s own "missing 2 required positional arguments".
+        _args.check_torch_names(cls.__name__, kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(
         self,
         input_dim: int,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+import keras_embedding_plus as kep
 from keras_embedding_plus import Embedding
 
 # Depends on the installed Keras (tox env keras-min runs it with the oldest).
@@ -380,3 +381,47 @@ def test_embeddings_variable_path_matches_keras():
     ours.build()
     theirs.build()
     assert ours.embeddings.path == theirs.embeddings.path
+
+
+# ---- PyTorch's names get a hint --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,ours",
+    [
+        (Embedding, {"num_embeddings": 10, "embedding_dim": 4}, "input_dim"),
+        (Embedding, {"input_dim": 10, "embedding_dim": 4}, "output_dim"),
+        (kep.EmbeddingBag, {"num_embeddings": 10, "embedding_dim": 4}, "input_dim"),
+        (
+            kep.EmbeddingBag,
+            {"input_dim": 10, "output_dim": 4, "mode": "sum"},
+            "combiner",
+        ),
+        (Embedding, {"input_dim": 10, "output_dim": 4, "mode": "sum"}, "EmbeddingBag"),
+    ],
+    ids=["embedding", "embedding_dim", "bag", "mode", "mode-on-embedding"],
+)
+def test_torch_constructor_names_name_our_equivalent(cls, kwargs, ours):
+    torch_name = next(k for k in kwargs if k not in ("input_dim", "output_dim"))
+    with pytest.raises(ValueError, match=rf"`{torch_name}` is PyTorch's .*{ours}"):
+        cls(**kwargs)
+
+
+def test_torch_call_names_name_our_equivalent():
+    bag = kep.EmbeddingBag(10, 4, combiner="sum")
+    ids = np.array([1, 2, 3, 4, 5], "int32")
+    offsets = np.array([0, 2], "int32")
+    with pytest.raises(
+        ValueError, match=r"`per_sample_weights` is PyTorch's .*weights="
+    ):
+        bag((ids, offsets), per_sample_weights=np.ones(5, "float32"))
+    with pytest.raises(ValueError, match=r"bag\(\(ids, offsets\)\)"):
+        bag(ids, offsets)  # torch's call style: the offsets land on `weights`.
+    with pytest.raises(ValueError, match=r"bag\(\(ids, offsets\)\)"):
+        bag(ids, offsets=offsets)
+    # The Keras-style calls they point to work, and equal a NumPy pooling.
+    out = keras.ops.convert_to_numpy(bag((ids, offsets)))
+    table = keras.ops.convert_to_numpy(bag.embeddings)
+    np.testing.assert_allclose(
+        out, [table[[1, 2]].sum(0), table[[3, 4, 5]].sum(0)], rtol=1e-6
+    )
