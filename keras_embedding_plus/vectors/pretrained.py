@@ -172,6 +172,10 @@ def load_vectors(
         if mask_zero:
             padding = 0
         special = set(oov) | ({padding} if padding is not None else set())
+        # '' is the padding token (as `TextVectorization`'s row 0): never looked
+        # up, its row is zeros, with or without `mask_zero`.
+        empty = {i for i, token in enumerate(tokens) if token == ""} - special
+        special |= empty
         rows = {}
         for i, token in enumerate(tokens):
             if i not in special:
@@ -195,21 +199,30 @@ def load_vectors(
         tokens, found = [""] + tokens, np.concatenate([[False], found])
         padding, special = 0, {0}
     fill = ~found
-    if padding is not None:
-        fill[padding] = False
-        matrix[padding] = 0
+    zero_rows = ({padding} if padding is not None else set()) | (
+        empty if vocabulary is not None else set()
+    )
+    for row in zero_rows:
+        fill[row] = False
+        matrix[row] = 0
     if fill.any():
         values = initializer(shape=(int(fill.sum()), reader.dim), dtype="float32")
         matrix[fill] = ops.convert_to_numpy(values)
     looked_up = len(tokens) - len(special)
     coverage = float(found.sum() / looked_up) if looked_up else 1.0
-    logger.info(
-        "Loaded vectors of dimension %d for %d of %d tokens (%.1f%%) from %s.",
+    # Below half, most rows are random: likely the wrong file or tokenization.
+    log = logger.warning if coverage < 0.5 else logger.info
+    log(
+        "Loaded vectors of dimension %d for %d of %d tokens (%.1f%%) from %s.%s",
         reader.dim,
         int(found.sum()),
         looked_up,
         100 * coverage,
         reader.path,
+        ""
+        if coverage >= 0.5
+        else " The other rows hold the OOV initializer's random values: check "
+        "that the file and the vocabulary share a tokenization (case, language).",
     )
     return Vectors(matrix, found, tokens, coverage, reader.path)
 

@@ -382,3 +382,34 @@ def test_header_then_text_line_longer_than_the_format_peek(tmp_path):
     vectors = load_vectors(path)
     assert vectors.tokens == ["tok"]
     np.testing.assert_array_equal(vectors.matrix, values[None])
+
+
+@pytest.mark.parametrize("vocab,found", [(["cat", "zebra", "yak"], 1), (["x"], 0)])
+def test_low_coverage_is_a_warning_with_the_counts(tmp_path, caplog, vocab, found):
+    path = _write(tmp_path, "v.txt", _text())
+    with caplog.at_level(logging.INFO, logger="keras_embedding_plus"):
+        vectors = load_vectors(path, vocab)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert f"{found} of {len(vocab)} tokens" in warnings[0].getMessage()
+    assert str(path) in warnings[0].getMessage()
+    assert vectors.coverage == found / len(vocab) < 0.5
+
+
+def test_half_coverage_is_not_a_warning(tmp_path, caplog):
+    path = _write(tmp_path, "v.txt", _text())
+    with caplog.at_level(logging.INFO, logger="keras_embedding_plus"):
+        load_vectors(path, ["cat", "zebra"])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("mask_zero", [False, True])
+def test_empty_token_pads_with_zeros_and_is_not_looked_up(tmp_path, mask_zero):
+    # A file may hold an empty token (a line starting with a space): '' in a
+    # list vocabulary is still the padding token, never looked up in the file.
+    text = " " + " ".join(["9.0"] * 5) + "\n" + _text()
+    path = _write(tmp_path, "v.txt", text)
+    vectors = load_vectors(path, ["", "cat"], mask_zero=mask_zero)
+    np.testing.assert_array_equal(vectors.matrix, [np.zeros(5), VECTORS[1]])
+    np.testing.assert_array_equal(vectors.found, [False, True])
+    assert vectors.coverage == 1.0
