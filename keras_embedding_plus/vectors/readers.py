@@ -7,7 +7,6 @@ fill the matrix `load_vectors` returns.
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import math
 import os
