@@ -1,8 +1,11 @@
-"""Every Python code block of README.md and docs/*.md, run as written.
+"""Every Python code block of README.md and docs/*.md, run as a user runs it.
 
-Blocks of one page run in order in one namespace (a page may build on its earlier
-blocks) and in one temporary directory. A block runs on every backend unless a
-marker on the line before it says otherwise:
+Each page's blocks run in a fresh Python process, with none of the test suite's
+setup (no virtual devices, no seeds, no conftest): in order, in one namespace (a
+page may build on its earlier blocks) and in one temporary directory. A recipe
+(a block whose first line is `# Big tables recipe (...)`) runs alone in its own
+process, as a reader pastes it: it carries its own setup. A block runs on every
+backend unless a marker on the line before it says otherwise:
 
 * `<!-- backend: jax -->` (or the first line `# Big tables recipe (jax): ...`):
   only under that backend; elsewhere it skips, "this block needs the jax backend".
@@ -10,7 +13,11 @@ marker on the line before it says otherwise:
 The charts the docs show are copies of `benchmarks/results/*.png`: checked equal.
 """
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -25,10 +32,13 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _MARKER = re.compile(r"<!--\s*backend:\s*([\w ,]+?)\s*-->")
 _RECIPE = re.compile(r"# Big tables recipe \(([\w ]+)\):")
+# A page's blocks, each run as a reader runs it: the longest any took here is
+# under a minute (a recipe that trains on 8 virtual devices).
+_TIMEOUT_S = 300
 
 
 def _blocks(page):
-    """(line, code, backends or None) for each ```python block."""
+    """(line, code, backends or None, alone) for each ```python block."""
     text = page.read_text(encoding="utf-8")
     found = []
     for match in _FENCE.finditer(text):
@@ -43,60 +53,80 @@ def _blocks(page):
         if recipe and recipe.group(1) != "every backend":
             backends = (recipe.group(1),)
         line = text.count("\n", 0, match.start()) + 2
-        found.append((line, code, backends))
+        found.append((line, code, backends, recipe is not None))
     return found
 
 
-BLOCKS = [
-    pytest.param(page, line, code, backends, id=f"{page.name}:{line}")
+def _runs(page):
+    """The page's processes: its recipes one each, its other blocks together."""
+    together, runs = [], []
+    for line, code, backends, alone in _blocks(page):
+        if alone:
+            runs.append([(line, code, backends)])
+        else:
+            together.append((line, code, backends))
+    return ([together] if together else []) + runs
+
+
+RUNS = [
+    pytest.param(page, blocks, id=f"{page.name}:{blocks[0][0]}")
     for page in PAGES
-    for line, code, backends in _blocks(page)
+    for blocks in _runs(page)
 ]
 
-# One namespace and one working directory per page, shared by its blocks.
-_PAGE_STATE = {}
+# Runs the blocks of argv[1] (a JSON list of [path, line, code]) in order, in
+# one namespace; line numbers in tracebacks are those of the page.
+_RUNNER = """
+import json, sys
+namespace = {"__name__": "__main__"}
+for path, line, code in json.load(open(sys.argv[1], encoding="utf-8")):
+    exec(compile("\\n" * (line - 1) + code, path, "exec"), namespace)
+"""
 
 
 def test_the_docs_have_code_blocks():
-    assert len(BLOCKS) >= 15, len(BLOCKS)
+    assert sum(len(blocks) for blocks in RUNS_BLOCKS) >= 15, RUNS_BLOCKS
+
+
+RUNS_BLOCKS = [blocks for page in PAGES for blocks in _runs(page)]
 
 
 def _runs_here(backends):
     return backends is None or BACKEND in backends
 
 
-def _run_block(page, line, code, namespace):
-    try:
-        # Padded so that tracebacks give the line numbers of the page.
-        exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
-    finally:
-        if BACKEND == "jax":
-            keras.distribution.set_distribution(None)
+def _user_environment():
+    """The environment a user's shell would have: the backend, without the test
+    suite's device flags (conftest adds 8 virtual JAX devices)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "XLA_"))}
+    env["KERAS_BACKEND"] = BACKEND
+    return env
 
 
-@pytest.mark.parametrize("page, line, code, backends", BLOCKS)
-def test_code_block(page, line, code, backends, tmp_path_factory, monkeypatch):
-    if not _runs_here(backends):
-        pytest.skip(f"this block needs the {' or '.join(backends)} backend")
-    if page not in _PAGE_STATE:
-        _PAGE_STATE[page] = (
-            {"__name__": "__docs__"},
-            tmp_path_factory.mktemp("docs"),
-            set(),
-        )
-    namespace, workdir, done = _PAGE_STATE[page]
-    monkeypatch.chdir(workdir)
-    # The page's earlier blocks first, where this process has not run them (under
-    # pytest-xdist another worker may have): each block sees what the page
-    # defined before it, whichever worker runs it.
-    for earlier, earlier_code, earlier_backends in _blocks(page):
-        if earlier >= line:
-            break
-        if earlier not in done and _runs_here(earlier_backends):
-            _run_block(page, earlier, earlier_code, namespace)
-            done.add(earlier)
-    done.add(line)
-    _run_block(page, line, code, namespace)
+@pytest.mark.parametrize("page, blocks", RUNS)
+def test_code_blocks(page, blocks, tmp_path):
+    blocks = [(line, code) for line, code, backends in blocks if _runs_here(backends)]
+    if not blocks:
+        pytest.skip(f"these blocks need another backend than {BACKEND}")
+    script = tmp_path / "blocks.json"
+    script.write_text(
+        json.dumps([(str(page), line, code) for line, code in blocks]),
+        encoding="utf-8",
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(script)],
+        cwd=workdir,
+        env=_user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT_S,
+    )
+    assert result.returncode == 0, (
+        f"{page.name}, blocks at lines {[line for line, _ in blocks]} failed:\n"
+        + result.stderr[-6000:]
+    )
 
 
 @pytest.mark.parametrize(
