@@ -81,19 +81,21 @@ def main():
         f"backend {keras.backend.backend()}: accuracy {accuracy[0]:.3f} -> "
         f"{accuracy[-1]:.3f} over {args.epochs} epochs"
     )
-    out = args.out or tempfile.mkdtemp()
-    path = os.path.join(out, "recommender.keras")
-    model.save(path)
-    expected = model.predict(inputs, verbose=0)[:256, 0]
-    result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--load", path],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    with tempfile.TemporaryDirectory() as scratch:  # removed unless --out given
+        out = args.out or scratch
+        path = os.path.join(out, "recommender.keras")
+        model.save(path)
+        expected = model.predict(inputs, verbose=0)[:256, 0]
+        result = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--load", path],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     reloaded = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     difference = float(np.abs(reloaded - expected).max())
-    print(f"saved {path}; reloaded in a fresh process: max difference {difference:.2e}")
+    kept = f"saved {path}" if args.out else "saved and deleted a temporary file"
+    print(f"{kept}; reloaded in a fresh process: max difference {difference:.2e}")
     if difference > 1e-5:
         raise SystemExit("the reloaded model predicts differently")
 
