@@ -155,3 +155,15 @@ def test_readme_links_resolve():
 def test_readme_size():
     """The README is a front page, the docs are the manual (<= 8 KB)."""
     assert (ROOT / "README.md").stat().st_size <= 8 * 1024
+
+
+def test_readme_opens_with_the_import_swap_and_a_bag():
+    """Before any figure: the import swap, a bag, and how to install from a clone."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = _FENCE.search(text)
+    figures = text.index("## Reliability")
+    assert first and first.start() < figures
+    assert "from keras_embedding_plus import Embedding" in first.group(1)
+    assert "EmbeddingBag(" in first.group(1)
+    install = text.index("pip install")
+    assert install < figures and "clone" in text[:install]
