@@ -98,8 +98,7 @@ def weights_bytes(variables, objects):
     `OPTIMIZER_COPIES` times over, plus HDF5's own bytes for `objects`
     (variables and layers)."""
     data = sum(
-        math.prod(v.shape) * np.dtype(numpy_dtype(v.dtype)).itemsize
-        for v in variables
+        math.prod(v.shape) * np.dtype(numpy_dtype(v.dtype)).itemsize for v in variables
     )
     return OPTIMIZER_COPIES * data + H5_OVERHEAD + H5_OVERHEAD_PER_OBJECT * objects
 
@@ -202,7 +201,8 @@ def check_config_tables(config, prefix, custom_objects=None):
     parsed `config.json`, nested models and layers included), before any is
     built. `prefix` starts the message ("Cannot load a model from '<path>'")."""
     for entry in _entries(config):
-        if _package_class(entry, custom_objects) is None:
+        cls = _package_class(entry, custom_objects)
+        if cls is None:
             continue
         layer = entry["config"]
         input_dim, output_dim = layer.get("input_dim"), layer.get("output_dim")
@@ -213,5 +213,5 @@ def check_config_tables(config, prefix, custom_objects=None):
             input_dim,
             output_dim,
             _policy(layer.get("dtype")),
-            f"{prefix}: its layer '{name}' ({entry['class_name']})",
+            f"{prefix}: its layer '{name}' ({cls.__name__})",
         )
