@@ -195,16 +195,17 @@ def optimizer_slot(optimizer, slots, variable):
     return getattr(optimizer, slots)[optimizer._get_variable_index(variable)]
 
 
-def stored_rows(store, key):
-    """The h5py `Dataset` behind `store[key]`, read by row blocks, or None.
+def stored_dataset(store, key):
+    """The h5py `Dataset` behind `store[key]`, unread, or None.
 
     Keras's `.weights.h5` / `.keras` store answers `store[key]` with the whole
-    array in memory (`np.array(dataset)`): for a big table, a table-sized copy
-    on top of the table. `store._h5_entry_group` is the h5py group of the layer
-    being loaded. The same checks as Keras's `safe_get_h5_dataset` (a hard link
-    to a plain dataset, no external storage), and bfloat16 values (an `attrs`
-    marker Keras's store converts) are left to `store[key]`: None then, as for
-    any other store. Public replacement: none (a store hands out whole arrays).
+    array in memory (`np.array(dataset)`), whatever shape the file declares.
+    `store._h5_entry_group` is the h5py group of the layer being loaded: its
+    datasets' shapes and dtypes can be checked before anything is read. Only
+    what Keras's `safe_get_h5_dataset` accepts is returned (a hard link to a
+    plain dataset: no external or virtual storage); None otherwise, and for
+    any other store, whose `store[key]` then decides. Public replacement:
+    none (a store hands out whole arrays).
     """
     import h5py
 
@@ -215,6 +216,34 @@ def stored_rows(store, key):
         return None
     dataset = group[key]
     if not isinstance(dataset, h5py.Dataset) or dataset.external:
+        return None
+    if dataset.is_virtual:
+        return None
+    return dataset
+
+
+def _keras_bfloat16(dataset):
+    """Whether Keras's store marks `dataset` as bfloat16 values (an `attrs`
+    entry: `store[key]` converts them)."""
+    return "dtype" in dataset.attrs and dataset.attrs["dtype"] == "bfloat16"
+
+
+def stored_kind(dataset):
+    """The NumPy kind of the values `store[key]` makes of `dataset` ("f" for
+    Keras's bfloat16 marker)."""
+    return "f" if _keras_bfloat16(dataset) else dataset.dtype.kind
+
+
+def stored_rows(store, key):
+    """The h5py `Dataset` behind `store[key]`, read by row blocks, or None.
+
+    For a big table, `store[key]` would be a table-sized copy on top of the
+    table (see `stored_dataset`). bfloat16 values (an `attrs` marker Keras's
+    store converts) and any non-numeric dtype are left to `store[key]`: None
+    then, as for any other store.
+    """
+    dataset = stored_dataset(store, key)
+    if dataset is None:
         return None
     if "dtype" in dataset.attrs or dataset.dtype.kind not in "fiub":
         return None

@@ -25,7 +25,7 @@ from keras_embedding_plus.lookup import padding as _padding
 from keras_embedding_plus.lookup import placement as _placement
 from keras_embedding_plus.lookup import quantization as _quantization
 from keras_embedding_plus.lookup.spec import LookupSpec
-from keras_embedding_plus.saving import loading
+from keras_embedding_plus.saving import limits, loading
 from keras_embedding_plus.vectors import pretrained as _vectors
 
 _UNBUILT = (
@@ -210,6 +210,10 @@ class Embedding(TableHooks, keras.layers.Layer):
     def build(self, input_shape=None):
         if self.built:
             return
+        # A table larger than the machine: a ValueError, not the allocator's.
+        limits.check_table(
+            self.input_dim, self.output_dim, self.dtype_policy, f"Layer '{self.name}'"
+        )
         if self.quantization_mode:  # Loading a quantized layer.
             mode, config = self.quantization_mode, self.quantization_config
             self.quantized_build((self.input_dim, self.output_dim), mode, config)

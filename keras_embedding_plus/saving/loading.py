@@ -9,7 +9,9 @@
 * `load_model(filepath, ...)` is `keras.models.load_model` with errors that name
   the file: Keras reports a truncated `.keras` file as "File not found" and a
   corrupted one as `BadZipFile: Bad CRC-32 for file 'model.weights.h5'`, without
-  saying which file.
+  saying which file. What the file declares (its members' sizes, its layers'
+  table sizes) is checked first, before anything is inflated or built
+  (`limits`).
 * `load_saved_model(dirpath, ...)` is `keras.layers.TFSMLayer` (Keras 3's reader
   of an exported TF SavedModel) with one error type: TensorFlow raises `OSError`,
   `IndexError`, `ValueError`, `FileNotFoundError` or one of its own `OpError`s,
@@ -18,16 +20,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import types
 import zipfile
+import zlib
 
 import keras
 import numpy as np
 
 from keras_embedding_plus import backends, compat
 from keras_embedding_plus.saving import blocks as _chunks
+from keras_embedding_plus.saving import limits
 
 
 def _shape(value):
@@ -92,7 +97,11 @@ def load_model(
     A missing, truncated or corrupted file raises `ValueError` naming `filepath`
     and what is wrong with it; the original error is chained (`__cause__`).
     Errors in the model's config (an unknown key, an invalid value) are raised as
-    Keras raises them, naming the key or the value.
+    Keras raises them, naming the key or the value. What the file declares is
+    checked before anything is inflated or built: a `.keras` member declaring
+    over 100 times the bytes it stores (a decompression bomb), or a layer of
+    this package whose table could not fit in this machine's memory, raises
+    `ValueError` naming the file and the member or layer.
 
     Args:
         filepath: String or `pathlib.Path`. The file to load.
@@ -105,7 +114,11 @@ def load_model(
         The loaded Keras model.
     """
     path = os.fspath(filepath)
-    check_file(path, "a model")
+
+    def check_config(config, prefix):
+        limits.check_config_tables(config, prefix, custom_objects)
+
+    check_file(path, "a model", check_config=check_config)
     try:
         return keras.models.load_model(
             path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
@@ -121,9 +134,17 @@ def load_model(
         raise ValueError(f"Cannot load a model from '{path}': {e}") from e
 
 
-def check_file(path, what):
+def check_file(path, what, most_bytes=None, check_config=None):
     """Raise `ValueError` naming `path` unless it is a readable regular file
-    (and, for `.keras`, a zip archive whose members' CRCs match)."""
+    (and, for `.keras`, a zip archive whose members' CRCs match).
+
+    What a `.keras` archive declares is checked before any member is
+    inflated: every member's size against its stored size, the weights'
+    against `most_bytes` (the most the loading model's weights file can hold,
+    if known); then `check_config(config, prefix)`, if given, sees the parsed
+    model config (of a `.keras` or legacy `.h5` file) before the CRC pass,
+    which inflates what passed, each member up to its declared size.
+    """
     prefix = f"Cannot load {what} from '{path}'"
     if os.path.isdir(path):
         raise ValueError(f"{prefix}: it is a directory, not a file.")
@@ -134,24 +155,88 @@ def check_file(path, what):
     if not os.access(path, os.R_OK):
         raise ValueError(f"{prefix}: the file is not readable (permissions).")
     if path.endswith(".keras"):
-        if not zipfile.is_zipfile(path):
-            raise ValueError(
-                f"{prefix}: it is not a valid `.keras` file (not a zip archive; "
-                f"{os.path.getsize(path)} bytes), so it is truncated or corrupted."
-            )
+        _check_archive(path, prefix, most_bytes, check_config)
+    elif path.endswith(".h5") and check_config is not None:
+        config = _legacy_h5_config(path)
+        if config is not None:
+            check_config(config, prefix)
+
+
+# What a damaged zip archive raises while it is read.
+_DAMAGED = (
+    zipfile.BadZipFile,
+    EOFError,
+    OSError,
+    ValueError,
+    zlib.error,  # A damaged DEFLATE stream.
+    NotImplementedError,  # A damaged compression method field.
+    RuntimeError,  # A damaged flag says "encrypted".
+)
+
+
+def _damaged(prefix, error):
+    return ValueError(
+        f"{prefix}: the file is truncated or corrupted "
+        f"({type(error).__name__}: {error})."
+    )
+
+
+def _check_archive(path, prefix, most_bytes, check_config):
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{prefix}: it is not a valid `.keras` file (not a zip archive; "
+            f"{os.path.getsize(path)} bytes), so it is truncated or corrupted."
+        )
+    try:
+        archive = zipfile.ZipFile(path)
+    except _DAMAGED as e:
+        raise _damaged(prefix, e) from e
+    with archive:
+        # The directory's declared sizes first: nothing inflated yet.
+        limits.check_members(archive, prefix, most_bytes)
+        if check_config is not None:
+            config = _archive_config(archive, prefix)
+            if config is not None:
+                check_config(config, prefix)
         try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-            raise ValueError(
-                f"{prefix}: the file is truncated or corrupted "
-                f"({type(e).__name__}: {e})."
-            ) from e
-        if bad is not None:
-            raise ValueError(
-                f"{prefix}: the file is corrupted: its member '{bad}' does not "
-                "match its CRC-32 checksum."
-            )
+            bad = archive.testzip()  # Each member up to its declared size.
+        except _DAMAGED as e:
+            raise _damaged(prefix, e) from e
+    if bad is not None:
+        raise ValueError(
+            f"{prefix}: the file is corrupted: its member '{bad}' does not "
+            "match its CRC-32 checksum."
+        )
+
+
+def _archive_config(archive, prefix):
+    """The parsed `config.json` of a `.keras` archive, or None if it has none or
+    it is not JSON (Keras says so next). Its size passed `check_members`."""
+    try:
+        data = archive.read("config.json")
+    except KeyError:
+        return None
+    except _DAMAGED as e:
+        raise _damaged(prefix, e) from e
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _legacy_h5_config(path):
+    """The parsed model config of a legacy `.h5` file (an attribute: no array
+    is read), or None if there is none or it cannot be read (Keras says why)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+            if isinstance(config, bytes):
+                config = config.decode("utf-8")
+            return json.loads(config) if isinstance(config, str) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _model_variables(model):
@@ -179,6 +264,10 @@ def load_weights(
     the model half old, half new. Here, on any failure every variable of the
     model and of its optimizer is put back as it was, and a `ValueError` names
     the file and what is wrong (the original error is chained, `__cause__`).
+    What the file declares is checked before it is read: a `.keras` member
+    declaring more bytes than the model's weights can take up (or a
+    decompression bomb), a dataset of another shape or kind than the layer's
+    variable (in this package's layers) are refused without reading them.
 
     Args:
         model: A built Keras model (or layer).
@@ -191,8 +280,12 @@ def load_weights(
     arrays are immutable).
     """
     path = os.fspath(filepath)
-    check_file(path, f"weights into model '{model.name}'")
     variables = _model_variables(model)
+    most_bytes = None
+    if model.built and not skip_mismatch:
+        objects = len(variables) + len(compat.flatten_layers(model)) + 1
+        most_bytes = limits.weights_bytes(variables, objects)
+    check_file(path, f"weights into model '{model.name}'", most_bytes)
     snapshot = [backends.blocks.snapshot(v) for v in variables]
     try:
         model.load_weights(path, skip_mismatch=skip_mismatch)
@@ -205,14 +298,64 @@ def load_weights(
         ) from e
 
 
-def assign_checked(name, variables, store):
-    """Assign a store's values to `variables`, all shapes checked first.
+def check_stored(name, variables, store):
+    """Raise `ValueError` unless what `store` declares fits `variables`, before
+    any value is read.
 
-    Nothing is assigned unless every value fits (a failed load keeps the old
-    weights). A big table read from the file block by block (`store_values`)
-    can still fail half-way if the file is corrupted there;
-    `load_weights` puts the old values back then.
+    The number of values, and for an HDF5 store (`.weights.h5`, `.keras`) each
+    dataset's shape and dtype, as the file declares them: a file whose dataset
+    declares a 512 MiB table for a 10 x 4 variable is refused without reading
+    it. Other stores are checked once read (`check_weight_values`).
     """
+    count = len(store.keys())
+    if count != len(variables):
+        raise ValueError(
+            f"`load_weights` on layer '{name}' expects {len(variables)} "
+            f"weight(s) ({', '.join(v.path for v in variables)}). "
+            f"Received: {count} weight(s) in the file."
+        )
+    for i, variable in enumerate(variables):
+        dataset = compat.stored_dataset(store, str(i))
+        if dataset is None:
+            continue
+        expected, stored = tuple(variable.shape), tuple(dataset.shape)
+        if stored != expected:
+            raise ValueError(
+                f"`load_weights` on layer '{name}': weight '{variable.path}' "
+                f"has shape {expected}, but the file declares shape {stored} "
+                "for it; nothing was read and the layer's weights were left "
+                f"unchanged. Received: stored shape={stored}."
+            )
+        stored_kind = compat.stored_kind(dataset)
+        expected_kind = np.dtype(limits.numpy_dtype(variable.dtype)).kind
+        if not _same_kind(stored_kind, expected_kind):
+            raise ValueError(
+                f"`load_weights` on layer '{name}': weight '{variable.path}' "
+                f"holds {variable.dtype} values, but the file declares "
+                f"{dataset.dtype} values for it; nothing was read and the "
+                "layer's weights were left unchanged. "
+                f"Received: stored dtype={dataset.dtype}."
+            )
+
+
+def _same_kind(stored, expected):
+    """Whether values of NumPy kind `stored` load into a variable of kind
+    `expected`: floats into floats, integers (signed or not) into integers."""
+    groups = ("f", "iu", "b")
+    return any(stored in group and expected in group for group in groups)
+
+
+def assign_checked(name, variables, store):
+    """Assign a store's values to `variables`, all checked first.
+
+    What the file declares (how many values, their shapes and dtypes) is
+    checked before anything is read (`check_stored`), and nothing is assigned
+    unless every value fits (a failed load keeps the old weights). A big
+    table read from the file block by block (`store_values`) can still fail
+    half-way if the file is corrupted there; `load_weights` puts the old
+    values back then.
+    """
+    check_stored(name, variables, store)
     values = store_values(store)
     check_weight_values(
         types.SimpleNamespace(name=name, weights=variables), values, "load_weights"

@@ -1,6 +1,7 @@
 """`Embedding`'s constructor: argument checks, Keras 1 aliases, `weights`, `build()`."""
 
 import re
+import time
 
 import keras
 import numpy as np
@@ -9,6 +10,7 @@ from keras import ops
 
 import keras_embedding_plus as kep
 from keras_embedding_plus import Embedding
+from keras_embedding_plus.saving import limits
 
 # Depends on the installed Keras (tox env keras-min runs it with the oldest).
 pytestmark = pytest.mark.keras_version
@@ -425,3 +427,67 @@ def test_torch_call_names_name_our_equivalent():
     np.testing.assert_allclose(
         out, [table[[1, 2]].sum(0), table[[3, 4, 5]].sum(0)], rtol=1e-6
     )
+
+
+# --- a table larger than the machine -------------------------------------------
+
+
+needs_memory_size = pytest.mark.skipif(
+    limits.physical_memory() is None,
+    reason="this platform has no os.sysconf('SC_PHYS_PAGES'): memory unknown",
+)
+
+
+@needs_memory_size
+@pytest.mark.parametrize(
+    "dims, dtype",
+    [
+        ((10**12, 8), "float32"),
+        ((8, 10**12), "float32"),
+        ((10**12, 8), "int4_from_float32"),
+        ((10**12, 8), "mixed_bfloat16"),
+    ],
+    ids=["input_dim", "output_dim", "int4", "mixed"],
+)
+def test_build_refuses_a_table_larger_than_memory(dims, dtype):
+    # A ValueError naming both dims, before the backend's allocator is asked
+    # (JaxRuntimeError, ResourceExhaustedError after 10 s, RuntimeError).
+    layer = Embedding(*dims, dtype=dtype)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="more than this machine's memory") as info:
+        layer.build()
+    assert f"input_dim={dims[0]}, output_dim={dims[1]}" in str(info.value)
+    assert time.perf_counter() - start < 1.0
+    assert not layer.built
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float32", "float16", "mixed_bfloat16", "bfloat16", "int8_from_float32"]
+)
+def test_table_bytes_are_what_the_built_variables_take(dtype):
+    # The size `check_table` compares with the memory is the built table's.
+    layer = Embedding(6, 4, dtype=dtype)
+    layer.build()
+    policy = keras.dtype_policies.get(dtype)
+    nbytes = to_np(layer.weights[0]).nbytes  # The stored table.
+    assert 6 * 4 * limits.bytes_per_element(policy) == nbytes
+
+
+def test_table_bytes_int4_are_half_a_byte():
+    # int4: two values per stored byte (`keras.quantizers.pack_int4`).
+    layer = Embedding(6, 4)
+    layer.build()
+    layer.quantize("int4")
+    nbytes = to_np(layer.weights[0]).nbytes  # The stored, packed table.
+    assert 6 * 4 * limits.bytes_per_element(layer.dtype_policy) == nbytes
+
+
+def test_build_checks_against_the_machine_memory(monkeypatch):
+    # The bound is the machine's memory (made small here); under a
+    # `keras.distribution` (a table sharded over machines) it is not checked.
+    monkeypatch.setattr(limits, "physical_memory", lambda: 6 * 4 * 4 - 1)
+    with pytest.raises(ValueError, match="it could never be allocated"):
+        Embedding(6, 4).build()
+    Embedding(6, 4, dtype="float16").build()  # 48 bytes: fits
+    monkeypatch.setattr(keras.distribution, "distribution", lambda: object())
+    Embedding(6, 4).build()
