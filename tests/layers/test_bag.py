@@ -571,6 +571,35 @@ def test_offsets_inputs_train_in_a_functional_model():
     )
 
 
+class _OffsetBatches(keras.utils.PyDataset):
+    """The same `(values, offsets)` batch twice."""
+
+    def __init__(self, ids, y):
+        super().__init__()
+        self.ids, self.y = ids, y
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return self.ids, self.y
+
+
+def test_max_trains_in_fit_with_offsets_inputs():
+    """`fit` builds the model by Keras's shape inference first (torch: on the
+    "meta" device, where `ops.full` failed; then on tensors of ones, which are no
+    valid offsets)."""
+    v_in = keras.Input((), dtype="int32")
+    o_in = keras.Input((), dtype="int32")
+    bag = make_bag("max")
+    model = keras.Model([v_in, o_in], bag((v_in, o_in)))
+    model.compile(optimizer="sgd", loss="mse")
+    ids, _ = make_inputs("offsets")
+    model.fit(_OffsetBatches(ids, UPSTREAM.astype("float32")), verbose=0)
+    expected = np_bag(table_of(bag), BAGS, None, "max")
+    np.testing.assert_allclose(model.predict_on_batch(ids), expected, **TOL)
+
+
 def test_quantized_bag_keras_file_round_trip(tmp_path):
     ids = keras.Input((LENGTH,), dtype="int32")
     bag = EmbeddingBag(VOCAB, DIM, combiner="sum", padding_idx=PAD, name="bag")
