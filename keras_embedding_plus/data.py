@@ -100,6 +100,8 @@ class BagDataset(keras.utils.PyDataset):
     ) -> None:
         super().__init__(**kwargs)
         self.values = _one_dim(values, "values")
+        if not self.values.size:
+            self.values = self.values.astype("int32")  # `[]` is float64.
         if not np.issubdtype(self.values.dtype, np.integer):
             raise ValueError(
                 "`values` must hold integer ids. Received: values of dtype "
@@ -112,7 +114,9 @@ class BagDataset(keras.utils.PyDataset):
                 f"`offsets` is empty, but there are {n} values: give the start "
                 "of each bag (0 for the first)."
             )
-        if offsets.size and (
+        if not offsets.size:
+            offsets = offsets.astype("int64")  # `[]` is float64.
+        elif (
             not np.issubdtype(offsets.dtype, np.integer)
             or offsets[0] != 0
             or (np.diff(offsets) < 0).any()
@@ -145,12 +149,16 @@ class BagDataset(keras.utils.PyDataset):
             )
         self.y = _per_bag(y, "y", count)
         self.sample_weight = _per_bag(sample_weight, "sample_weight", count)
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if (
+            not isinstance(batch_size, (int, np.integer))
+            or isinstance(batch_size, bool)
+            or batch_size < 1
+        ):
             raise ValueError(
                 "`batch_size` must be a positive integer. Received: "
                 f"batch_size={batch_size!r}."
             )
-        self.batch_size, self.shuffle, self.pad = batch_size, shuffle, pad
+        self.batch_size, self.shuffle, self.pad = int(batch_size), shuffle, pad
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(count)
         if shuffle:
@@ -254,7 +262,7 @@ def _per_bag(data, name, count):
     structured = isinstance(data, dict) or (
         isinstance(data, (list, tuple))
         and data
-        and all(hasattr(part, "shape") for part in data)
+        and all(hasattr(part, "shape") and np.ndim(part) for part in data)
     )
     # A structure of arrays (several outputs), or one array (or nested lists).
     data = (

@@ -164,6 +164,7 @@ def test_shuffle_draws_a_new_order_each_epoch():
         ({"y": None, "sample_weight": np.ones(2)}, r"it needs targets `y`"),
         ({"sample_weight": np.ones(5)}, r"`sample_weight` must have one row"),
         ({"batch_size": 0}, r"`batch_size` must be a positive integer"),
+        ({"batch_size": True}, r"`batch_size` must be a positive integer"),
     ],
 )
 def test_arguments_are_checked(kwargs, match):
@@ -171,6 +172,18 @@ def test_arguments_are_checked(kwargs, match):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
         BagDataset(arguments.pop("values"), arguments.pop("offsets"), **arguments)
+
+
+def test_lists_numpy_integers_and_no_bags_are_taken():
+    data = BagDataset([1, 2, 3], [0, 2], [0.5, 1.5], batch_size=np.int64(1))
+    assert len(data) == 2
+    x, y = data[1]
+    assert x["values"].tolist() == [3] and x["lengths"].tolist() == [1]
+    assert y.tolist() == [1.5]
+    empty = BagDataset([], [], batch_size=4)
+    assert len(empty) == 0
+    with pytest.raises(IndexError, match=r"Batch 0 of a BagDataset of 0 batches"):
+        empty[0]
 
 
 # ---- predict, fit and evaluate through the PyDataset ----------------------------
