@@ -1,6 +1,7 @@
 """keras_embedding_plus: a drop-in replacement for `keras.layers.Embedding`."""
 
 from keras_embedding_plus import optimizers, training
+from keras_embedding_plus.data import BagDataset
 from keras_embedding_plus.layers.bag import EmbeddingBag
 from keras_embedding_plus.layers.embedding import Embedding
 from keras_embedding_plus.layers.reversible import ReversibleEmbedding
@@ -20,6 +21,7 @@ from keras_embedding_plus.vectors.pretrained import Vectors, load_vectors
 __version__ = "0.1.0"
 
 __all__ = [
+    "BagDataset",
     "Embedding",
     "EmbeddingBag",
     "ReversibleEmbedding",

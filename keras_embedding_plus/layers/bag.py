@@ -29,14 +29,20 @@ class EmbeddingBag(Embedding):
       `padding_idx` (and 0 with `mask_zero=True`);
     * `(values, offsets)`, as `torch.nn.functional.embedding_bag` takes them:
       1-D ids, and the start of each bag in them (starting at 0);
+    * `{"values": values, "lengths": lengths}`: 1-D ids, and the number of ids
+      of each bag (bag after bag, as TorchRec's jagged tensors hold them). The
+      values after the last bag (from `sum(lengths)` on) are in no bag: they
+      count nowhere, whatever their ids and weights, with every combiner. This
+      is the form `keras_embedding_plus.BagDataset` batches bags in, padded to
+      a few sizes of `values`;
     * a `tf.RaggedTensor` `(batch, None)` (TensorFlow);
     * a sparse `(batch, ..., L)` tensor: `tf.SparseTensor` (TensorFlow), `BCOO`
       (JAX), a sparse COO tensor (PyTorch, eager calls). Its stored entries
       are the ids; entries not stored are not in the bag.
 
     `weights` (optional): one float per id, in the form of `ids` (dense of the
-    same shape; 1-D for `(values, offsets)`; ragged or sparse with the same
-    layout).
+    same shape; 1-D, one per value, for `(values, offsets)` and
+    `{"values", "lengths"}`; ragged or sparse with the same layout).
 
     Combiners (`w` the weights, 1 when none are given), as TensorFlow's
     `safe_embedding_lookup_sparse` defines them:
@@ -70,7 +76,8 @@ class EmbeddingBag(Embedding):
 
     Output shape:
         `(batch_size, ..., output_dim)` (`(len(offsets), output_dim)` for
-        `(values, offsets)`).
+        `(values, offsets)`, `(len(lengths), output_dim)` for
+        `{"values", "lengths"}`).
 
     Example:
 
@@ -114,7 +121,7 @@ class EmbeddingBag(Embedding):
 
     def call(
         self,
-        inputs: ArrayLike | tuple[ArrayLike, ArrayLike],
+        inputs: ArrayLike | tuple[ArrayLike, ArrayLike] | dict[str, ArrayLike],
         weights: ArrayLike | None = None,
         training: bool | None = None,
         reverse: bool = False,
@@ -148,6 +155,10 @@ class EmbeddingBag(Embedding):
             values, offsets = inputs
             index_policy.ids_dtype(values)
             shape = (offsets.shape[0], self.output_dim)
+        elif isinstance(inputs, dict):
+            _pooling.check_lengths_keys(inputs)
+            index_policy.ids_dtype(inputs["values"])
+            shape = (inputs["lengths"].shape[0], self.output_dim)
         else:
             index_policy.ids_dtype(inputs)
             shape = self.compute_output_shape(inputs.shape)

@@ -1,16 +1,17 @@
 """Pooling the looked-up rows of each bag: `EmbeddingBag`'s output stage.
 
 ```
-ids (dense | (values, offsets) | ragged | sparse), weights
+ids (dense | (values, offsets) | {values, lengths} | ragged | sparse), weights
     -> flat bags: `(values, segments, num_segments)`, or dense `(..., L)` ids
     -> policy (`index_policy.prepare_ids`) and `Lookup.rows` (as `Embedding`)
-    -> keep = valid and not padding; per-id weights (1 by default) x keep
+    -> keep = valid, not padding, in a bag; per-id weights (1 by default) x keep
     -> combine: sum | mean | sqrtn | max over each bag
 ```
 
 Combiners, as TensorFlow's `safe_embedding_lookup_sparse` defines them (`w` the
-per-id weights, 1 where none are given; ids that are padding, masked or invalid
-count nowhere, weights included):
+per-id weights, 1 where none are given; ids that are padding, masked or invalid,
+and values after the last bag of `{"values", "lengths"}`, count nowhere, weights
+included):
 
 * `sum`: `sum(w * row)`
 * `mean`: `sum(w * row) / sum(w)`
@@ -24,8 +25,9 @@ gathered first: a `(..., L, output_dim)` tensor); flat bags by
 a segment sum / max over the `n` looked-up rows (`backends.pooling.segment`). On
 PyTorch, in eager calls (every id known valid), a float table without LoRA,
 `max_norm`, dropout or `device` is pooled by `torch.nn.functional.embedding_bag`
-(`backends.pooling.embedding_bag`), which never forms the rows (dense ids and
-`(values, offsets)`; sparse ids take the generic path).
+(`backends.pooling.embedding_bag`), which never forms the rows (dense ids,
+`(values, offsets)` and `{"values", "lengths"}`; sparse ids take the generic
+path).
 """
 
 from keras import backend, ops
@@ -102,13 +104,25 @@ def check_combiner_weights(combiner, weights):
 class FlatBags:
     """`values[i]` belongs to bag `segments[i]` of `num_segments`; output shape
     `(*outer_shape, output_dim)`; `offsets` (bag starts) when known, and then
-    the segments are sorted (bags of consecutive values)."""
+    the segments are sorted (bags of consecutive values). `end`: where the
+    last bag ends in `values`, where the values after it are in no bag (`None`:
+    every value is in a bag); those sit in the last bag's segment, and count
+    nowhere."""
 
-    def __init__(self, values, segments, num_segments, outer_shape, weights, offsets):
+    def __init__(
+        self, values, segments, num_segments, outer_shape, weights, offsets, end=None
+    ):
         self.values, self._segments = values, segments
         self.num_segments, self.outer_shape = num_segments, outer_shape
-        self.weights, self.offsets = weights, offsets
+        self.weights, self.offsets, self.end = weights, offsets, end
         self.sorted = offsets is not None
+
+    def in_a_bag(self):
+        """Boolean `(n,)`: which values are in a bag (`None`: all of them)."""
+        if self.end is None:
+            return None
+        positions = ops.arange(ops.shape(self.values)[0], dtype="int32")
+        return ops.less(positions, self.end)
 
     @property
     def segments(self):
@@ -123,9 +137,11 @@ def _is_offsets(ids):
 
 
 def _kind(ids):
-    """'offsets', 'ragged', 'sparse' or 'dense'."""
+    """'offsets', 'lengths', 'ragged', 'sparse' or 'dense'."""
     if _is_offsets(ids):
         return "offsets"
+    if isinstance(ids, dict):
+        return "lengths"
     name = type(ids).__name__
     if name == "RaggedTensor":
         return "ragged"
@@ -152,32 +168,81 @@ def from_offsets(ids, weights):
             "`torch.nn.functional.embedding_bag` takes them: 1-D ids and the "
             f"1-D start of each bag in them. Received: a tuple of {len(ids)}."
         )
-    values, offsets = (ops.convert_to_tensor(x) for x in ids)
-    if len(values.shape) != 1 or len(offsets.shape) != 1:
-        raise ValueError(
-            "`(values, offsets)` must both be 1-D. Received: values of shape "
-            f"{tuple(values.shape)}, offsets of shape {tuple(offsets.shape)}."
-        )
-    if backend.standardize_dtype(offsets.dtype) != "int32":
-        offsets = ops.cast(offsets, "int32")
-    n = values.shape[0]
+    values, offsets = _one_dim_pair(ids[0], ids[1], "(values, offsets)", "offsets")
+    # Dynamic sizes where the static shape has none (TensorFlow's `None`).
+    n = ops.shape(values)[0]
     if backends.ids.is_concrete(offsets):
         _check_offsets(ops.convert_to_numpy(offsets), n)
+    weights = _flat_weights(weights, values, "(values, offsets)")
+    count = ops.shape(offsets)[0]
+    return FlatBags(values, _segments_of(offsets, n), count, (count,), weights, offsets)
+
+
+def from_lengths(ids, weights):
+    """`{"values": v, "lengths": l}`: bag `i` holds the `l[i]` values after
+    those of the bags before it; the values after the last bag (after
+    `sum(l)`) are in no bag."""
+    check_lengths_keys(ids)
+    form = '{"values", "lengths"}'
+    values, lengths = _one_dim_pair(ids["values"], ids["lengths"], form, "lengths")
+    n = ops.shape(values)[0]
+    if backends.ids.is_concrete(lengths):
+        _check_lengths(ops.convert_to_numpy(lengths), n)
+    ends = ops.cumsum(lengths)
+    starts = ends - lengths
+    # The end of the last bag (0 with no bags).
+    end = ops.sum(lengths)
+    weights = _flat_weights(weights, values, form)
+    count = ops.shape(lengths)[0]
+    return FlatBags(
+        values, _segments_of(starts, n), count, (count,), weights, starts, end
+    )
+
+
+def check_lengths_keys(ids):
+    """A ValueError unless the dict `ids` is `{"values", "lengths"}`."""
+    if set(ids) != {"values", "lengths"}:
+        raise ValueError(
+            'Bags given as a dict must be `{"values": ..., "lengths": ...}`: 1-D '
+            "ids, and the number of ids of each bag. Received: a dict of keys "
+            f"{sorted(ids)}."
+        )
+
+
+def _one_dim_pair(values, bags, form, name):
+    values, bags = ops.convert_to_tensor(values), ops.convert_to_tensor(bags)
+    if len(values.shape) != 1 or len(bags.shape) != 1:
+        raise ValueError(
+            f"`{form}` must both be 1-D. Received: values of shape "
+            f"{tuple(values.shape)}, {name} of shape {tuple(bags.shape)}."
+        )
+    if backend.standardize_dtype(bags.dtype) != "int32":
+        bags = ops.cast(bags, "int32")
+    return values, bags
+
+
+def _segments_of(starts, n):
+    """The bag of each of `n` values, given the sorted starts of the bags
+    (computed when first read)."""
 
     def segments():
         positions = ops.arange(n, dtype="int32")
-        return ops.searchsorted(offsets, positions, side="right") - 1
+        return ops.searchsorted(starts, positions, side="right") - 1
 
-    if weights is not None:
-        weights = ops.convert_to_tensor(weights)
-        if tuple(weights.shape) != tuple(values.shape):
-            raise ValueError(
-                "With `(values, offsets)` ids, `weights` must be 1-D, one weight "
-                f"per value: shape {tuple(values.shape)}. Received: weights of "
-                f"shape {tuple(weights.shape)}."
-            )
-    count = offsets.shape[0]
-    return FlatBags(values, segments, count, (count,), weights, offsets)
+    return segments
+
+
+def _flat_weights(weights, values, form):
+    if weights is None:
+        return None
+    weights = ops.convert_to_tensor(weights)
+    if tuple(weights.shape) != tuple(values.shape):
+        raise ValueError(
+            f"With `{form}` ids, `weights` must be 1-D, one weight per value: "
+            f"shape {tuple(values.shape)}. Received: weights of shape "
+            f"{tuple(weights.shape)}."
+        )
+    return weights
 
 
 def _check_offsets(offsets, n):
@@ -190,6 +255,17 @@ def _check_offsets(offsets, n):
             f"never decrease, and not exceed the number of values ({n}). "
             f"Received: offsets={offsets.tolist()[:10]}"
             f"{'...' if offsets.size > 10 else ''}."
+        )
+
+
+def _check_lengths(lengths, n):
+    if (lengths < 0).any() or lengths.sum() > n or (not lengths.size and n):
+        raise ValueError(
+            "`lengths` must be the number of ids of each bag: not negative, one "
+            "bag at least if there are values, and in all at most the number "
+            f"of values ({n}; the values after the bags are in none). "
+            f"Received: lengths={lengths.tolist()[:10]}"
+            f"{'...' if lengths.size > 10 else ''} (sum {int(lengths.sum())})."
         )
 
 
@@ -266,12 +342,19 @@ def _finish(combiner, total, weights, reduce):
     return _safe_divide(total, ops.expand_dims(denominator, -1))
 
 
+def _lowest(dtype):
+    """-inf, a 0-d tensor of `dtype` (not `ops.full`: on torch it reads the
+    fill value back with `.item()`, which fails on the "meta" tensors of Keras's
+    shape inference, as `fit` builds a model)."""
+    return ops.convert_to_tensor(float("-inf"), dtype=dtype)
+
+
 def combine_dense(rows, keep, weights, combiner):
     """Pool `rows` `(..., L, d)` over `L`; `keep` `(..., L)` marks what counts."""
     if combiner.reduction == "max":
         if 0 in rows.shape[-2:]:  # Bags of no ids, or rows of no columns: zeros
             return ops.sum(rows, axis=-2)  # (a maximum over nothing fails).
-        lowest = ops.full((), float("-inf"), rows.dtype)
+        lowest = _lowest(rows.dtype)
         masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
         out = ops.amax(masked, axis=-2)
         some = ops.any(keep, axis=-1, keepdims=True)
@@ -297,7 +380,7 @@ def combine_flat(rows, keep, weights, bags, combiner):
     if combiner.reduction == "max":
         if rows.shape[-1] == 0:  # Rows of no columns: a maximum over nothing fails.
             return reduce(rows)
-        lowest = ops.full((), float("-inf"), rows.dtype)
+        lowest = _lowest(rows.dtype)
         masked = ops.where(ops.expand_dims(keep, -1), rows, lowest)
         out = _segment(masked, bags, "max")
         counts = reduce(ops.cast(keep, rows.dtype))
@@ -343,15 +426,22 @@ def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
             return fused
         rows, _ = lookup.rows(ids, valid, training)
         return combine_dense(rows, _keep(ids, valid, excluded), weights, combiner)
-    bags = {"offsets": from_offsets, "ragged": from_ragged, "sparse": from_sparse}[
-        kind
-    ](ids, weights)
+    bags = {
+        "offsets": from_offsets,
+        "lengths": from_lengths,
+        "ragged": from_ragged,
+        "sparse": from_sparse,
+    }[kind](ids, weights)
     values, valid = index_policy.prepare_ids(bags.values, input_dim)
     fused = _fused(lookup, values, bags, valid, bags.weights, excluded, combiner)
     if fused is not None:
         return fused
     rows, _ = lookup.rows(values, valid, training)
     keep = _keep(values, valid, excluded)
+    # Values after the last bag (`{"values", "lengths"}`) count as padding does.
+    in_a_bag = bags.in_a_bag()
+    if in_a_bag is not None:
+        keep = ops.logical_and(keep, in_a_bag)
     out = combine_flat(rows, keep, bags.weights, bags, combiner)
     if len(bags.outer_shape) != 1:
         out = ops.reshape(out, (*bags.outer_shape, out.shape[-1]))
@@ -382,6 +472,15 @@ def _fused(lookup, ids, bags, valid, weights, excluded, combiner):
         return None
     if bags is not None and bags.offsets is None:
         return None
+    if bags is not None and bags.end is not None:
+        # Values after the last bag are cut off, where the end is known (eager
+        # calls): the kernel's `include_last_offset` leaves them to chance (its
+        # sparse gradient fails on them).
+        if not backends.ids.is_concrete(bags.end):
+            return None
+        end = int(ops.convert_to_numpy(bags.end))
+        ids = ids[:end]
+        weights = None if weights is None else weights[:end]
     return backends.pooling.embedding_bag(
         storage.table,
         ids,

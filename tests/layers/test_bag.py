@@ -571,6 +571,35 @@ def test_offsets_inputs_train_in_a_functional_model():
     )
 
 
+class _OffsetBatches(keras.utils.PyDataset):
+    """The same `(values, offsets)` batch twice."""
+
+    def __init__(self, ids, y):
+        super().__init__()
+        self.ids, self.y = ids, y
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return self.ids, self.y
+
+
+def test_max_trains_in_fit_with_offsets_inputs():
+    """`fit` builds the model by Keras's shape inference first (torch: on the
+    "meta" device, where `ops.full` failed; then on tensors of ones, which are no
+    valid offsets)."""
+    v_in = keras.Input((), dtype="int32")
+    o_in = keras.Input((), dtype="int32")
+    bag = make_bag("max")
+    model = keras.Model([v_in, o_in], bag((v_in, o_in)))
+    model.compile(optimizer="sgd", loss="mse")
+    ids, _ = make_inputs("offsets")
+    model.fit(_OffsetBatches(ids, UPSTREAM.astype("float32")), verbose=0)
+    expected = np_bag(table_of(bag), BAGS, None, "max")
+    np.testing.assert_allclose(model.predict_on_batch(ids), expected, **TOL)
+
+
 def test_quantized_bag_keras_file_round_trip(tmp_path):
     ids = keras.Input((LENGTH,), dtype="int32")
     bag = EmbeddingBag(VOCAB, DIM, combiner="sum", padding_idx=PAD, name="bag")
@@ -600,3 +629,131 @@ def test_zero_output_dim_works_as_embedding_does(combiner, form, weighted):
     if combiner == "max" and form != "sparse":
         compiled = layer_test.compiled(bag)
         np.testing.assert_array_equal(to_numpy(compiled(ids, weights=w)), out)
+
+
+# ---- {"values", "lengths"}: bags that end before the values do -----------------
+
+# Ids and weights after the last bag: valid ids that are not padding, non-zero
+# weights, rows larger than any bag's (so that "max" would pick them).
+TRAILING_IDS = [11, 6, 11]
+TRAILING_WEIGHTS = [3.0, -1.0, 2.0]
+
+
+def _with_lengths(weights, bags=BAGS, trailing=TRAILING_IDS):
+    """`({"values", "lengths"}, weights)` of `bags`, `trailing` ids after them."""
+    (values, _), w = make_inputs("offsets", bags=bags, weights=weights)
+    values = np.concatenate([values, trailing]).astype("int32")
+    lengths = np.array([len(b) for b in bags], "int32")
+    if w is not None:
+        w = np.concatenate([w, TRAILING_WEIGHTS[: len(trailing)]]).astype("float32")
+    return {"values": values, "lengths": lengths}, w
+
+
+# Eager calls (torch: its fused kernel), eager calls of rows read where the table
+# lives (`device="cpu"`: the gathered-rows path on every backend), compiled calls
+# (the compiled path; twice only, torch.compile is slow).
+CALLS = [
+    pytest.param(c, w, mode, id=f"{c}-{'weighted' if w else 'unweighted'}-{mode}")
+    for c, w in [(p.values[0], p.values[1]) for p in POOLINGS]
+    for mode in ("eager", "gathered")
+] + [
+    pytest.param("max", False, "compiled", id="max-unweighted-compiled"),
+    pytest.param("mean", True, "compiled", id="mean-weighted-compiled"),
+]
+
+
+@pytest.mark.parametrize(("combiner", "weighted", "mode"), CALLS)
+def test_lengths_values_after_the_last_bag_count_nowhere(combiner, weighted, mode):
+    """`{"values", "lengths"}`: the values after `sum(lengths)` change neither
+    the output nor the gradient, with no `padding_idx`."""
+    options = {"device": "cpu"} if mode == "gathered" else {}
+    bag = make_bag(combiner, padding_idx=None, **options)
+    table = table_of(bag)
+    table[TRAILING_IDS] = 10.0  # The largest rows: "max" would pick them.
+    bag.embeddings.assign(table.astype("float32"))
+    weights = WEIGHTS if weighted else None
+    ids, w = _with_lengths(weights)
+    out, grad = forward_and_grad(bag, ids, w, compile_=mode == "compiled")
+    np.testing.assert_allclose(out, np_bag(table, BAGS, weights, combiner, ()), **TOL)
+    expected = np_bag_grad(table, BAGS, weights, combiner, UPSTREAM, ())
+    np.testing.assert_allclose(grad, expected, **TOL)
+    assert not grad[TRAILING_IDS].any()
+
+
+def test_lengths_without_values_after_the_bags_equal_offsets():
+    bag = make_bag("sqrtn")
+    ids, w = _with_lengths(WEIGHTS, trailing=[])
+    offsets_ids, offsets_w = make_inputs("offsets", weights=WEIGHTS)
+    np.testing.assert_allclose(
+        to_numpy(bag(ids, weights=w)),
+        to_numpy(bag(offsets_ids, weights=offsets_w)),
+        **TOL,
+    )
+
+
+@pytest.mark.skipif(
+    BACKEND == "jax",
+    reason="JAX gradients are dense arrays; SparseTrainer differentiates the rows",
+)
+def test_lengths_sparse_gradient():
+    """A row-sparse gradient leaves the rows after the last bag out (torch's own
+    `include_last_offset` fails on such values with `sparse=True`)."""
+    bag = make_bag("sum", padding_idx=None, sparse=True)
+    ids, _ = _with_lengths(None)
+    _, grads = layer_test.forward_and_gradients(bag, ids, UPSTREAM.astype("float32"))
+    expected = np_bag_grad(table_of(bag), BAGS, None, "sum", UPSTREAM, ())
+    np.testing.assert_allclose(to_numpy(grads["embeddings"]), expected, **TOL)
+
+
+def test_lengths_are_checked():
+    values = np.array([1, 2, 3], "int32")
+    bag = make_bag("sum")
+    for lengths in ([2, 2], [-1, 3], []):
+        with pytest.raises(ValueError, match=r"`lengths` must be the number of ids"):
+            bag({"values": values, "lengths": np.array(lengths, "int32")})
+    with pytest.raises(ValueError, match=r'must be `\{"values": ..., "lengths"'):
+        bag({"values": values, "offsets": np.array([0], "int32")})
+    with pytest.raises(ValueError, match=r"one weight per value"):
+        bag({"values": values, "lengths": np.array([3])}, weights=np.ones(2))
+
+
+def test_lengths_in_a_functional_model_saved_and_loaded(tmp_path):
+    """Keras's symbolic shapes (one row per bag), and a `.keras` round trip."""
+    values = keras.Input((), dtype="int32", name="values")
+    lengths = keras.Input((), dtype="int32", name="lengths")
+    bag = EmbeddingBag(VOCAB, DIM, combiner="max", name="bag")
+    pooled = bag({"values": values, "lengths": lengths})
+    assert pooled.shape == (None, DIM)
+    model = keras.Model({"values": values, "lengths": lengths}, pooled)
+    ids, _ = _with_lengths(None)
+    expected = np_bag(table_of(bag), BAGS, None, "max", ())
+    np.testing.assert_allclose(model.predict_on_batch(ids), expected, **TOL)
+    path = os.path.join(tmp_path, "lengths.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict_on_batch(ids), expected, **TOL)
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="only tf.function traces with sizes unknown (None) until the call",
+)
+@pytest.mark.parametrize("form", ["offsets", "lengths"])
+def test_bags_of_unknown_size_under_tf_function(form):
+    """One trace for every number of ids and bags, as `fit` traces the batches
+    of a `tf.data` pipeline."""
+    import tensorflow as tf
+
+    bag = make_bag("mean")
+    spec = tf.TensorSpec([None], tf.int32)
+    if form == "lengths":
+        ids, _ = _with_lengths(None)
+        step = tf.function(
+            lambda v, n: bag({"values": v, "lengths": n}), input_signature=[spec] * 2
+        )
+        ids = (ids["values"], ids["lengths"])
+    else:
+        ids, _ = make_inputs("offsets")
+        step = tf.function(lambda v, o: bag((v, o)), input_signature=[spec] * 2)
+    out = keras.ops.convert_to_numpy(step(*ids))
+    np.testing.assert_allclose(out, np_bag(table_of(bag), BAGS, None, "mean"), **TOL)
