@@ -68,7 +68,8 @@ def from_keras(
 
     Args:
         model: A `keras.Model`, a single `keras.layers.Embedding`, or the path
-            of a `.keras` or `.h5` file, loaded with `keras.models.load_model`.
+            of a `.keras` or `.h5` file, loaded as
+            `keras_embedding_plus.load_model` loads it.
         inplace: Boolean. Subclassed models only: swap the embedding layers of
             `model` itself and return it, for models that cannot be copied
             (no `get_config()`). A compiled model is recompiled from its
@@ -82,7 +83,9 @@ def from_keras(
     Raises:
         ValueError: if a subclassed model cannot be copied and `inplace` is
             `False`, or if `inplace=True` is passed with a Sequential or
-            Functional model.
+            Functional model; naming the file and what is wrong with it (no
+            such file, a directory, not a zip archive, truncated or corrupted)
+            when `model` is a path that does not load.
 
     Example:
 
@@ -92,7 +95,9 @@ def from_keras(
     'Embedding'
     """
     if isinstance(model, (str, os.PathLike)):
-        model = keras.models.load_model(model, custom_objects=custom_objects)
+        from keras_embedding_plus.saving import loading
+
+        model = loading.load_model(model, custom_objects=custom_objects)
     return _convert(model, _keras_to_ours, inplace)
 
 

@@ -123,7 +123,8 @@ def load_model(
 
 def check_file(path, what):
     """Raise `ValueError` naming `path` unless it is a readable regular file
-    (and, for `.keras`, a zip archive whose members' CRCs match)."""
+    (and, for `.keras`, a zip archive whose members' CRCs match, holding a
+    `config.json`)."""
     prefix = f"Cannot load {what} from '{path}'"
     if os.path.isdir(path):
         raise ValueError(f"{prefix}: it is a directory, not a file.")
@@ -142,6 +143,7 @@ def check_file(path, what):
         try:
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
+                names = archive.namelist()
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
             raise ValueError(
                 f"{prefix}: the file is truncated or corrupted "
@@ -151,6 +153,11 @@ def check_file(path, what):
             raise ValueError(
                 f"{prefix}: the file is corrupted: its member '{bad}' does not "
                 "match its CRC-32 checksum."
+            )
+        if "config.json" not in names:
+            raise ValueError(
+                f"{prefix}: it is a zip archive but not a `.keras` file (it has "
+                "no `config.json`, which every `.keras` file holds)."
             )
 
 

@@ -1,6 +1,8 @@
 """Moving models between layer classes: `from_keras` and `to_keras`."""
 
 import inspect
+import re
+import zipfile
 
 import keras
 import numpy as np
@@ -358,6 +360,39 @@ def test_to_keras_accepts_options_that_are_off():
 def test_bad_model_raises():
     with pytest.raises(ValueError, match="`model` must be"):
         from_keras(42)
+
+
+def junk_file(directory):
+    (directory / "fake.keras").write_bytes(b"not a zip")  # 9 bytes
+    return "fake.keras"
+
+
+def directory_named_keras(directory):
+    (directory / "dir.keras").mkdir()
+    return "dir.keras"
+
+
+def zip_without_config(directory):
+    with zipfile.ZipFile(directory / "other.keras", "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    return "other.keras"
+
+
+BAD_FILES = {
+    "junk": (junk_file, r"not a valid `\.keras` file \(not a zip archive; 9 bytes"),
+    "missing": (lambda directory: "missing.keras", "there is no such file"),
+    "directory": (directory_named_keras, "it is a directory"),
+    "not-keras": (zip_without_config, r"a zip archive but not a `\.keras` file"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FILES)
+def test_bad_files_raise_value_error_naming_the_file(tmp_path, bad):
+    make, reason = BAD_FILES[bad]
+    path = tmp_path / make(tmp_path)
+    for as_path in (str, lambda p: p):
+        with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + reason):
+            from_keras(as_path(path))
 
 
 def test_inplace_refused_for_graph_models():
