@@ -7,11 +7,13 @@ Adagrad on TensorFlow add the rows of a `tf.IndexedSlices` without summing
 duplicate ids first.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
-from keras_embedding_plus import Embedding
+from keras_embedding_plus import Embedding, EmbeddingBag
 from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
 from keras_embedding_plus.testing import compiled
 from keras_embedding_plus.training import SparseTrainer, sparse_tables
@@ -266,6 +268,51 @@ def test_sparse_tables_skips_regularized_and_frozen():
     assert sparse_tables(model) == [model.layers[0].embeddings]
     model.layers[0].trainable = False
     assert sparse_tables(model) == []
+
+
+class SparseModel(SparseTrainer, keras.Model):
+    pass
+
+
+def dense_training_warnings(caught):
+    return [str(w.message) for w in caught if "trained densely" in str(w.message)]
+
+
+@pytest.mark.parametrize("mixin", [False, True], ids=["plain", "SparseTrainer"])
+def test_sparse_without_the_mixin_warns_once_on_jax(mixin):
+    """JAX trains a sparse table densely without `SparseTrainer`: warned once,
+    naming the remedy. TensorFlow and PyTorch keep the gradient row-sparse in
+    any model (`test_table_gradient_is_row_sparse`): no warning there. Frozen
+    and regularized tables train densely by design: no warning for them."""
+    ids = keras.Input((LENGTH,), dtype="int32")
+    plain = Embedding(VOCAB, DIM, sparse=True, name="plain")
+    frozen = Embedding(VOCAB, DIM, sparse=True, trainable=False, name="frozen")
+    regularized = Embedding(
+        VOCAB, DIM, sparse=True, embeddings_regularizer="l2", name="regularized"
+    )
+    bag = EmbeddingBag(VOCAB, DIM, sparse=True, name="bag")
+    x = keras.layers.Add()([plain(ids), frozen(ids), regularized(ids)])
+    x = keras.layers.Add()([keras.layers.GlobalAveragePooling1D()(x), bag(ids)])
+    model = (SparseModel if mixin else keras.Model)(ids, keras.layers.Dense(1)(x))
+    model.compile(optimizer=LazySGD(0.1), loss="mse")
+    x, y = batches(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # An eager call in training mode differentiates nothing.
+        plain(x[0], training=True)
+    assert dense_training_warnings(caught) == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train_on_batch(x[0], y[0])
+        if not mixin:  # Another batch size: the train step is traced again.
+            model.train_on_batch(x[0][:2], y[0][:2])
+    found = dense_training_warnings(caught)
+    if BACKEND == "jax" and not mixin:
+        assert len(found) == 2, found  # One for each layer, not each trace.
+        assert sorted(m.split("'")[1] for m in found) == ["bag", "plain"]
+        assert all("SparseTrainer" in m for m in found)
+    else:
+        assert found == []
 
 
 def synthetic_task(n, seed):

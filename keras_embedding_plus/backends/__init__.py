@@ -7,7 +7,7 @@ As Keras splits `keras/src/backend/<name>/{core,nn,numpy,sparse}.py`, each of
   added to the rows, in place where it can);
 * `ids`: the index policy's ops: `is_concrete`, `flat_values`,
   `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`;
-* `sparse`: row-sparse gradients: `sparse_take`, `is_row_sparse`,
+* `sparse`: row-sparse gradients: `sparse_take`, `trains_densely`, `is_row_sparse`,
   `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`, `subtract_scaled`,
   `scale_gradient`, `with_rows`, `SPARSE_WITH_MIXED_POLICY` (JAX also
   `RowCapture` and `IndexedRows`, its trainer's machinery);

@@ -128,6 +128,7 @@ class EmbeddingBag(Embedding):
     ) -> ArrayLike:
         if reverse:
             return self.attend(inputs)
+        self._check_sparse_training(training)
         excluded = [] if self.padding_idx is None else [self.padding_idx]
         if self.mask_zero and self.padding_idx != 0:
             excluded.append(0)

@@ -194,6 +194,7 @@ class Embedding(TableHooks, keras.layers.Layer):
         _placement.check_lookup_options(self._table_placement, sparse=self.sparse)
         # The table is read in its variable dtype; the looked-up rows are cast.
         self.autocast, self._computing_logits = False, False
+        self._warned_dense_training = False
         if input_length is not None:
             # What `Sequential.add` reads to build an `InputLayer` up front.
             compat.set_build_input_shape(
@@ -297,12 +298,28 @@ class Embedding(TableHooks, keras.layers.Layer):
     def call(self, inputs, training=None, reverse=False):
         if reverse:
             return self.attend(inputs)
+        self._check_sparse_training(training)
         inputs = index_policy.densify(inputs)
         _args.check_length(self.name, self.input_length, inputs.shape)
         ids, valid = index_policy.prepare_ids(inputs, self.input_dim)
         rows, valid = self._lookup.rows(backends.ids.flat_values(ids), valid, training)
         rows = ops.cast(index_policy.zero_invalid(rows, valid), self.compute_dtype)
         return backends.ids.with_flat_values(ids, rows)
+
+    def _check_sparse_training(self, training):
+        """Warn once if this `sparse=True` layer's table is trained densely.
+
+        On JAX, by a model without `SparseTrainer` (on TensorFlow and PyTorch
+        the lookup alone keeps the gradient sparse). Not for a frozen or
+        regularized table, which `SparseTrainer` trains densely too.
+        """
+        if self._warned_dense_training or training is not True or not self.sparse:
+            return
+        if not self.trainable or self.embeddings_regularizer is not None:
+            return
+        if any(backends.sparse.trains_densely(v) for v in self.sparse_variables):
+            self._warned_dense_training = True
+            gather.warn_dense_training(self.name)
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or self._computing_logits:

@@ -21,6 +21,7 @@ Row-sparse gradients, per backend (the code is in `backends/<name>/sparse.py`):
 """
 
 import functools
+import warnings
 
 from keras import ops
 
@@ -53,6 +54,23 @@ def gather_column(gather, variable, ids, valid):
     """`gather` of a 1-D variable (one value a row), as a column and back."""
     rows, valid = gather(ops.expand_dims(variable, -1), ids, valid)
     return rows[..., 0], valid
+
+
+def warn_dense_training(name):
+    """Warn that layer `name`'s sparse table is trained densely (JAX without
+    `SparseTrainer`, see `backends.sparse.trains_densely`)."""
+    warnings.warn(
+        f"Layer '{name}' has `sparse=True`, but on JAX its table is trained "
+        "densely here: the model lacks the `SparseTrainer` mixin, so Keras's "
+        "JAX trainer builds an (input_dim, output_dim) gradient every step, as "
+        "with `sparse=False`. Add the mixin (`class Model(SparseTrainer, "
+        "keras.Model)`, from `keras_embedding_plus.training`), or call "
+        "`sparse_train_step` from a custom `train_step`, and use a lazy "
+        "optimizer (`LazyAdam`, `LazySGD`, `LazyAdagrad`). TensorFlow and "
+        "PyTorch need no mixin. (Warned once per layer.)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def check_sparse(sparse, policy=None):

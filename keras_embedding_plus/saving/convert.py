@@ -6,12 +6,15 @@ and given the old layer's variables by name (`embeddings`, `embeddings_scale`,
 `reverse_embeddings`...). Sequential and Functional models (nested ones too) are
 copied with `keras.models.clone_model`, every other layer cloned from its config
 with its weights; subclassed models are copied through their config when they
-have one, and otherwise changed in place only when asked (`inplace=True`).
+have one, and otherwise changed in place only when asked (`inplace=True`). A
+compiled model's optimizer state (its step count, its slots: Adam's moments,
+SGD's momentum...) is carried onto the converted model's optimizer.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 from keras import ops
@@ -58,8 +61,12 @@ def from_keras(
 
     Sequential and Functional models, nested ones included, are copied with
     `keras.models.clone_model`: every other layer is rebuilt from its config and
-    given its weights; a compiled model comes back compiled from its compile
-    config (the optimizer starts afresh). A subclassed model (also one nested in
+    given its weights. A compiled model comes back compiled from its compile
+    config, with its optimizer's state: the new optimizer is built on the new
+    model's trainable variables and given the old one's `iterations`,
+    learning rate and slot variables (Adam's moments, SGD's momentum...),
+    matched by the variable each belongs to, so that training resumes exactly
+    where it stopped. A subclassed model (also one nested in
     a Functional model) is copied through `get_config()` / `from_config` when
     its class supports that, then the embedding layers held in its attributes
     (directly, or in a list, tuple or dict attribute, of the model or of its
@@ -68,7 +75,11 @@ def from_keras(
 
     Args:
         model: A `keras.Model`, a single `keras.layers.Embedding`, or the path
-            of a `.keras` or `.h5` file, loaded with `keras.models.load_model`.
+            of a `.keras` or `.h5` file, loaded as
+            `keras_embedding_plus.load_model` loads it, with its optimizer's
+            state when the file holds one (from a legacy `.h5`, Keras restores
+            `iterations` and the learning rate but no slots: a warning says
+            so).
         inplace: Boolean. Subclassed models only: swap the embedding layers of
             `model` itself and return it, for models that cannot be copied
             (no `get_config()`). A compiled model is recompiled from its
@@ -82,7 +93,9 @@ def from_keras(
     Raises:
         ValueError: if a subclassed model cannot be copied and `inplace` is
             `False`, or if `inplace=True` is passed with a Sequential or
-            Functional model.
+            Functional model; naming the file and what is wrong with it (no
+            such file, a directory, not a zip archive, truncated or corrupted)
+            when `model` is a path that does not load.
 
     Example:
 
@@ -92,7 +105,9 @@ def from_keras(
     'Embedding'
     """
     if isinstance(model, (str, os.PathLike)):
-        model = keras.models.load_model(model, custom_objects=custom_objects)
+        from keras_embedding_plus.saving import loading
+
+        model = loading.load_model(model, custom_objects=custom_objects)
     return _convert(model, _keras_to_ours, inplace)
 
 
@@ -104,7 +119,8 @@ def to_keras(model: keras.Model, inplace: bool = False) -> keras.Model:
     a `keras.layers.ReversibleEmbedding`) with the same variables and outputs,
     e.g. to share a model with code that does not install this package. Models
     are copied as in `from_keras` (the same rules for Sequential, Functional,
-    nested and subclassed models, and for `inplace`).
+    nested and subclassed models, and for `inplace`), the optimizer's state
+    included.
 
     Keras's layers lack some of our options; a layer that uses one (`dropout`
     > 0, `max_norm`, `sparse=True`, `device`, `padding_idx`) is refused before
@@ -139,6 +155,9 @@ def _convert(model, convert, inplace):
     if not isinstance(model, keras.Model):
         new = convert(model)
         return model if new is None else new
+    # Read before anything changes: `inplace` recompiles `model` itself.
+    optimizer = model.optimizer if model.compiled else None
+    variables = list(model.trainable_variables)
     if _is_graph_model(model):
         if inplace:
             raise ValueError(
@@ -146,13 +165,133 @@ def _convert(model, convert, inplace):
                 f"and Functional models are always copied. Received: model "
                 f"'{model.name}' of type {type(model).__name__}, inplace=True."
             )
-        return _convert_graph_model(model, convert)
-    if inplace:
+        new = _convert_graph_model(model, convert)
+    elif inplace:
         _swap_in_place(model, convert)
         if model.compiled:
             model.compile_from_config(model.get_compile_config())
-        return model
-    return _convert_subclassed_copy(model, convert)
+        new = model
+    else:
+        new = _convert_subclassed_copy(model, convert)
+    _carry_optimizer_state(optimizer, variables, new)
+    return new
+
+
+def _slot_prefix(variable):
+    """The start of the names of a variable's optimizer slots.
+
+    `Optimizer.add_variable_from_reference` names a slot
+    `{reference.path with "/" -> "_"}_{slot}` (e.g. `emb_embeddings_momentum`),
+    as its docstring says.
+    """
+    return variable.path.replace("/", "_") + "_"
+
+
+def _carry_optimizer_state(old_optimizer, old_variables, model):
+    """Give `model`'s optimizer the state of `old_optimizer`.
+
+    `old_variables` (the old model's trainable variables) and
+    `model.trainable_variables` correspond one for one: the converted layers
+    hold the same variables, in the same order, as the layers they replace.
+    Each optimizer variable of the old optimizer (`iterations`, the learning
+    rate, each slot) is assigned to the new optimizer's variable of the same
+    name, a slot's name translated from the old variable it belongs to to the
+    new one. All are matched before any is assigned: if one is missing, the
+    new optimizer keeps its fresh state and a warning says why. A warning also
+    names the new optimizer's variables left fresh because the old optimizer
+    had none for them.
+    """
+    if old_optimizer is None or not old_optimizer.built:
+        return
+    new_optimizer = model.optimizer if model.compiled else None
+    if new_optimizer is None or new_optimizer is old_optimizer:
+        return
+    new_variables = list(model.trainable_variables)
+    problem = _pairing_problem(old_variables, new_variables)
+    plan = []
+    if problem is None:
+        if not new_optimizer.built:
+            new_optimizer.build(new_variables)
+        plan, problem = _match_optimizer_variables(
+            old_optimizer, new_optimizer, old_variables, new_variables
+        )
+    if problem is not None:
+        warnings.warn(
+            f"The optimizer state of model '{model.name}' was not carried over: "
+            f"{problem} The converted model's optimizer starts afresh "
+            "(`iterations` 0, empty slots).",
+            stacklevel=4,  # `from_keras`'s caller.
+        )
+        return
+    for source, target in plan:
+        target.assign(ops.convert_to_numpy(source))
+    carried = {id(target) for _, target in plan}
+    fresh = [v.name for v in new_optimizer.variables if id(v) not in carried]
+    if fresh:
+        shown = ", ".join(f"'{name}'" for name in fresh[:4])
+        warnings.warn(
+            f"The optimizer state of model '{model.name}' was carried over in "
+            f"part: {len(fresh)} variable(s) of the new optimizer ({shown}"
+            f"{', ...' if len(fresh) > 4 else ''}) have no counterpart in the "
+            "old one and start at their initial values. (A model loaded from a "
+            "legacy `.h5` file: Keras's loader restores `iterations` and the "
+            "learning rate, not the slots.)",
+            stacklevel=4,  # `from_keras`'s caller.
+        )
+
+
+def _pairing_problem(old_variables, new_variables):
+    """Why the trainable variables do not correspond one for one, or None."""
+    if len(old_variables) != len(new_variables):
+        return (
+            f"the model had {len(old_variables)} trainable variables, the "
+            f"converted model has {len(new_variables)}."
+        )
+    for old, new in zip(old_variables, new_variables, strict=True):
+        if old.name != new.name or tuple(old.shape) != tuple(new.shape):
+            return (
+                f"trainable variable '{old.path}' {tuple(old.shape)} became "
+                f"'{new.path}' {tuple(new.shape)}."
+            )
+    return None
+
+
+def _match_optimizer_variables(old_optimizer, new_optimizer, old_variables, new_vars):
+    """`([(old, new) optimizer variable], None)`, or `([], problem)`."""
+    # Longest prefix first: `emb_embeddings_` before `emb_`.
+    renames = sorted(
+        (
+            (_slot_prefix(old), _slot_prefix(new))
+            for old, new in zip(old_variables, new_vars, strict=True)
+        ),
+        key=lambda pair: -len(pair[0]),
+    )
+    # Names repeat where an optimizer wraps another (`LossScaleOptimizer`: its
+    # `iteration` and the inner one's): those are paired in order.
+    targets = {}
+    for variable in new_optimizer.variables:
+        targets.setdefault(variable.name, []).append(variable)
+    plan = []
+    for source in old_optimizer.variables:
+        name = source.name
+        for old_prefix, new_prefix in renames:
+            if name.startswith(old_prefix):
+                name = new_prefix + name[len(old_prefix) :]
+                break
+        found = targets.get(name)
+        if not found:
+            return [], (
+                f"optimizer variable '{source.name}' has no counterpart (named "
+                f"'{name}') in the new {type(new_optimizer).__name__}."
+            )
+        target = found.pop(0)
+        if tuple(source.shape) != tuple(target.shape):
+            return [], (
+                f"optimizer variable '{source.name}' has shape "
+                f"{tuple(source.shape)}, its counterpart {tuple(target.shape)}."
+            )
+        plan.append((source, target))
+    return plan, None
 
 
 def _is_graph_model(model):

@@ -136,7 +136,8 @@ def load_model(
 
 def check_file(path, what, most_bytes=None, check_config=None):
     """Raise `ValueError` naming `path` unless it is a readable regular file
-    (and, for `.keras`, a zip archive whose members' CRCs match).
+    (and, for `.keras`, a zip archive whose members' CRCs match, holding a
+    `config.json`).
 
     What a `.keras` archive declares is checked before any member is
     inflated: every member's size against its stored size, the weights'
@@ -200,12 +201,18 @@ def _check_archive(path, prefix, most_bytes, check_config):
                 check_config(config, prefix)
         try:
             bad = archive.testzip()  # Each member up to its declared size.
+            names = archive.namelist()
         except _DAMAGED as e:
             raise _damaged(prefix, e) from e
     if bad is not None:
         raise ValueError(
             f"{prefix}: the file is corrupted: its member '{bad}' does not "
             "match its CRC-32 checksum."
+        )
+    if "config.json" not in names:
+        raise ValueError(
+            f"{prefix}: it is a zip archive but not a `.keras` file (it has "
+            "no `config.json`, which every `.keras` file holds)."
         )
 
 

@@ -14,6 +14,7 @@ against a NumPy reference of the output:
 """
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -115,11 +116,17 @@ def forward_and_gradients(
         step = jax.value_and_grad(loss_fn, has_aux=True)
         if compile_:
             step = compiled(step)
-        (_, out), grads = step(
-            [v.value for v in variables],
-            [v.value for v in layer.non_trainable_variables],
-            ids,
-        )
+        with warnings.catch_warnings():
+            # The table of a `sparse=True` layer is differentiated whole here,
+            # on purpose (no `SparseTrainer`): the layer warns about it once.
+            warnings.filterwarnings(
+                "ignore", message=r"Layer .* but on JAX its table is trained densely"
+            )
+            (_, out), grads = step(
+                [v.value for v in variables],
+                [v.value for v in layer.non_trainable_variables],
+                ids,
+            )
     else:
         for v in variables:
             v.value.grad = None

@@ -1,6 +1,8 @@
 """Moving models between layer classes: `from_keras` and `to_keras`."""
 
 import inspect
+import re
+import zipfile
 
 import keras
 import numpy as np
@@ -203,6 +205,117 @@ def test_trained_model_converts_with_equal_outputs():
     converted.fit(IDS, targets, epochs=1, verbose=0)
 
 
+# The optimizer's state: training resumes where it stopped.
+
+TARGETS = np.random.default_rng(4).standard_normal((len(IDS), 3)).astype("float32")
+
+
+def train_steps(model, steps):
+    for _ in range(steps):
+        model.train_on_batch(inputs_for(model), TARGETS)
+
+
+def two_outputs(model):
+    """A model of `MODELS` with one output of 3, so that `TARGETS` fits."""
+    if len(model.outputs) == 1:
+        return model
+    (ids,) = model.inputs
+    return keras.Model(ids, keras.layers.Dense(3)(model.outputs[0]))
+
+
+def assert_resumes_alike(model, converted, steps=3):
+    """Both trained `steps` more steps on the same data: equal weights and
+    step counts (the converted model's optimizer went on from the old one's)."""
+    assert int(converted.optimizer.iterations) == int(model.optimizer.iterations)
+    train_steps(model, steps)
+    train_steps(converted, steps)
+    assert int(converted.optimizer.iterations) == int(model.optimizer.iterations)
+    # Same number of weights, same order: embeddings replaced one for one.
+    for a, b in zip(model.get_weights(), converted.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+
+
+OPTIMIZERS = {
+    "adam": lambda: keras.optimizers.Adam(0.05),
+    "sgd-momentum": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+    "loss-scale": lambda: keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.Adam(0.05)
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "kind, optimizer",
+    [
+        ("sequential", "adam"),
+        ("sequential", "sgd-momentum"),
+        # Nested: the inner model's variable paths change in the copy.
+        ("nested", "adam"),
+        # Two optimizers' variables (`iteration` twice), paired in order.
+        ("sequential", "loss-scale"),
+    ],
+)
+def test_optimizer_state_is_carried(kind, optimizer):
+    model = fill(two_outputs(MODELS[kind]()))
+    model.compile(OPTIMIZERS[optimizer](), "mse")
+    train_steps(model, 4)
+    assert int(model.optimizer.iterations) == 4
+    converted = from_keras(model)
+    assert all(type(layer) is Embedding for layer in embeddings_of(converted))
+    assert converted.optimizer is not model.optimizer
+    assert int(converted.optimizer.iterations) == 4
+    assert_resumes_alike(model, converted)
+    assert int(converted.optimizer.iterations) == 7
+
+
+def test_optimizer_state_is_carried_by_to_keras():
+    model = fill(sequential(Embedding))
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    train_steps(model, 4)
+    converted = to_keras(model)
+    assert type(converted.layers[0]) is keras.layers.Embedding
+    assert_resumes_alike(model, converted)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copied", "inplace"])
+def test_optimizer_state_is_carried_for_subclassed_models(inplace):
+    def make():
+        model = NoConfigTagger(table=np.zeros(3)) if inplace else Tagger()
+        model(IDS)
+        model.compile(keras.optimizers.Adam(0.05), "mse")
+        return fill(model)
+
+    model = make()
+    # The reference, trained unconverted (`model` itself changes in place).
+    twin = make() if inplace else model
+    targets = np.random.default_rng(0).standard_normal(predict(model).shape)
+    for _ in range(4):
+        model.train_on_batch(IDS, targets)
+        if twin is not model:
+            twin.train_on_batch(IDS, targets)
+    converted = from_keras(model, inplace=inplace)
+    assert (converted is model) == inplace
+    assert type(converted.embed) is Embedding
+    assert int(converted.optimizer.iterations) == 4
+    for _ in range(3):
+        twin.train_on_batch(IDS, targets)
+        converted.train_on_batch(IDS, targets)
+    assert int(converted.optimizer.iterations) == 7
+    for a, b in zip(twin.get_weights(), converted.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+
+
+def test_optimizer_state_that_cannot_be_matched_warns():
+    model = sequential()
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    # Slots for a variable outside the model: nothing to carry them to.
+    model.optimizer.build([keras.Variable(np.zeros((2, 2)), name="stray")])
+    with pytest.warns(UserWarning, match="'stray.*no counterpart.*starts afresh"):
+        converted = from_keras(model)
+    assert int(converted.optimizer.iterations) == 0
+    train_steps(converted, 1)
+
+
 def test_single_layer():
     layer = keras.layers.Embedding(VOCAB, DIM)
     layer.build()
@@ -358,6 +471,39 @@ def test_to_keras_accepts_options_that_are_off():
 def test_bad_model_raises():
     with pytest.raises(ValueError, match="`model` must be"):
         from_keras(42)
+
+
+def junk_file(directory):
+    (directory / "fake.keras").write_bytes(b"not a zip")  # 9 bytes
+    return "fake.keras"
+
+
+def directory_named_keras(directory):
+    (directory / "dir.keras").mkdir()
+    return "dir.keras"
+
+
+def zip_without_config(directory):
+    with zipfile.ZipFile(directory / "other.keras", "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    return "other.keras"
+
+
+BAD_FILES = {
+    "junk": (junk_file, r"not a valid `\.keras` file \(not a zip archive; 9 bytes"),
+    "missing": (lambda directory: "missing.keras", "there is no such file"),
+    "directory": (directory_named_keras, "it is a directory"),
+    "not-keras": (zip_without_config, r"a zip archive but not a `\.keras` file"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FILES)
+def test_bad_files_raise_value_error_naming_the_file(tmp_path, bad):
+    make, reason = BAD_FILES[bad]
+    path = tmp_path / make(tmp_path)
+    for as_path in (str, lambda p: p):
+        with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + reason):
+            from_keras(as_path(path))
 
 
 def test_inplace_refused_for_graph_models():

@@ -31,6 +31,13 @@ def sparse_take(table, ids):
     return ops.take(table, ids, axis=0)
 
 
+def trains_densely(table):
+    """Whether a training step is differentiating `table` whole: traced (by
+    `jax.grad` / `jit`, as Keras's JAX trainer does) with no `RowCapture`
+    active, i.e. a model without `SparseTrainer`."""
+    return isinstance(value_of(table), jax.core.Tracer) and _current_capture() is None
+
+
 def capturing(table):
     """Whether a `RowCapture` is reading `table`'s rows now (JAX training)."""
     capture = _current_capture()

@@ -17,6 +17,12 @@ def sparse_take(table, ids):
     return tf.gather(value_of(table), ids)
 
 
+def trains_densely(table):
+    """Never: `sparse_take`'s gradient is a `tf.IndexedSlices` in any model."""
+    del table
+    return False
+
+
 def is_row_sparse(gradient):
     return isinstance(gradient, tf.IndexedSlices)
 
