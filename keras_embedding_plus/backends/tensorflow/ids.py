@@ -1,14 +1,27 @@
 """TensorFlow: the index policy's backend ops (concrete ids, flat values of ragged
 ids, gathers that zero or fill invalid ids)."""
 
+import numpy as np
 import tensorflow as tf
 from keras import ops
+
+NARROWING_REMEDY = ""
 
 
 def is_concrete(x):
     if isinstance(x, tf.RaggedTensor):
         x = x.flat_values
     return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
+
+
+def device_dtype(dtype):
+    """The dtype TensorFlow holds host ids of NumPy `dtype` in: the same."""
+    return np.dtype(dtype)
+
+
+def comparable(values):
+    """`values` in a dtype TensorFlow compares: every integer dtype is."""
+    return values
 
 
 def flat_values(ids):
