@@ -108,6 +108,11 @@ def check_host_ids(ids, input_dim):
     array = np.asarray(ids)
     if array.dtype.kind not in "iuf":
         return ids  # bool, bfloat16 and the rest: `ids_dtype` decides.
+    if backend_ids.traces_numpy():
+        # Values unknown (`torch.compile`): the traced path zeroes invalid ids.
+        # uint64 as int64 (which Keras converts on every backend): valid ids
+        # keep their value, ids of 2**63 and more turn negative, so invalid.
+        return array.astype(np.int64) if array.dtype == np.uint64 else ids
     if not _host_all_valid(array, input_dim):
         valid = _host_validity(array, input_dim)
         raise _invalid_error(array, valid, input_dim, remedy=True)

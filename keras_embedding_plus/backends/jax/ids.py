@@ -17,6 +17,13 @@ def is_concrete(x):
     return not isinstance(x, jax.core.Tracer)
 
 
+def traces_numpy():
+    """Whether NumPy ids reaching the layer here are traced values: never
+    (JAX converts NumPy arguments of a traced function to its tensors;
+    NumPy inside it is a constant, whose values are known)."""
+    return False
+
+
 def device_dtype(dtype):
     """The dtype JAX holds host ids of NumPy `dtype` in: 32 bits for 64-bit
     dtypes without x64 (`jax.enable_x64` / `JAX_ENABLE_X64`)."""

@@ -14,6 +14,13 @@ def is_concrete(x):
     return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
 
 
+def traces_numpy():
+    """Whether NumPy ids reaching the layer here are traced values: never
+    (TensorFlow converts NumPy arguments of a traced function to its tensors;
+    NumPy inside it is a constant, whose values are known)."""
+    return False
+
+
 def device_dtype(dtype):
     """The dtype TensorFlow holds host ids of NumPy `dtype` in: the same."""
     return np.dtype(dtype)

@@ -31,6 +31,12 @@ def is_concrete(x):
     return type(x) is torch.Tensor or not torch.compiler.is_compiling()
 
 
+def traces_numpy():
+    """Whether NumPy ids reaching the layer here are traced values: inside
+    Dynamo's trace (`torch.compile` traces NumPy arrays as tensors)."""
+    return torch.compiler.is_dynamo_compiling()
+
+
 def device_dtype(dtype):
     """The dtype torch holds host ids of NumPy `dtype` in: the same."""
     return np.dtype(dtype)
