@@ -329,6 +329,9 @@ NARROW = [
     ("uint16", 100_000, [65535, 7], []),
     ("bfloat16", 257, [256, 255, -1], [2]),
     ("float16", 70_000, [65504, 2048, 0.5], [2]),
+    # torch compares uint16 / uint32 in few ops ("lt_cpu" not implemented).
+    ("uint16", 1000, [65535, 999, 0], [0]),
+    ("uint32", 100, [2**31 + 2**20, 99, 100], [0, 2]),
 ]
 
 
@@ -405,6 +408,14 @@ def test_64_bit_numpy_ids_are_checked_on_their_true_values(cls, dtype, value, sh
     if NARROWS_64_BIT:
         assert 'jax.config.update("jax_enable_x64", True)' in message
         assert "JAX_ENABLE_X64=1" in message
+
+
+def test_numpy_ids_as_the_inputs_keyword():
+    layer = make_layer()
+    with pytest.raises(ValueError, match="Invalid embedding id 4294967299 at"):
+        layer(inputs=np.array([1, 2**32 + 3], "int64"))
+    out = to_np(layer(inputs=np.array([1, 9], "uint64")))
+    np.testing.assert_array_equal(out, TABLE[[1, 9]])
 
 
 def test_64_bit_numpy_ids_in_bags_of_values_and_offsets():
