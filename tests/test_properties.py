@@ -4,9 +4,10 @@ each checked against a NumPy reference of the layer.
 Hypothesis draws a layer configuration (`sparse`, `device`, `lora_rank`,
 `max_norm`, `dropout`, `quantize("int8")`, `mask_zero`, the dtype policies), ids
 (integer and float dtypes, ranks 1 to 4, empty batches, and a share of bad ids:
-too large, negative, fractional, NaN; ragged on TensorFlow; for `EmbeddingBag`
-also `(values, offsets)` and sparse: `tf.SparseTensor`, JAX `BCOO`, torch COO)
-and the call mode (eager, compiled). Each
+too large, negative, fractional, NaN; for the lookups also uint64 ids and
+64-bit ids past 32 bits, given as NumPy or as tensors; ragged on TensorFlow; for
+`EmbeddingBag` also `(values, offsets)` and sparse: `tf.SparseTensor`, JAX
+`BCOO`, torch COO) and the call mode (eager, compiled). Each
 case checks outputs and masks, the index policy on bad ids, one step's
 gradients, and `get_config` / `.keras` round trips. Refused combinations must
 raise their `ValueError` where they are set.
@@ -17,6 +18,7 @@ Failing examples found are kept below as `@example`s.
 """
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -27,6 +29,7 @@ from keras_embedding_plus.testing import (
     forward_and_gradients,
     make_sparse,
     to_numpy,
+    to_tensor,
 )
 
 hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis")
@@ -41,6 +44,13 @@ pytestmark = pytest.mark.slow
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
 ID_DTYPES = ("int32", "int64", "int16", "uint8", "float32", "float64")
+# 64-bit ids past 32 bits (JAX without x64 holds them in 32 bits, where
+# 2**32 + 3 is 3) and uint64 ids (Keras's PyTorch converter refuses them).
+WIDE_BAD = {
+    "int64": [2**32 + 1, -(2**63), 2**63 - 1],
+    "uint64": [2**32, 2**63, 2**64 - 1],
+    "float64": [1 + 1e-7],  # 1.0 in float32
+}
 TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 
 
@@ -67,9 +77,10 @@ def configurations(draw):
 
 
 @st.composite
-def id_arrays(draw, input_dim, allow_bad=True, batched=False):
-    """Ids of a drawn dtype and shape (`batched`: rank >= 2, a non-empty batch)."""
-    dtype = draw(st.sampled_from(ID_DTYPES))
+def id_arrays(draw, input_dim, allow_bad=True, batched=False, wide=False):
+    """Ids of a drawn dtype and shape (`batched`: rank >= 2, a non-empty batch;
+    `wide`: uint64 ids too, and bad ids past 32 bits)."""
+    dtype = draw(st.sampled_from(ID_DTYPES + (("uint64",) if wide else ())))
     rank = draw(st.integers(2 if batched else 1, 4))
     shape = tuple(draw(st.lists(st.integers(0, 3), min_size=rank, max_size=rank)))
     if batched:
@@ -82,6 +93,8 @@ def id_arrays(draw, input_dim, allow_bad=True, batched=False):
             bad.append(-1)
         if "float" in dtype:
             bad += [0.5, float("nan")]
+        if wide:
+            bad += WIDE_BAD.get(dtype, [])
         value = draw(st.sampled_from(bad))
         if dtype == "uint8" and value > 255:
             value = 255 if input_dim <= 255 else value
@@ -206,19 +219,47 @@ def _flat(x):
     return getattr(x, "flat_values", x)
 
 
+def _held(ids):
+    """Whether the backend's tensor of NumPy `ids` holds their values (JAX
+    without x64 holds 64-bit ids in 32 bits)."""
+    held = keras.ops.convert_to_numpy(to_tensor(ids))
+    return held.dtype.itemsize == ids.dtype.itemsize or np.array_equal(
+        held.astype(ids.dtype), ids, equal_nan=True
+    )
+
+
+def _as_given(data, ids, mode):
+    """`ids` as the call takes them: NumPy (checked by the layer's `__call__`
+    on their true values) or a backend tensor, drawn; NumPy where the backend's
+    tensor would not hold them. Compiled calls take tensors the backend holds
+    (a JAX jit would have converted NumPy ids to 32 bits before the layer)."""
+    if mode == "compiled":
+        assume(_held(ids))
+        return to_tensor(ids)
+    if not _held(ids) or data.draw(st.booleans(), label="numpy ids"):
+        return ids
+    return to_tensor(ids)
+
+
+def _first_invalid(ids, valid):
+    """The message naming the first invalid id of `ids`, as the layer raises."""
+    position = tuple(int(i) for i in np.argwhere(~valid)[0])
+    return f"Invalid embedding id {ids[position].item()!r} at position {position}"
+
+
 @given(configurations(), st.data(), st.sampled_from(["eager", "compiled"]))
 def test_lookup_matches_numpy(config, data, mode):
     layer = make_layer(config)
     assume(layer is not None)
-    ids = data.draw(id_arrays(config["input_dim"]))
+    ids = data.draw(id_arrays(config["input_dim"], wide=True))
     ragged, ids = _ragged(data, ids)
-    event(f"{'ragged' if ragged is not None else 'dense'} ids, {mode}")
+    event(f"{'ragged' if ragged is not None else 'dense'} {ids.dtype} ids, {mode}")
     note(f"ids {ids.dtype} {ids.shape}: {ids.tolist()}")
     params = reference_params(layer)
     expected, valid = reference(layer, params, ids)
-    x = keras.ops.convert_to_tensor(ids) if ragged is None else ragged
+    x = _as_given(data, ids, mode) if ragged is None else ragged
     if mode == "eager" and not valid.all():
-        with pytest.raises(ValueError, match="Invalid embedding id"):
+        with pytest.raises(ValueError, match=re.escape(_first_invalid(ids, valid))):
             layer(x)
         return
     call = (lambda x: layer(x)) if mode == "eager" else compiled(lambda x: layer(x))
@@ -227,7 +268,7 @@ def test_lookup_matches_numpy(config, data, mode):
     assert keras.backend.standardize_dtype(out.dtype) == layer.compute_dtype
     tol = _tolerance(layer)
     np.testing.assert_allclose(to_numpy(out), expected, rtol=tol, atol=tol)
-    mask = layer.compute_mask(x)
+    mask = layer.compute_mask(to_tensor(ids) if ragged is None else ragged)
     if config["mask_zero"]:
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(_flat(mask)), ids != 0)
     else:
@@ -336,26 +377,32 @@ BAG_FORMS = ("dense", "offsets", "sparse") + (
 class BagCase:
     """A drawn bag input: `form`, the flat ids and weights (NumPy, for the
     reference), the bags as lists of positions in the flat ids, the outer shape
-    of the output, and `tensors()`, the call's `(ids, weights)` arguments."""
+    of the output, `tensors()`, the call's `(ids, weights)` arguments, and
+    `arrays`, the same as NumPy (dense and `(values, offsets)` ids; else None)."""
 
-    def __init__(self, form, flat, weights, bags, outer, tensors):
+    def __init__(self, form, flat, weights, bags, outer, tensors, arrays=None):
         self.form, self.flat, self.weights = form, flat, weights
         self.bags, self.outer, self.tensors = bags, outer, tensors
+        self.arrays = arrays
 
     def __repr__(self):
         return f"BagCase({self.form}, ids={self.flat.tolist()}, bags={self.bags})"
 
 
 def _convert(*arrays):
-    return tuple(None if a is None else keras.ops.convert_to_tensor(a) for a in arrays)
+    return tuple(None if a is None else to_tensor(a) for a in arrays)
 
 
 @st.composite
-def bag_inputs(draw, config, allow_bad):
+def bag_inputs(draw, config, allow_bad, wide=False):
     """A `BagCase`: ids dense `(batch, ..., L)`, `(values, offsets)`, sparse
-    `(bags, L)` or (TensorFlow) ragged, with weights or None (never with "max")."""
+    `(bags, L)` or (TensorFlow) ragged, with weights or None (never with "max").
+    `wide`: dense and `(values, offsets)` ids as `id_arrays(wide=True)`."""
     form = draw(st.sampled_from(BAG_FORMS))
-    ids = draw(id_arrays(config["input_dim"], allow_bad=allow_bad, batched=True))
+    wide = wide and form in ("dense", "offsets")
+    ids = draw(
+        id_arrays(config["input_dim"], allow_bad=allow_bad, batched=True, wide=wide)
+    )
     weighted = config["combiner"] != "max" and draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     weights = rng.uniform(0.1, 2.0, ids.shape).astype("float32")
@@ -371,6 +418,7 @@ def bag_inputs(draw, config, allow_bad):
             bags,
             ids.shape[:-1],
             lambda: _convert(ids, w),
+            (ids, w),
         )
     if form == "sparse":
         # Some positions of a `(bags, L)` grid hold an id, in row-major order.
@@ -401,6 +449,7 @@ def bag_inputs(draw, config, allow_bad):
             bags,
             (len(bags),),
             lambda: (_convert(values, offsets), *_convert(flat_w)),
+            ((values, offsets), flat_w),
         )
 
     def ragged_tensors():
@@ -445,10 +494,6 @@ def bag_reference(layer, params, case):
     return out.reshape(*case.outer, rows.shape[-1])
 
 
-def _all_valid(layer, case):
-    return bool(reference(layer, reference_params(layer), case.flat)[1].all())
-
-
 def _traceable(case, mode):
     # torch.compile cannot trace sparse tensors (torch's limitation): eager only.
     return not (mode == "compiled" and case.form == "sparse" and BACKEND == "torch")
@@ -458,13 +503,22 @@ def _traceable(case, mode):
 def test_bag_matches_numpy(config, data, mode):
     layer = make_bag(config)
     assume(layer is not None)
-    case = data.draw(bag_inputs(config, allow_bad=True))
+    case = data.draw(bag_inputs(config, allow_bad=True, wide=True))
     assume(_traceable(case, mode))
-    event(f"{case.form} ids, {mode}")
+    event(f"{case.form} {case.flat.dtype} ids, {mode}")
     note(f"{case}, weights {case.weights}")
-    x, w = case.tensors()
-    if mode == "eager" and not _all_valid(layer, case):
-        with pytest.raises(ValueError, match="Invalid embedding id"):
+    # NumPy ids (checked on their true values) or tensors, as `_as_given`.
+    held = _held(case.flat)
+    numpy = mode == "eager" and case.arrays is not None
+    if numpy and (not held or data.draw(st.booleans(), label="numpy ids")):
+        x, w = case.arrays
+    else:
+        assume(held)
+        x, w = case.tensors()
+    _, valid = reference(layer, reference_params(layer), case.flat)
+    if mode == "eager" and not valid.all():
+        first = case.flat[np.argmax(~valid)].item()
+        with pytest.raises(ValueError, match=re.escape(f"embedding id {first!r} at")):
             layer(x, weights=w)
         return
     call = (

@@ -5,7 +5,8 @@ As Keras splits `keras/src/backend/<name>/{core,nn,numpy,sparse}.py`, each of
 
 * `core`: `value_of` (a variable's native array) and `add_matmul` (LoRA's delta
   added to the rows, in place where it can);
-* `ids`: the index policy's ops: `is_concrete`, `flat_values`,
+* `ids`: the index policy's ops: `is_concrete`, `traces_numpy`,
+  `device_dtype`, `NARROWING_REMEDY`, `comparable`, `flat_values`,
   `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`;
 * `sparse`: row-sparse gradients: `sparse_take`, `trains_densely`, `is_row_sparse`,
   `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`, `subtract_scaled`,

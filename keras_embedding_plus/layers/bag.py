@@ -143,6 +143,14 @@ class EmbeddingBag(Embedding):
         )
         return keras.ops.cast(pooled, self.compute_dtype)
 
+    def _checked_host_ids(self, inputs):
+        # `(values, offsets)`: the values are the ids (offsets index them).
+        if isinstance(inputs, (tuple, list)) and len(inputs) == 2:
+            values, offsets = inputs
+            values = index_policy.check_host_ids(values, self.input_dim)
+            return type(inputs)((values, offsets))
+        return super()._checked_host_ids(inputs)
+
     def compute_mask(self, inputs, mask=None):
         return None
 

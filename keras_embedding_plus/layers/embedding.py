@@ -286,6 +286,13 @@ class Embedding(TableHooks, keras.layers.Layer):
 
     def __call__(self, *args, reverse=False, **kwargs):
         if not reverse:
+            # NumPy ids are checked here, on their true values: Keras's
+            # `Layer.__call__` converts them to backend tensors, which on JAX
+            # without x64 holds int64 / uint64 / float64 in 32 bits.
+            if args:
+                args = (self._checked_host_ids(args[0]), *args[1:])
+            elif "inputs" in kwargs:
+                kwargs["inputs"] = self._checked_host_ids(kwargs["inputs"])
             return super().__call__(*args, **kwargs)
         # Logits carry no mask (as Keras's ReversibleEmbedding): `compute_mask`
         # answers for ids, so it is told so for this one call only.
@@ -294,6 +301,11 @@ class Embedding(TableHooks, keras.layers.Layer):
             return super().__call__(*args, reverse=True, **kwargs)
         finally:
             self._computing_logits = False
+
+    def _checked_host_ids(self, inputs):
+        """`inputs` with NumPy ids checked by `index_policy.check_host_ids`
+        (`EmbeddingBag` finds the ids in its other forms)."""
+        return index_policy.check_host_ids(inputs, self.input_dim)
 
     def call(self, inputs, training=None, reverse=False):
         if reverse:

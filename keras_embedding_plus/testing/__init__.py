@@ -10,17 +10,21 @@ test the installed package with the helpers it ships.
 from keras_embedding_plus.testing.layers import (
     compiled,
     forward_and_gradients,
+    full_width_ids,
     is_row_sparse,
     make_sparse,
     run_layer_test,
     to_numpy,
+    to_tensor,
 )
 
 __all__ = [
     "compiled",
     "forward_and_gradients",
+    "full_width_ids",
     "is_row_sparse",
     "make_sparse",
     "run_layer_test",
     "to_numpy",
+    "to_tensor",
 ]

@@ -13,6 +13,7 @@ against a NumPy reference of the output:
   load of a model around the layer: both give the reference output.
 """
 
+import contextlib
 import os
 import warnings
 
@@ -56,6 +57,34 @@ def compiled(fn):
         torch._dynamo.reset()
         return torch.compile(fn, backend="eager", fullgraph=False)
     return fn
+
+
+def to_tensor(array):
+    """A backend tensor of NumPy `array`, of its dtype and values.
+
+    `keras.ops.convert_to_tensor`, except that uint64 arrays on torch (which
+    Keras's converter refuses) become `torch.uint64` tensors, and that on JAX
+    the array is converted as the current x64 mode holds it (int64 to int32
+    without x64: see `full_width_ids`).
+    """
+    if keras.backend.backend() == "torch" and array.dtype == np.uint64:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array))
+    return keras.ops.convert_to_tensor(array)
+
+
+def full_width_ids():
+    """A context in which the backend holds 64-bit ids as they are.
+
+    JAX without x64 holds int64, uint64 and float64 values in 32 bits: here
+    `jax.enable_x64(True)`. TensorFlow and PyTorch always do: a null context.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
 
 
 def to_numpy(x):

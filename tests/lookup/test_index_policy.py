@@ -1,14 +1,17 @@
 """The ids: shapes, `input_length`, id dtypes and the index policy."""
 
 import re
+import threading
+import time
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from keras_embedding_plus import Embedding
-from keras_embedding_plus.testing import compiled
+from keras_embedding_plus import Embedding, EmbeddingBag, ReversibleEmbedding
+from keras_embedding_plus.lookup import index_policy
+from keras_embedding_plus.testing import compiled, full_width_ids, to_tensor
 
 BACKEND = keras.backend.backend()
 
@@ -326,6 +329,9 @@ NARROW = [
     ("uint16", 100_000, [65535, 7], []),
     ("bfloat16", 257, [256, 255, -1], [2]),
     ("float16", 70_000, [65504, 2048, 0.5], [2]),
+    # torch compares uint16 / uint32 in few ops ("lt_cpu" not implemented).
+    ("uint16", 1000, [65535, 999, 0], [0]),
+    ("uint32", 100, [2**31 + 2**20, 99, 100], [0, 2]),
 ]
 
 
@@ -360,3 +366,234 @@ def test_float_ids_are_not_autocast_to_the_compute_dtype(policy):
     ids = np.array([2049.0, 257.0, 2048.0, 256.0], "float32")
     out = to_np(ops.cast(layer(ids), "float32"))[:, 0]
     np.testing.assert_array_equal(out, [1.0, 1.0, 0.0, 0.0])
+
+
+# --- index policy: 64-bit ids, checked on their true values --------------------
+
+# Whether the backend holds int64 ids in 32 bits (JAX without x64).
+NARROWS_64_BIT = (
+    keras.backend.standardize_dtype(ops.convert_to_tensor(np.zeros(1, "int64")).dtype)
+    != "int64"
+)
+
+WIDE = [
+    ("int64", -(2**63), str(-(2**63))),
+    ("int64", 2**32, "4294967296"),
+    ("int64", 2**32 + 3, "4294967299"),
+    ("int64", 2**63 - 1, "9223372036854775807"),
+    ("uint64", 2**63, "9223372036854775808"),
+    ("float64", 9.0000001, "9.0000001"),
+]
+WIDE_IDS = [f"{dtype}-{shown}" for dtype, _, shown in WIDE]
+
+
+def _wide(dtype, value):
+    ids = np.array([[5, 0], [7, 1]], dtype=dtype)
+    ids[1, 0] = value
+    return ids
+
+
+@pytest.mark.parametrize("dtype, value, shown", WIDE, ids=WIDE_IDS)
+@pytest.mark.parametrize("cls", [Embedding, EmbeddingBag, ReversibleEmbedding])
+def test_64_bit_numpy_ids_are_checked_on_their_true_values(cls, dtype, value, shown):
+    # JAX without x64 would read 2**32 + 3 as 3, 2**63 - 1 as -1 and 9.0000001
+    # as 9.0: the check runs on the NumPy ids, before any conversion.
+    layer = cls(10, 3, weights=TABLE)
+    with pytest.raises(ValueError) as info:
+        layer(_wide(dtype, value))
+    message = str(info.value)
+    assert f"Invalid embedding id {shown} at position (1, 0) of the ids" in message
+    assert "1 of 4 ids are invalid" in message
+    assert ("x64" in message) == NARROWS_64_BIT
+    if NARROWS_64_BIT:
+        assert 'jax.config.update("jax_enable_x64", True)' in message
+        assert "JAX_ENABLE_X64=1" in message
+
+
+def test_numpy_ids_as_the_inputs_keyword():
+    layer = make_layer()
+    with pytest.raises(ValueError, match="Invalid embedding id 4294967299 at"):
+        layer(inputs=np.array([1, 2**32 + 3], "int64"))
+    out = to_np(layer(inputs=np.array([1, 9], "uint64")))
+    np.testing.assert_array_equal(out, TABLE[[1, 9]])
+
+
+def test_64_bit_numpy_ids_in_bags_of_values_and_offsets():
+    bag = EmbeddingBag(10, 3, weights=TABLE, combiner="sum")
+    values = np.array([1, 2, 2**32 + 3], "int64")
+    with pytest.raises(ValueError, match="Invalid embedding id 4294967299 at"):
+        bag((values, np.array([0, 2], "int64")))
+    # Offsets are not ids: past `input_dim` is fine.
+    values = np.array([1, 2, 3] * 5, "uint64")
+    out = to_np(bag((values, np.array([0, 12], "int64"))))
+    np.testing.assert_array_equal(
+        out, [TABLE[[1, 2, 3] * 4].sum(0), TABLE[[1, 2, 3]].sum(0)]
+    )
+
+
+@pytest.mark.parametrize("dtype", ["uint64", "int64", "float64"])
+def test_valid_64_bit_numpy_ids_look_up_their_rows(dtype):
+    ids = np.array([[0, 9, 4], [7, 7, 1]], dtype=dtype)
+    for cls in (Embedding, ReversibleEmbedding):
+        out = to_np(cls(10, 3, weights=TABLE)(ids))
+        np.testing.assert_array_equal(out, TABLE[ids.astype("int64")])
+    bag = EmbeddingBag(10, 3, weights=TABLE, combiner="sum")
+    np.testing.assert_array_equal(to_np(bag(ids)), TABLE[ids.astype("int64")].sum(1))
+
+
+def test_whole_float64_numpy_ids_beyond_float32():
+    # float32 cannot hold 2**24 + 1: a float32 round trip (JAX without x64)
+    # would read row 2**24.
+    n = 2**24 + 2
+    table = np.zeros((n, 1), "float32")
+    table[2**24 + 1] = 1.0
+    layer = Embedding(n, 1, weights=table)
+    del table
+    ids = np.array([2**24 + 1, 2**24], "float64")
+    np.testing.assert_array_equal(to_np(layer(ids))[:, 0], [1.0, 0.0])
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint64", "float64"])
+def test_64_bit_ids_compiled_give_zero_rows(dtype):
+    # Where the backend holds them (JAX: with x64), 64-bit tensors reach the
+    # compiled function as they are, and each invalid id looks up zeros.
+    values = [value for d, value, _ in WIDE if d == dtype]
+    ids = np.array([5, 0, 9, *values, 1], dtype=dtype)
+    expected = TABLE[[5, 0, 9, *[0] * len(values), 1]]
+    expected[3 : 3 + len(values)] = 0.0
+    layer = make_layer()
+    layer.build()
+    with full_width_ids():
+        x = to_tensor(ids)
+        assert keras.backend.standardize_dtype(x.dtype) == dtype
+        out = to_np(compiled(lambda x: layer(x))(x))
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype, value, shown", WIDE, ids=WIDE_IDS)
+def test_64_bit_tensor_ids_eager_name_the_id(dtype, value, shown):
+    layer = make_layer()
+    with full_width_ids():
+        with pytest.raises(ValueError) as info:
+            layer(to_tensor(_wide(dtype, value)))
+    message = str(info.value)
+    assert f"Invalid embedding id {shown} at position (1, 0) of the ids" in message
+    assert "x64" not in message
+
+
+def test_valid_uint64_tensor_ids():
+    ids = np.array([[0, 9, 4], [7, 7, 1]], "uint64")
+    layer = make_layer()
+    layer.build()
+    with full_width_ids():
+        x = to_tensor(ids)
+        eager = to_np(layer(x))
+        traced = to_np(compiled(lambda x: layer(x))(x))
+    np.testing.assert_array_equal(eager, TABLE[ids.astype("int64")])
+    np.testing.assert_array_equal(traced, TABLE[ids.astype("int64")])
+
+
+@pytest.mark.parametrize("dtype, value, shown", WIDE[2:5], ids=WIDE_IDS[2:5])
+def test_numpy_ids_inside_a_compiled_function(dtype, value, shown):
+    # `tf.function` and `jax.jit` hand NumPy ids inside a traced function to
+    # the layer as they are, constants of known values: checked as in an
+    # eager call (on JAX without x64, the one place where a compiled call can
+    # see a 64-bit id whole). `torch.compile` traces NumPy arrays as tensors
+    # of unknown values: an invalid id looks up zeros.
+    layer = make_layer()
+    layer.build()
+    ids = _wide(dtype, value)
+    if BACKEND == "torch":
+        out = to_np(compiled(lambda: layer(ids))())
+        safe = ids.copy()
+        safe[1, 0] = 0
+        expected = TABLE[safe.astype("int64")]
+        expected[1, 0] = 0.0
+        np.testing.assert_array_equal(out, expected)
+        return
+    with pytest.raises(ValueError) as info:
+        compiled(lambda: layer(ids))()
+    message = str(info.value)
+    assert f"Invalid embedding id {shown} at position (1, 0)" in message
+    assert ("x64" in message) == NARROWS_64_BIT
+
+
+def test_valid_ids_the_backend_cannot_hold_are_refused():
+    # A table of more than 2**31 rows (not built here) takes ids JAX without
+    # x64 cannot hold: refused, not wrapped. Elsewhere they pass, as int64.
+    input_dim = 2**32
+    ids = np.array([1, 2**31 + 5], "int64")
+    if NARROWS_64_BIT:
+        with pytest.raises(ValueError) as info:
+            index_policy.check_host_ids(ids, input_dim)
+        message = str(info.value)
+        assert "Embedding id 2147483653 at position (1,)" in message
+        assert "JAX_ENABLE_X64=1" in message
+    else:
+        checked = index_policy.check_host_ids(ids, input_dim)
+        assert checked.dtype == np.int64
+        np.testing.assert_array_equal(checked, ids)
+
+
+# --- index policy: eager checks under concurrency ------------------------------
+
+
+def _compiling():
+    """torch: its process-wide "a compile is running" flag; elsewhere False."""
+    if BACKEND != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
+def test_eager_checks_hold_while_another_thread_compiles():
+    # torch's `is_compiling()` is one flag for the whole process: read to tell
+    # eager from compiled calls, it switched off the eager checks of every
+    # thread while one thread ran `torch.compile`.
+    layer = make_layer()
+    layer.build()
+    good = ops.convert_to_tensor(np.array([[1, 2]], "int32"))
+    bad = ops.convert_to_tensor(np.array([[1, 10]], "int32"))
+    stop, failures = threading.Event(), []
+
+    def compile_loop():
+        try:
+            while not stop.is_set():
+                # `compiled` forgets earlier traces: each is a full compile.
+                compiled(lambda x: layer(x) * 2.0)(good)
+        except Exception as error:  # pragma: no cover - reported below
+            failures.append(error)
+
+    compiled(lambda x: layer(x) * 2.0)(good)  # the compiler's first-use setup
+    thread = threading.Thread(target=compile_loop)
+    thread.start()
+    calls = raised = during_compiles = 0
+    start = time.monotonic()
+
+    def running():
+        elapsed = time.monotonic() - start
+        # torch: on until some calls ran during a compile (else this test could
+        # not fail), up to 3 s.
+        overlap_due = BACKEND == "torch" and not during_compiles and elapsed < 3.0
+        return elapsed < 1.0 or overlap_due
+
+    try:
+        while running():
+            compiling = _compiling()
+            try:
+                layer(bad)
+            except ValueError as error:
+                assert "Invalid embedding id 10 at position (0, 1)" in str(error)
+                raised += 1
+            calls += 1
+            during_compiles += compiling or _compiling()
+            time.sleep(0)  # lets the compiling thread run
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures, failures
+    assert raised == calls, f"{calls - raised} of {calls} eager calls returned rows"
+    if BACKEND == "torch":
+        # Else this test could not fail: some calls ran during a compile.
+        assert during_compiles > 0

@@ -1,14 +1,34 @@
 """TensorFlow: the index policy's backend ops (concrete ids, flat values of ragged
 ids, gathers that zero or fill invalid ids)."""
 
+import numpy as np
 import tensorflow as tf
 from keras import ops
+
+NARROWING_REMEDY = ""
 
 
 def is_concrete(x):
     if isinstance(x, tf.RaggedTensor):
         x = x.flat_values
     return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
+
+
+def traces_numpy():
+    """Whether NumPy ids reaching the layer here are traced values: never
+    (TensorFlow converts NumPy arguments of a traced function to its tensors;
+    NumPy inside it is a constant, whose values are known)."""
+    return False
+
+
+def device_dtype(dtype):
+    """The dtype TensorFlow holds host ids of NumPy `dtype` in: the same."""
+    return np.dtype(dtype)
+
+
+def comparable(values):
+    """`values` in a dtype TensorFlow compares: every integer dtype is."""
+    return values
 
 
 def flat_values(ids):

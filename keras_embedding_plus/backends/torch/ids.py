@@ -1,14 +1,57 @@
 """PyTorch: the index policy's backend ops (concrete ids, flat values of ragged
 ids, gathers that zero or fill invalid ids)."""
 
+import numpy as np
 import torch
 from keras import ops
 
+# Unsigned dtypes with few ops in torch ("lt_cpu" not implemented for them):
+# their ids are compared as a signed dtype that keeps every valid id.
+_WIDENED = {torch.uint16: torch.int32, torch.uint32: torch.int64}
+
+NARROWING_REMEDY = ""
+
 
 def is_concrete(x):
-    if torch.compiler.is_compiling():
+    """Whether the values of `x` are known at this call, per call.
+
+    `torch.compiler.is_dynamo_compiling()` is True only inside Dynamo's trace
+    of the calling frame. `torch.compiler.is_compiling()` is one flag for the
+    whole process (True while any thread compiles): it counts only with a
+    tensor that is not a plain `torch.Tensor` (the fake and functional tensors
+    that `torch.export` and AOT tracing run this code on), never for another
+    thread's eager calls.
+    """
+    if torch.compiler.is_dynamo_compiling():
         return False
-    return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
+    if not isinstance(x, torch.Tensor):
+        return True
+    if x.device.type == "meta":
+        return False
+    return type(x) is torch.Tensor or not torch.compiler.is_compiling()
+
+
+def traces_numpy():
+    """Whether NumPy ids reaching the layer here are traced values: inside
+    Dynamo's trace (`torch.compile` traces NumPy arrays as tensors)."""
+    return torch.compiler.is_dynamo_compiling()
+
+
+def device_dtype(dtype):
+    """The dtype torch holds host ids of NumPy `dtype` in: the same."""
+    return np.dtype(dtype)
+
+
+def comparable(values):
+    """`values` in a dtype torch compares: uint16 / uint32 widened, uint64
+    read as int64 (ids of 2**63 and more turn negative: invalid either way)."""
+    if not isinstance(values, torch.Tensor):
+        return values
+    if values.dtype == torch.uint64:
+        return values.view(torch.int64)
+    if values.dtype in _WIDENED:
+        return values.to(_WIDENED[values.dtype])
+    return values
 
 
 def flat_values(ids):
