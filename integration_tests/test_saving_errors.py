@@ -398,12 +398,9 @@ def test_shape_lying_dataset_is_refused_unread(declared, tmp_path):
     # +1.1 GB and 2.6 s for the first; every backend: +240 MB for the second,
     # below the size read by blocks). Now refused from the declared shape.
     path = tmp_path / "lying.weights.h5"
-    model = _model()
-    model.save_weights(path)
-    with h5py.File(path, "r+") as f:
-        name = _table_dataset(f)
-        del f[name]
-        f.create_dataset(name, shape=declared, dtype="f4", chunks=(1024, declared[1]))
+    model = _model_with_table_dataset(
+        path, shape=declared, dtype="f4", chunks=(1024, declared[1])
+    )
     assert path.stat().st_size < 100_000
     model.set_weights([w + 1.0 for w in model.get_weights()])
     before = model.get_weights()
@@ -427,12 +424,7 @@ def test_dataset_of_another_kind_is_refused_unread(stored, tmp_path):
     # The table's dataset has the right shape but holds integers, strings or
     # complex numbers: refused from its declared dtype, nothing assigned.
     path = tmp_path / "kind.weights.h5"
-    model = _model()
-    model.save_weights(path)
-    with h5py.File(path, "r+") as f:
-        name = _table_dataset(f)
-        del f[name]
-        f.create_dataset(name, shape=(10, 4), dtype=stored)
+    model = _model_with_table_dataset(path, shape=(10, 4), dtype=stored)
     before = model.get_weights()
     with pytest.raises(ValueError) as info:
         keras_embedding_plus.load_weights(model, path)
@@ -447,15 +439,22 @@ def test_dataset_of_another_kind_is_refused_unread(stored, tmp_path):
 def test_narrower_float_dataset_still_loads(tmp_path):
     # Floats of another width load as Keras loads them (cast).
     path = tmp_path / "half.weights.h5"
+    table = np.random.default_rng(0).normal(size=(10, 4)).astype("float16")
+    model = _model_with_table_dataset(path, data=table)
+    keras_embedding_plus.load_weights(model, path)
+    np.testing.assert_array_equal(_table(model.get_layer("emb")), table)
+
+
+def _model_with_table_dataset(path, **dataset):
+    """`_model()`, its weights saved to `path` with the table's dataset replaced
+    by `h5py`'s `create_dataset(name, **dataset)`."""
     model = _model()
     model.save_weights(path)
-    table = np.random.default_rng(0).normal(size=(10, 4)).astype("float16")
     with h5py.File(path, "r+") as f:
         name = _table_dataset(f)
         del f[name]
-        f[name] = table
-    keras_embedding_plus.load_weights(model, path)
-    np.testing.assert_array_equal(_table(model.get_layer("emb")), table)
+        f.create_dataset(name, **dataset)
+    return model
 
 
 def _table_dataset(f):

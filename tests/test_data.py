@@ -82,6 +82,19 @@ def table_of(model):
     return keras.ops.convert_to_numpy(model.get_layer("bag").embeddings)
 
 
+def weighted_bags(**kwargs):
+    """The test bags with their targets, per-id weights and sample weights."""
+    return BagDataset(
+        VALUES,
+        OFFSETS,
+        Y,
+        weights=WEIGHTS,
+        sample_weight=SAMPLE_WEIGHT,
+        batch_size=BATCH,
+        **kwargs,
+    )
+
+
 def _is_power_of_two(n):
     return n > 0 and not n & (n - 1)
 
@@ -91,15 +104,7 @@ def _is_power_of_two(n):
 
 @pytest.mark.parametrize("pad", [True, False], ids=["padded", "unpadded"])
 def test_batches_hold_the_bags_in_order(pad):
-    data = BagDataset(
-        VALUES,
-        OFFSETS,
-        Y,
-        weights=WEIGHTS,
-        sample_weight=SAMPLE_WEIGHT,
-        batch_size=BATCH,
-        pad=pad,
-    )
+    data = weighted_bags(pad=pad)
     assert len(data) == 3
     for i in range(len(data)):
         x, y, sample_weight = data[i]
@@ -222,14 +227,7 @@ def test_fit_equals_train_on_batch_and_evaluate_equals_numpy():
         m.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
         return m
 
-    data = BagDataset(
-        VALUES,
-        OFFSETS,
-        Y,
-        weights=WEIGHTS,
-        sample_weight=SAMPLE_WEIGHT,
-        batch_size=BATCH,
-    )
+    data = weighted_bags()
     fitted, stepped = model(), model()
     before = table_of(fitted)
     fitted.fit(data, epochs=2, shuffle=False, verbose=0)
