@@ -7,7 +7,9 @@ As Keras splits `keras/src/backend/<name>/{core,nn,numpy,sparse}.py`, each of
   added to the rows, in place where it can);
 * `ids`: the index policy's ops: `is_concrete`, `traces_numpy`,
   `device_dtype`, `NARROWING_REMEDY`, `comparable`, `flat_values`,
-  `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`;
+  `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`, and the count
+  of invalid ids met in compiled calls: `new_counter`, `count_invalid`,
+  `read_count`, `reset_count`;
 * `sparse`: row-sparse gradients: `sparse_take`, `trains_densely`, `is_row_sparse`,
   `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`, `subtract_scaled`,
   `scale_gradient`, `with_rows`, `SPARSE_WITH_MIXED_POLICY` (JAX also

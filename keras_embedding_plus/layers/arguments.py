@@ -210,6 +210,7 @@ PLAIN_CONFIG = (
     "sparse",
     "device",
     "padding_idx",
+    "invalid_ids",
 )
 SERIALIZED_CONFIG = {
     "embeddings_initializer": keras.initializers.serialize,

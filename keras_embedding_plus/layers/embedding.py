@@ -19,6 +19,7 @@ from keras_embedding_plus.layers import arguments as _args
 from keras_embedding_plus.layers import masking, variables
 from keras_embedding_plus.layers.table_hooks import TableHooks
 from keras_embedding_plus.lookup import gather, index_policy, pipeline
+from keras_embedding_plus.lookup import invalid_ids as _invalid_ids
 from keras_embedding_plus.lookup import lora as _lora
 from keras_embedding_plus.lookup import max_norm as _max_norm
 from keras_embedding_plus.lookup import padding as _padding
@@ -50,7 +51,8 @@ class Embedding(TableHooks, keras.layers.Layer):
     holding whole numbers). Where the ids' values are known (eager calls,
     Keras's default `predict` / `fit` on PyTorch), any other id raises
     `ValueError` naming it; inside compiled functions invalid ids look up
-    all-zero rows: never NaN, never another row.
+    all-zero rows (never NaN, never another row) and are counted and warned
+    about (see `invalid_ids`), or fail the step with `invalid_ids="raise"`.
 
     Args:
         input_dim: Integer. Size of the vocabulary, i.e. maximum integer index + 1.
@@ -100,6 +102,14 @@ class Embedding(TableHooks, keras.layers.Layer):
             optimizer moves it. A table given explicitly (`weights`,
             `set_weights`, a loaded file) keeps the values it is given there, as
             PyTorch's `_weight`. Unlike `mask_zero`, it makes no mask.
+        invalid_ids: `"zero"` (default) or `"raise"`: what an invalid id does
+            inside a compiled call (eager calls always raise `ValueError`).
+            `"zero"`: it looks up a zero row and is counted by the layer's
+            `invalid_ids_count` metric, shown in `fit` / `evaluate` logs as
+            `"<layer name>_invalid_ids"`, with a warning once per epoch.
+            `"raise"`: the compiled step fails with an error naming the layer
+            (TensorFlow graph assert, JAX host callback, PyTorch under
+            `torch.compile`).
         **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`...);
             the Keras 1 names `init`, `W_regularizer` and `W_constraint` too.
 
@@ -155,8 +165,10 @@ class Embedding(TableHooks, keras.layers.Layer):
         device: str | None = None,
         quantization_config: keras.quantizers.QuantizationConfig | None = None,
         padding_idx: int | None = None,
+        invalid_ids: str = "zero",
         **kwargs: Any,
     ) -> None:
+        invalid_ids = _invalid_ids.check_policy(invalid_ids)
         input_dim = _args.check_dim("input_dim", input_dim, 1)
         padding_idx = _padding.check_padding_idx(padding_idx, input_dim)
         output_dim = _args.check_dim("output_dim", output_dim, 0)
@@ -190,6 +202,11 @@ class Embedding(TableHooks, keras.layers.Layer):
         self.sparse = gather.check_sparse(sparse, self.dtype_policy)
         self.device, self.quantization_config = device, quantization_config
         self.padding_idx = padding_idx
+        self.invalid_ids = invalid_ids
+        # Invalid ids met in compiled calls, in `fit` / `evaluate` logs.
+        self.invalid_ids_count = _invalid_ids.InvalidIdsCount(
+            self.name, input_dim, invalid_ids
+        )
         self._table_placement = _placement.resolve(device)
         _placement.check_lookup_options(self._table_placement, sparse=self.sparse)
         # The table is read in its variable dtype; the looked-up rows are cast.
@@ -313,7 +330,9 @@ class Embedding(TableHooks, keras.layers.Layer):
         self._check_sparse_training(training)
         inputs = index_policy.densify(inputs)
         _args.check_length(self.name, self.input_length, inputs.shape)
-        ids, valid = index_policy.prepare_ids(inputs, self.input_dim)
+        ids, valid = index_policy.prepare_ids(
+            inputs, self.input_dim, self._lookup.report
+        )
         rows, valid = self._lookup.rows(backends.ids.flat_values(ids), valid, training)
         rows = ops.cast(index_policy.zero_invalid(rows, valid), self.compute_dtype)
         return backends.ids.with_flat_values(ids, rows)
@@ -420,6 +439,7 @@ class Embedding(TableHooks, keras.layers.Layer):
             dropout=self.dropout,
             seed_generator=getattr(self, "seed_generator", None),
             frozen_row=frozen_row,
+            report=self.invalid_ids_count,
         )
 
     def float_table(self) -> ArrayLike:

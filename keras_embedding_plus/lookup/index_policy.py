@@ -196,12 +196,14 @@ def _raise_invalid(values, input_dim):
     raise _invalid_error(array, _host_validity(array, input_dim), input_dim)
 
 
-def prepare_ids(ids, input_dim):
+def prepare_ids(ids, input_dim, report=None):
     """Apply the index policy to `ids`.
 
     Returns `(ids, valid)`: integer ids safe to pass to `ops.take`, and either
     `None` (every id is known to be valid) or a boolean tensor marking the valid
-    ids, whose lookups must be zeroed by `zero_invalid`.
+    ids, whose lookups must be zeroed by `zero_invalid`. `report`: the layer's
+    `invalid_ids.InvalidIdsCount`, which counts the invalid ids of traced calls
+    (or fails them, with `invalid_ids="raise"`).
     """
     dtype = ids_dtype(ids)
     int_dtype = index_dtype(input_dim)
@@ -215,6 +217,8 @@ def prepare_ids(ids, input_dim):
     values = backend_ids.comparable(values)
     dtype = backend.standardize_dtype(values.dtype)
     valid = _validity(values, input_dim, dtype)
+    if valid is not None and report is not None:
+        report.update_state(valid)
     if valid is not None:
         values = ops.where(valid, values, ops.zeros((), dtype=values.dtype))
     if dtype not in _TAKE_DTYPES:

@@ -1,7 +1,8 @@
 """The lookup pipeline: one composition of small stages behind every lookup.
 
 ```
-ids -> policy (index_policy.prepare_ids)
+ids -> policy (index_policy.prepare_ids; compiled calls count invalid ids in
+       the layer's `invalid_ids.InvalidIdsCount`)
     -> storage.rows: the stored variables' rows (float | int8 | int4, dequantized)
          each variable read by one `gather` (dense, row-sparse gradient, on its
          device), chosen once for the layer
@@ -139,8 +140,11 @@ class RowDropout:
 class Lookup:
     """`ids -> rows` for one layer: storage, gather and row transforms."""
 
-    def __init__(self, storage, storage_gather, gather, transforms, sparse_variables):
+    def __init__(
+        self, storage, storage_gather, gather, transforms, sparse_variables, report
+    ):
         self.storage = storage
+        self.report = report  # counts invalid ids (`index_policy.prepare_ids`)
         self.storage_gather = storage_gather
         self.gather = gather
         self.transforms = transforms
@@ -223,4 +227,6 @@ def compose(spec):
     # A quantized or frozen (LoRA) table is never trained: a dense read.
     table_trains = any(v is spec.table for v in sparse_variables)
     storage_gather = gather if table_trains else make_gather(False, placement)
-    return Lookup(storage, storage_gather, gather, transforms, sparse_variables)
+    return Lookup(
+        storage, storage_gather, gather, transforms, sparse_variables, spec.report
+    )

@@ -420,7 +420,7 @@ def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
                 "Dense bags must have shape `(batch, ..., L)`: pooled over their "
                 f"last axis. Received: ids of shape {tuple(ids.shape)}."
             )
-        ids, valid = index_policy.prepare_ids(ids, input_dim)
+        ids, valid = index_policy.prepare_ids(ids, input_dim, lookup.report)
         fused = _fused(lookup, ids, None, valid, weights, excluded, combiner)
         if fused is not None:
             return fused
@@ -432,7 +432,7 @@ def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
         "ragged": from_ragged,
         "sparse": from_sparse,
     }[kind](ids, weights)
-    values, valid = index_policy.prepare_ids(bags.values, input_dim)
+    values, valid = index_policy.prepare_ids(bags.values, input_dim, lookup.report)
     fused = _fused(lookup, values, bags, valid, bags.weights, excluded, combiner)
     if fused is not None:
         return fused

@@ -29,6 +29,8 @@ class LookupSpec:
         dropout: Rate of whole-row dropout in training (0: none).
         seed_generator: The `keras.random.SeedGenerator` of the dropout.
         frozen_row: The row that gets no gradient (`padding_idx`), or `None`.
+        report: The layer's `invalid_ids.InvalidIdsCount` (invalid ids met in
+            compiled calls), or `None`.
     """
 
     input_dim: int
@@ -44,6 +46,7 @@ class LookupSpec:
     dropout: float = 0.0
     seed_generator: Any = None
     frozen_row: int | None = None
+    report: Any = None
 
     @property
     def table(self):

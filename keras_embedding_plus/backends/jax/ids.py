@@ -1,6 +1,8 @@
 """JAX: the index policy's backend ops (concrete ids, flat values of ragged
 ids, gathers that zero or fill invalid ids)."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,3 +69,59 @@ def zero_invalid(outputs, valid):
         lambda: outputs,
         lambda: ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype)),
     )
+
+
+# ---- the count of invalid ids met in compiled calls (`lookup.invalid_ids`) ------
+
+
+class _HostCount:
+    """A count kept on the host, added to by callbacks of compiled steps.
+
+    Keras's JAX trainer runs the forward in a stateless call that holds the
+    layers' weights only, not the metrics' variables: a metric variable cannot
+    be updated there, so the count lives here, and `read_count` reads it eagerly
+    at the end of each epoch.
+    """
+
+    def __init__(self):
+        self.value = 0
+        self.lock = threading.Lock()
+
+    def add(self, count):
+        with self.lock:
+            self.value += count
+
+
+def new_counter(metric):
+    del metric
+    return _HostCount()
+
+
+def count_invalid(counter, valid, error):
+    """Add the invalid ids of `valid` to `counter`, from the compiled step.
+
+    A `jax.debug.callback` (unordered: the step does not wait on the host for
+    it) inside a `cond`: it runs only in steps that met an invalid id; the
+    others pay one reduction over the ids. With an `error` text, the callback
+    raises `ValueError`, which fails the step (`JaxRuntimeError` naming it).
+    """
+
+    def report(count):
+        count = int(count)
+        counter.add(count)
+        if error is not None:
+            raise ValueError(f"{error} Invalid ids met: {count}.")
+
+    count = jnp.sum(jnp.logical_not(valid), dtype="int32")
+    jax.lax.cond(
+        count > 0, lambda n: jax.debug.callback(report, n), lambda n: None, count
+    )
+
+
+def read_count(counter):
+    return counter.value
+
+
+def reset_count(counter):
+    with counter.lock:
+        counter.value = 0

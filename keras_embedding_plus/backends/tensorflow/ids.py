@@ -60,3 +60,31 @@ def zero_invalid(outputs, valid):
         lambda: outputs,
         lambda: ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype)),
     )
+
+
+# ---- the count of invalid ids met in compiled calls (`lookup.invalid_ids`) ------
+
+
+def new_counter(metric):
+    """The count of `metric`: an int64 metric variable, updated in the graph."""
+    return metric.add_variable((), initializer="zeros", dtype="int64", name="count")
+
+
+def count_invalid(counter, valid, error):
+    """Add the invalid ids of `valid` to `counter`, in the graph (no host sync);
+    with an `error` text, a graph assert fails the step on any invalid id."""
+    count = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.int64))
+    if error is not None:
+        # XLA (`jit_compile=True`) drops asserts: there the count still shows.
+        tf.debugging.assert_equal(
+            count, tf.zeros((), tf.int64), message=error + " Invalid ids met:"
+        )
+    counter.assign_add(count)
+
+
+def read_count(counter):
+    return counter.value
+
+
+def reset_count(counter):
+    counter.assign(0)

@@ -86,3 +86,35 @@ def zero_invalid(outputs, valid):
     # would only break its graph.
     mask = ops.expand_dims(valid, -1)
     return ops.where(mask, outputs, ops.zeros((), dtype=outputs.dtype))
+
+
+# ---- the count of invalid ids met in compiled calls (`lookup.invalid_ids`) ------
+
+
+def new_counter(metric):
+    """The count of `metric`: an int64 metric variable, updated in the graph."""
+    return metric.add_variable((), initializer="zeros", dtype="int64", name="count")
+
+
+def count_invalid(counter, valid, error):
+    """Add the invalid ids of `valid` to `counter` in the graph (no host sync).
+
+    With an `error` text, any invalid id raises `ValueError`: a data-dependent
+    check, which `torch.compile` runs eagerly between two graphs (public torch
+    has no in-graph assert), so `"raise"` syncs once per call. Keras's shape
+    inference (tensors on the "meta" device) counts nothing.
+    """
+    if valid.device.type == "meta":
+        return
+    count = torch.sum(torch.logical_not(valid), dtype=torch.int64)
+    if error is not None and bool(count > 0):
+        raise ValueError(f"{error} Invalid ids met: {int(count)}.")
+    counter.assign_add(count)
+
+
+def read_count(counter):
+    return counter.value
+
+
+def reset_count(counter):
+    counter.assign(0)
