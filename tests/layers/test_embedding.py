@@ -189,8 +189,10 @@ def test_regularizer_loss_enters_the_fit_loss():
         ]
     )
     model.compile(keras.optimizers.SGD(0.0), "mse")
-    loss = model.train_on_batch(np.array([[1, 2]]), np.ones((1, 2, 3)))
-    np.testing.assert_allclose(float(loss), 0.01 * 24, rtol=1e-5)
+    logs = model.train_on_batch(
+        np.array([[1, 2]]), np.ones((1, 2, 3)), return_dict=True
+    )
+    np.testing.assert_allclose(float(logs["loss"]), 0.01 * 24, rtol=1e-5)
 
 
 def test_activity_regularizer_equals_keras():
@@ -340,8 +342,8 @@ def test_dropout_in_fit_and_predict():
     model = keras.Sequential([keras.Input((4,), dtype="int32"), layer])
     model.compile(keras.optimizers.SGD(0.0), "mse")
     ids = np.random.default_rng(0).integers(0, 20, size=(8, 4))
-    loss = model.evaluate(ids, np.ones((8, 4, 2)), verbose=0)
-    assert loss == pytest.approx(0.0)  # inference: no dropout
+    logs = model.evaluate(ids, np.ones((8, 4, 2)), return_dict=True, verbose=0)
+    assert logs["loss"] == pytest.approx(0.0)  # inference: no dropout
     history = model.fit(ids, np.ones((8, 4, 2)), epochs=1, verbose=0)
     assert history.history["loss"][0] > 0.1  # training: rows dropped / scaled
     np.testing.assert_array_equal(model.predict(ids, verbose=0), 1.0)
