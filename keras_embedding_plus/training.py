@@ -20,6 +20,7 @@ from collections.abc import Callable
 import keras
 
 from keras_embedding_plus import compat, optimizers
+from keras_embedding_plus.lookup import invalid_ids
 
 
 class SparseTrainer:
@@ -145,6 +146,11 @@ def sparse_train_step(
         dense_values,
         (x, y, sample_weight),
     )
+    # That forward runs no metric update: its invalid-id counts must not wait
+    # for the real forward's (`lookup.invalid_ids`).
+    for metric in model.metrics:
+        if isinstance(metric, invalid_ids.InvalidIdsCount):
+            metric.discard_pending()
 
     def loss_fn(dense_values, deltas):
         capture = RowCapture(tables, deltas)

@@ -242,10 +242,12 @@ def test_fit_equals_train_on_batch_and_evaluate_equals_numpy():
     assert np.abs(table_of(fitted) - before).max() > 1e-3  # It trained.
     kernel, bias = (keras.ops.convert_to_numpy(w) for w in fitted.layers[-1].weights)
     predicted = np_pool(table_of(fitted), "mean", True) @ kernel + bias
-    loss = fitted.evaluate(
-        BagDataset(VALUES, OFFSETS, Y, weights=WEIGHTS, batch_size=BATCH), verbose=0
+    logs = fitted.evaluate(
+        BagDataset(VALUES, OFFSETS, Y, weights=WEIGHTS, batch_size=BATCH),
+        verbose=0,
+        return_dict=True,
     )
-    np.testing.assert_allclose(loss, np.mean((predicted - Y) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], np.mean((predicted - Y) ** 2), rtol=1e-5)
 
 
 # ---- tf.data ----------------------------------------------------------------------

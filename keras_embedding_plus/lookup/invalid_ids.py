@@ -15,9 +15,10 @@ compiled `fit` / `evaluate` / `predict`) it looks up a zero row, and the layer's
   PyTorch under `torch.compile`: a data-dependent check, run eagerly there).
 
 The count lives in the backend (`backends.ids.new_counter`): a Keras metric
-variable updated in the graph on TensorFlow and PyTorch; on JAX, whose trainer
-runs the forward without the metrics' variables, a host count fed by a
-`jax.debug.callback` that runs only in steps that met an invalid id.
+variable, updated in the graph on TensorFlow and PyTorch; on JAX, whose trainer
+runs the forward without the metrics' variables, the forward's count waits on
+the metric until the same traced step reads its `result()` with its variable
+mapped, and is added there (`backends.jax.ids`).
 """
 
 import warnings
@@ -67,6 +68,7 @@ class InvalidIdsCount(keras.metrics.Metric):
         self.input_dim = input_dim
         self.policy = check_policy(policy)
         self.counter = backend_ids.new_counter(self)
+        self.read_marker = None
         self.warned = False
 
     def error_text(self):
@@ -78,6 +80,24 @@ class InvalidIdsCount(keras.metrics.Metric):
             f"{valid_range(self.input_dim)}."
         )
 
+    def mark_steps_by(self, variable) -> None:
+        """Use `variable` (one of the layer's) to tell one traced step from the next.
+
+        Inside a step of Keras's JAX trainer its value is a traced value, the same
+        throughout that step's forward and new in the next (`backends.jax.ids`).
+
+        Args:
+            variable: A variable of the layer, read in every forward.
+        """
+        # A function, not the variable: a variable set on a metric would
+        # become one of the metric's own variables.
+        self.read_marker = lambda: variable.value
+
+    def discard_pending(self) -> None:
+        """Forget a count that no metric update will follow (a forward traced
+        only for its shapes); nothing to forget on TensorFlow and PyTorch."""
+        backend_ids.discard_pending(self.counter)
+
     def update_state(self, valid: keras.KerasTensor) -> None:
         """Count the invalid ids of a traced call (`valid`: which ids are valid).
 
@@ -85,7 +105,8 @@ class InvalidIdsCount(keras.metrics.Metric):
             valid: Boolean tensor marking the valid ids.
         """
         error = self.error_text() if self.policy == "raise" else None
-        backend_ids.count_invalid(self.counter, valid, error)
+        marker = None if self.read_marker is None else self.read_marker()
+        backend_ids.count_invalid(self.counter, valid, error, marker)
 
     def result(self) -> keras.KerasTensor:
         """The count since the last reset; read eagerly with a count above 0,

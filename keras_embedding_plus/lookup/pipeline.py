@@ -227,6 +227,8 @@ def compose(spec):
     # A quantized or frozen (LoRA) table is never trained: a dense read.
     table_trains = any(v is spec.table for v in sparse_variables)
     storage_gather = gather if table_trains else make_gather(False, placement)
+    if spec.report is not None:
+        spec.report.mark_steps_by(spec.stored[0])
     return Lookup(
         storage, storage_gather, gather, transforms, sparse_variables, spec.report
     )

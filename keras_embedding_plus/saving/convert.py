@@ -29,6 +29,7 @@ _OURS_ONLY = {
     "sparse": False,
     "device": None,
     "padding_idx": None,
+    "invalid_ids": "zero",
 }
 _DROPPED = ("input_length", "norm_type")
 

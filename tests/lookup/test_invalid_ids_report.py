@@ -9,7 +9,9 @@ import pytest
 from keras import ops
 
 from keras_embedding_plus import Embedding, EmbeddingBag, ReversibleEmbedding
+from keras_embedding_plus.optimizers import LazyAdam
 from keras_embedding_plus.testing import compiled
+from keras_embedding_plus.training import SparseTrainer
 
 BACKEND = keras.backend.backend()
 EAGER_FIT = "Keras's fit / evaluate on torch are eager: invalid ids raise ValueError"
@@ -68,13 +70,33 @@ def test_one_warning_per_epoch_names_the_layer_count_and_range(trained):
     assert len(_invalid_warnings(evaluate_record, "counted")) == 1
 
 
+class Wrapper(keras.Model):
+    def __init__(self, layer):
+        super().__init__()
+        self.inner = layer
+
+    def call(self, inputs):
+        return self.inner(inputs)
+
+
+def _compiled_pass(layer, inputs):
+    """A compiled pass of `inputs` through `layer`, where each backend
+    counts: Keras's compiled test step on TensorFlow and JAX (JAX updates
+    state only in Keras's steps, not in a bare `jax.jit`), `torch.compile` on
+    torch (Keras's steps are eager there, and eager calls raise)."""
+    if BACKEND == "torch":
+        compiled(lambda x: layer(x))(inputs)
+        return
+    model = Wrapper(layer)
+    model.compile(loss=lambda y_true, y_pred: ops.sum(y_pred) * 0.0)
+    model.test_on_batch(inputs, np.zeros((48, 1), "float32"))
+
+
 def test_valid_ids_neither_count_nor_warn():
     layer = Embedding(10, 4, name="clean")
-    layer.build()
-    fn = compiled(lambda x: layer(x))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        fn(ops.convert_to_tensor(IDS % 10))
+        _compiled_pass(layer, ops.convert_to_tensor(IDS % 10))
         assert int(ops.convert_to_numpy(layer.invalid_ids_count.result())) == 0
     assert not _invalid_warnings(record, "clean")
 
@@ -96,16 +118,16 @@ def _values_offsets():
 )
 def test_compiled_calls_count_until_reset(make, inputs):
     layer = make()
-    layer.build()
-    fn = compiled(lambda x: layer(x))
-    ids = inputs()
-    fn(ids)
-    fn(ids)
     metric = layer.invalid_ids_count
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _compiled_pass(layer, inputs())
+        count = int(ops.convert_to_numpy(metric.result()))
+    assert count == INVALID
+    # Once between two resets, whenever the count is read first.
+    assert len(_invalid_warnings(record, layer.name)) == 1
     assert metric.name == f"{layer.name}_invalid_ids"
     assert metric in layer.metrics
-    with pytest.warns(UserWarning, match=f"met {2 * INVALID} invalid"):
-        assert int(ops.convert_to_numpy(metric.result())) == 2 * INVALID
     metric.reset_state()
     assert int(ops.convert_to_numpy(metric.result())) == 0
 
@@ -183,3 +205,31 @@ def test_configs_without_the_argument_load_with_the_default():
     assert Embedding.from_config(old).invalid_ids == "zero"
     keras_config = keras.layers.Embedding(10, 4).get_config()
     assert Embedding.from_config(keras_config).invalid_ids == "zero"
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason=EAGER_FIT)
+def test_a_layer_called_twice_in_a_step_counts_both_calls():
+    layer = Embedding(10, 4, name="shared")
+    first, second = keras.Input((5,), dtype="int32"), keras.Input((5,), dtype="int32")
+    model = keras.Model(
+        [first, second], keras.layers.Add()([layer(first), layer(second)])
+    )
+    model.compile("sgd", "mse")
+    reversed_ids = IDS[::-1].copy()
+    with pytest.warns(UserWarning, match="'shared' met"):
+        history = model.fit([IDS, reversed_ids], TARGETS, batch_size=16, verbose=0)
+    assert history.history["shared_invalid_ids"] == [2 * INVALID]
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason=EAGER_FIT)
+def test_sparse_training_counts_too():
+    class Model(SparseTrainer, keras.Sequential):
+        pass
+
+    model = Model(
+        [keras.Input((5,), dtype="int32"), Embedding(10, 4, sparse=True, name="rows")]
+    )
+    model.compile(LazyAdam(), "mse")
+    with pytest.warns(UserWarning, match="'rows' met"):
+        history = model.fit(IDS, TARGETS, batch_size=16, verbose=0)
+    assert history.history["rows_invalid_ids"] == [INVALID]

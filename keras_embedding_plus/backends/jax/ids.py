@@ -1,11 +1,10 @@
 """JAX: the index policy's backend ops (concrete ids, flat values of ragged
 ids, gathers that zero or fill invalid ids)."""
 
-import threading
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 from keras import ops
 
 NARROWING_REMEDY = (
@@ -74,54 +73,72 @@ def zero_invalid(outputs, valid):
 # ---- the count of invalid ids met in compiled calls (`lookup.invalid_ids`) ------
 
 
-class _HostCount:
-    """A count kept on the host, added to by callbacks of compiled steps.
+class _Counter:
+    """A metric variable, and the count of the traced step waiting for it.
 
-    Keras's JAX trainer runs the forward in a stateless call that holds the
-    layers' weights only, not the metrics' variables: a metric variable cannot
-    be updated there, so the count lives here, and `read_count` reads it eagerly
-    at the end of each epoch.
+    Keras's JAX trainer runs a step's forward in a stateless scope that holds
+    the layers' weights only; the metrics' variables are mapped later in the
+    same traced step, when the trainer reads every metric's `result()`. The
+    forward leaves its count here, tagged with its step's marker, and `read_count`
+    adds it to the variable there: in the graph, no host callback, no sync. A
+    predict step leaves a count nobody reads, which XLA drops.
     """
 
-    def __init__(self):
-        self.value = 0
-        self.lock = threading.Lock()
-
-    def add(self, count):
-        with self.lock:
-            self.value += count
+    def __init__(self, variable):
+        self.variable = variable
+        self.marker = None
+        self.pending = None
 
 
 def new_counter(metric):
-    del metric
-    return _HostCount()
+    """The count of `metric`: an int32 metric variable (JAX's default ints)."""
+    variable = metric.add_variable((), initializer="zeros", dtype="int32", name="count")
+    return _Counter(variable)
 
 
-def count_invalid(counter, valid, error):
-    """Add the invalid ids of `valid` to `counter`, from the compiled step.
+def count_invalid(counter, valid, error, marker):
+    """Leave the invalid ids of `valid` for `counter` (see `_Counter`).
 
-    A `jax.debug.callback` (unordered: the step does not wait on the host for
-    it) inside a `cond`: it runs only in steps that met an invalid id; the
-    others pay one reduction over the ids. With an `error` text, the callback
-    raises `ValueError`, which fails the step (`JaxRuntimeError` naming it).
+    `marker`: the traced value of one of the layer's variables, the same
+    object throughout one step's forward (Keras's stateless scope maps it), a
+    concrete array in a bare `jax.jit`, where no metric update follows.
+
+    With an `error` text, a host callback in a `cond` (it runs only in steps
+    that met an invalid id) raises `ValueError`, which fails the step
+    (`JaxRuntimeError` naming it): a callback costs each step, so only
+    `invalid_ids="raise"` has one.
     """
-
-    def report(count):
-        count = int(count)
-        counter.add(count)
-        if error is not None:
-            raise ValueError(f"{error} Invalid ids met: {count}.")
-
     count = jnp.sum(jnp.logical_not(valid), dtype="int32")
-    jax.lax.cond(
-        count > 0, lambda n: jax.debug.callback(report, n), lambda n: None, count
-    )
+    if error is not None:
+
+        def fail(count):
+            raise ValueError(f"{error} Invalid ids met: {int(count)}.")
+
+        def call_host(count):
+            return io_callback(fail, None, count, ordered=False)
+
+        jax.lax.cond(count > 0, call_host, lambda n: None, count)
+    if marker is None or is_concrete(marker):
+        return  # A bare traced call: no metric update follows it.
+    if counter.marker is marker:  # The layer runs twice in one forward.
+        count = counter.pending + count
+    counter.marker, counter.pending = marker, count
+
+
+def discard_pending(counter):
+    counter.marker = counter.pending = None
 
 
 def read_count(counter):
-    return counter.value
+    """The count; in a traced metric update, with the forward's count added."""
+    value = counter.variable.value
+    pending, counter.marker, counter.pending = counter.pending, None, None
+    if pending is not None and not is_concrete(value):
+        counter.variable.assign_add(pending)
+        value = counter.variable.value
+    return value
 
 
 def reset_count(counter):
-    with counter.lock:
-        counter.value = 0
+    counter.variable.assign(0)
+    counter.marker = counter.pending = None

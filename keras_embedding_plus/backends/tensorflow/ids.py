@@ -70,9 +70,10 @@ def new_counter(metric):
     return metric.add_variable((), initializer="zeros", dtype="int64", name="count")
 
 
-def count_invalid(counter, valid, error):
+def count_invalid(counter, valid, error, marker):
     """Add the invalid ids of `valid` to `counter`, in the graph (no host sync);
-    with an `error` text, a graph assert fails the step on any invalid id."""
+    with an `error` text, a graph assert fails the step on any invalid id.
+    `marker` (which JAX needs) is unused."""
     count = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.int64))
     if error is not None:
         # XLA (`jit_compile=True`) drops asserts: there the count still shows.
@@ -80,6 +81,10 @@ def count_invalid(counter, valid, error):
             count, tf.zeros((), tf.int64), message=error + " Invalid ids met:"
         )
     counter.assign_add(count)
+
+
+def discard_pending(counter):
+    del counter  # The count is added in the graph: nothing waits.
 
 
 def read_count(counter):

@@ -96,8 +96,9 @@ def new_counter(metric):
     return metric.add_variable((), initializer="zeros", dtype="int64", name="count")
 
 
-def count_invalid(counter, valid, error):
-    """Add the invalid ids of `valid` to `counter` in the graph (no host sync).
+def count_invalid(counter, valid, error, marker):
+    """Add the invalid ids of `valid` to `counter` in the graph (no host sync);
+    `marker` (which JAX needs) is unused.
 
     With an `error` text, any invalid id raises `ValueError`: a data-dependent
     check, which `torch.compile` runs eagerly between two graphs (public torch
@@ -110,6 +111,10 @@ def count_invalid(counter, valid, error):
     if error is not None and bool(count > 0):
         raise ValueError(f"{error} Invalid ids met: {int(count)}.")
     counter.assign_add(count)
+
+
+def discard_pending(counter):
+    del counter  # The count is added in the graph: nothing waits.
 
 
 def read_count(counter):
