@@ -68,12 +68,13 @@ def sparse_tables(model):
     Those a `sparse=True` layer's lookup reads by id (its table, or LoRA's `A`
     when the table is frozen under LoRA), unless a regularizer reads them whole.
     """
+    from keras_embedding_plus.layers.dynamic import DynamicEmbedding
     from keras_embedding_plus.layers.embedding import Embedding
 
     tables = []
     for layer in compat.flatten_layers(model):
         if (
-            isinstance(layer, Embedding)
+            isinstance(layer, Embedding | DynamicEmbedding)
             and layer.built
             and layer.trainable
             and layer.embeddings_regularizer is None

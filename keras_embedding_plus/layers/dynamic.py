@@ -1,0 +1,425 @@
+"""`DynamicEmbedding`: a row for every key seen, up to `capacity`, with
+admission (`min_count`) and eviction (`"lru"` / `"lfu"`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_embedding_plus.layers import arguments as _args
+from keras_embedding_plus.lookup import dynamic_keys, index_policy, pipeline
+from keras_embedding_plus.lookup.spec import LookupSpec
+
+KEY_DTYPES = ("int64", "int32")
+_STATE = dynamic_keys.KeyState._fields
+
+
+def _check_choice(name, value, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, allowed))}. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})."
+        )
+    return value
+
+
+def _check_key_dtype(key_dtype):
+    _check_choice("key_dtype", key_dtype, KEY_DTYPES)
+    probe = ops.convert_to_tensor(np.zeros((), key_dtype))
+    if keras.backend.standardize_dtype(probe.dtype) != key_dtype:
+        raise ValueError(
+            f"`key_dtype={key_dtype!r}` needs 64-bit integers, which JAX holds "
+            "only with x64 enabled (JAX_ENABLE_X64=1, or "
+            'jax.config.update("jax_enable_x64", True) at startup). Enable it, '
+            'or pass key_dtype="int32" for keys in the int32 range.'
+        )
+    return key_dtype
+
+
+class _Pending:
+    """What a training call leaves for the table's constraint: `fresh`, the
+    rows given to new keys and their initial values, or None."""
+
+    fresh = None
+
+
+class _FreshRows(keras.constraints.Constraint):
+    """The table's constraint: the user's, then the rows given to new keys in
+    this step take their initial values.
+
+    A training call admits keys in the forward pass, which on JAX cannot write
+    a trainable variable (Keras's stateless forward returns only the
+    non-trainable ones). The optimizer can: Keras applies a variable's
+    constraint right after its update, in the same step. The forward leaves
+    the fresh rows in `pending`; this writes them.
+    """
+
+    def __init__(self, pending, constraint):
+        self.pending = pending
+        self.constraint = constraint
+
+    def __call__(self, w):
+        if self.constraint is not None:
+            w = self.constraint(w)
+        fresh, self.pending.fresh = self.pending.fresh, None
+        if fresh is None:
+            return w
+        rows, initial = fresh
+        capacity = w.shape[0]
+        safe = ops.minimum(rows, capacity - 1)
+        keep = ops.take(w, safe, axis=0)
+        values = ops.where(ops.expand_dims(rows < capacity, -1), initial, keep)
+        return ops.scatter_update(
+            w, ops.expand_dims(safe, -1), ops.cast(values, w.dtype)
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class DynamicEmbedding(keras.layers.Layer):
+    """An embedding whose rows go to the keys it meets, up to `capacity` keys.
+
+    Keys are any integers of `key_dtype` (negative, above 2**31), but the
+    largest (`2**63 - 1` for int64), which marks free rows. While fewer than
+    `capacity` keys are held, each distinct key has its own row. A key is
+    admitted on its `min_count`-th sighting in a training call (`training=True`,
+    as `fit` makes); until then, and for keys not held in inference calls, the
+    lookup gives a zero row. When the table is full, admitting a key evicts the
+    least recently (`"lru"`) or least often (`"lfu"`, ties: least recently)
+    looked-up key not in the batch; its row starts again from the
+    initializer. The policy, exactly: `lookup/dynamic_keys.py`.
+
+    Admission runs inside the step, compiled, on every backend: the map is
+    non-trainable state updated in `call`, as `BatchNormalization` updates its
+    statistics, and saved with the weights.
+
+    Args:
+        output_dim: Integer. Dimension of the dense embedding.
+        capacity: Integer. The number of rows: the most keys held at once.
+        key_dtype: `"int64"` (default) or `"int32"`. JAX holds int64 only with
+            x64 enabled.
+        eviction: `"lru"` (default) or `"lfu"`.
+        min_count: Integer. Sightings (in training calls) before a key is
+            admitted.
+        candidate_capacity: Integer. How many keys not yet admitted are counted
+            at once (`min_count > 1`); default `capacity`. The least recently
+            seen candidate not in the batch gives way.
+        embeddings_initializer: Initializer of the rows (and of the rows given
+            to new keys).
+        embeddings_regularizer: Regularizer of the table.
+        embeddings_constraint: Constraint of the table.
+        mask_zero: Boolean. Whether `mask_key` is padding: it gets a mask of
+            False, a zero row, and is never admitted.
+        mask_key: Integer. The padding key of `mask_zero` (default 0).
+        sparse: Boolean. Row-sparse gradients, as `Embedding(sparse=True)`.
+        max_norm: Optional float: rows renormalized to at most this norm.
+        norm_type: Float. The p of `max_norm`'s norm.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`).
+
+    Input shape:
+        Integer tensor of any shape.
+
+    Output shape:
+        The input shape plus `(output_dim,)`.
+    """
+
+    def __init__(
+        self,
+        output_dim: int,
+        capacity: int,
+        *,
+        key_dtype: str = "int64",
+        eviction: str = "lru",
+        min_count: int = 1,
+        candidate_capacity: int | None = None,
+        embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
+        embeddings_constraint: Any = None,
+        mask_zero: bool = False,
+        mask_key: int = 0,
+        sparse: bool = False,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        self.output_dim = _args.check_dim("output_dim", output_dim, 1)
+        self.capacity = _args.check_dim("capacity", capacity, 1)
+        self.key_dtype = _check_key_dtype(key_dtype)
+        self.eviction = _check_choice("eviction", eviction, dynamic_keys.POLICIES)
+        self.min_count = _args.check_dim("min_count", min_count, 1)
+        if candidate_capacity is not None:
+            candidate_capacity = _args.check_dim(
+                "candidate_capacity", candidate_capacity, 1
+            )
+        self.candidate_capacity = candidate_capacity
+        self.mask_zero = _args.check_bool("mask_zero", mask_zero)
+        info = np.iinfo(self.key_dtype)
+        if isinstance(mask_key, bool) or not isinstance(mask_key, int | np.integer):
+            raise ValueError(
+                f"`mask_key` must be an integer. Received: mask_key={mask_key!r}."
+            )
+        if not info.min <= mask_key < info.max:
+            raise ValueError(
+                f"`mask_key` must be a {self.key_dtype} key below {info.max}. "
+                f"Received: mask_key={mask_key}."
+            )
+        self.mask_key = int(mask_key)
+        self.sparse = _args.check_bool("sparse", sparse)
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(
+                f"`max_norm` must be a positive number or None. Received: "
+                f"max_norm={max_norm!r}."
+            )
+        self.max_norm, self.norm_type = max_norm, float(norm_type)
+        super().__init__(**kwargs)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
+        self.supports_masking = self.mask_zero
+        # New keys' rows are drawn from the initializer in the step: with this
+        # layer's seed state where the initializer takes a seed.
+        self.seed_generator = keras.random.SeedGenerator(
+            getattr(self.embeddings_initializer, "seed", None)
+        )
+        self._fresh_initializer = _seeded(
+            self.embeddings_initializer, self.seed_generator
+        )
+        self._pending = _Pending()
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.built:
+            return
+        self._embeddings = self.add_weight(
+            shape=(self.capacity, self.output_dim),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+            constraint=_FreshRows(self._pending, self.embeddings_constraint),
+            name="embeddings",
+        )
+        self._keys = self._state_variables("keys", self.capacity)
+        self._candidates = None
+        if self.min_count > 1:
+            size = self.candidate_capacity or self.capacity
+            self._candidates = self._state_variables("candidates", size)
+        self._evictions = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype=self.key_dtype,
+            trainable=False,
+            name="evictions",
+        )
+        spec = LookupSpec(
+            input_dim=self.capacity,
+            output_dim=self.output_dim,
+            stored=(self._embeddings,),
+            sparse=self.sparse,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+        )
+        self._lookup = pipeline.compose(spec)
+        self.built = True
+
+    def _state_variables(self, prefix, size):
+        values = dynamic_keys.initial(size, self.key_dtype)
+        variables = []
+        for name, value in zip(_STATE, values, strict=True):
+            variables.append(
+                self.add_weight(
+                    shape=value.shape,
+                    initializer=keras.initializers.Constant(value)
+                    if value.ndim == 0
+                    else _ArrayInitializer(value),
+                    dtype=str(value.dtype),
+                    trainable=False,
+                    name=f"{prefix}_{name}",
+                )
+            )
+        return dynamic_keys.KeyState(*variables)
+
+    def save_own_variables(self, store: Any) -> None:
+        """Keras's entries, then the state of the seed new keys' rows are drawn
+        from: training resumed after loading draws what it would have drawn."""
+        super().save_own_variables(store)
+        store[str(len(self.weights))] = ops.convert_to_numpy(
+            self.seed_generator.state.value
+        )
+
+    def load_own_variables(self, store: Any) -> None:
+        """Loads what `save_own_variables` wrote; files without the seed state
+        keep the current one."""
+        seed_key = str(len(self.weights))
+        own = {key: store[key] for key in store.keys() if key != seed_key}
+        super().load_own_variables(own)
+        if seed_key in store:
+            self.seed_generator.state.assign(store[seed_key])
+
+    @property
+    def embeddings(self) -> keras.Variable:
+        """The table, `(capacity, output_dim)`."""
+        if not self.built:
+            raise AttributeError(
+                "You must build the layer before accessing `embeddings`."
+            )
+        return self._embeddings
+
+    @property
+    def sparse_variables(self) -> list:
+        """The variables trained with row-sparse gradients (`sparse=True`)."""
+        if not self.built:
+            return []
+        return list(self._lookup.sparse_variables)
+
+    @staticmethod
+    def _values(state):
+        return dynamic_keys.KeyState(*(v.value for v in state))
+
+    @staticmethod
+    def _assign(state, values):
+        for variable, value in zip(state, values, strict=True):
+            variable.assign(value)
+
+    def call(self, inputs, training=None):
+        keys = ops.convert_to_tensor(inputs)
+        if "int" not in keras.backend.standardize_dtype(keys.dtype):
+            raise ValueError(
+                f"`DynamicEmbedding` takes integer keys. Received: inputs of "
+                f"dtype {keys.dtype}."
+            )
+        shape = ops.shape(keys)
+        flat = ops.reshape(ops.cast(keys, self.key_dtype), (-1,))
+        empty = ops.cast(dynamic_keys.EMPTY[self.key_dtype], self.key_dtype)
+        if self.mask_zero:
+            flat = ops.where(ops.equal(flat, self.mask_key), empty, flat)
+        state = self._values(self._keys)
+        fresh = None
+        if training and flat.shape[0] != 0:
+            candidates = None
+            if self._candidates is not None:
+                candidates = self._values(self._candidates)
+            state, candidates, rows, fresh, evicted = dynamic_keys.train(
+                state,
+                flat,
+                policy=self.eviction,
+                min_count=self.min_count,
+                candidates=candidates,
+            )
+            self._assign(self._keys, state)
+            if candidates is not None:
+                self._assign(self._candidates, candidates)
+            self._evictions.assign(self._evictions.value + evicted)
+        else:
+            rows = dynamic_keys.find(state, flat)
+        valid = rows >= 0
+        ids = ops.where(valid, rows, 0)
+        looked_up, valid = self._lookup.rows(ids, valid, training)
+        if fresh is not None:
+            looked_up = self._start_fresh(looked_up, rows, fresh)
+        looked_up = index_policy.zero_invalid(looked_up, valid)
+        outputs = ops.cast(looked_up, self.compute_dtype)
+        return ops.reshape(outputs, tuple(shape) + (self.output_dim,))
+
+    def _start_fresh(self, looked_up, rows, fresh):
+        """Rows given to new keys in this call read their initial values, which
+        `_FreshRows` writes to the table after the optimizer's update (the
+        update of this first call is not kept)."""
+        size = ops.shape(fresh)[0]
+        initial = self._fresh_initializer((size, self.output_dim))
+        self._pending.fresh = (fresh, initial)
+        position = ops.minimum(
+            ops.cast(ops.searchsorted(fresh, rows), "int32"), size - 1
+        )
+        is_fresh = ops.expand_dims(ops.equal(ops.take(fresh, position), rows), -1)
+        start = ops.cast(ops.take(initial, position, axis=0), looked_up.dtype)
+        return ops.where(is_fresh, ops.stop_gradient(start), looked_up)
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.mask_zero:
+            return None
+        return ops.not_equal(inputs, ops.cast(self.mask_key, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    # ---- inspection -------------------------------------------------------------
+
+    def keys(self) -> np.ndarray:
+        """The held keys, ascending, as a NumPy array."""
+        held = self._held()
+        return held["keys"]
+
+    def rows_of(self, keys: Any) -> np.ndarray:
+        """The rows of `keys` (any shape), -1 for keys not held, as NumPy."""
+        keys = np.asarray(keys, self.key_dtype)
+        flat = ops.convert_to_tensor(keys.reshape(-1))
+        rows = dynamic_keys.find(self._values(self._keys), flat)
+        return ops.convert_to_numpy(rows).reshape(keys.shape)
+
+    def counts(self) -> np.ndarray:
+        """How often each held key (in `keys()` order) was looked up in
+        training calls (its sightings before admission included)."""
+        return self._held()["counts"]
+
+    @property
+    def evictions(self) -> int:
+        """How many keys have been evicted since the layer was built."""
+        return int(ops.convert_to_numpy(self._evictions.value))
+
+    def _held(self):
+        values = {
+            name: ops.convert_to_numpy(v.value)
+            for name, v in zip(_STATE, self._keys, strict=True)
+        }
+        held = values["stamps"] > 0
+        order = np.argsort(values["row_keys"][held])
+        return {
+            "keys": values["row_keys"][held][order],
+            "counts": values["counts"][held][order],
+        }
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            output_dim=self.output_dim,
+            capacity=self.capacity,
+            key_dtype=self.key_dtype,
+            eviction=self.eviction,
+            min_count=self.min_count,
+            candidate_capacity=self.candidate_capacity,
+            embeddings_initializer=keras.initializers.serialize(
+                self.embeddings_initializer
+            ),
+            embeddings_regularizer=keras.regularizers.serialize(
+                self.embeddings_regularizer
+            ),
+            embeddings_constraint=keras.constraints.serialize(
+                self.embeddings_constraint
+            ),
+            mask_zero=self.mask_zero,
+            mask_key=self.mask_key,
+            sparse=self.sparse,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+        )
+        return config
+
+
+class _ArrayInitializer(keras.initializers.Initializer):
+    """The initial value of a state variable: a given array."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, shape, dtype=None):
+        return ops.convert_to_tensor(self.value, dtype=dtype)
+
+
+def _seeded(initializer, seed_generator):
+    """`initializer` drawing from `seed_generator` where it takes a seed (so
+    that it draws new values each step, in compiled steps too)."""
+    config = initializer.get_config()
+    if "seed" not in config:
+        return initializer
+    config = {**config, "seed": seed_generator}
+    return initializer.__class__.from_config(config)

@@ -1,0 +1,243 @@
+"""`DynamicEmbedding` (issue 22): admission and eviction in compiled training
+steps follow the plain Python oracle; inference gives zero rows for keys not
+held; new keys' rows start from the initializer; saving keeps the map."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_embedding_plus import DynamicEmbedding, load_model
+from keras_embedding_plus.lookup import dynamic_keys
+from keras_embedding_plus.optimizers import LazySGD
+from keras_embedding_plus.testing.dynamic import Oracle, key_dtype
+from keras_embedding_plus.training import SparseTrainer
+
+KEY_DTYPE = key_dtype()
+BIG = [2**40 + 1, -(2**45)] if KEY_DTYPE == "int64" else [2**31 - 2, -(2**31)]
+
+
+def _stream(seed=0, steps=6):
+    """Batches of 4 x 3 keys: small repeated ones, negative and huge ones."""
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(list(range(-6, 6)) + BIG, KEY_DTYPE)
+    return [rng.choice(pool, size=(4, 3)) for _ in range(steps)]
+
+
+TARGETS = np.linspace(-1, 1, 4, dtype="float32").reshape(4, 1)
+
+
+class SparseSequential(SparseTrainer, keras.Sequential):
+    pass
+
+
+def _model(layer, optimizer=None, cls=keras.Sequential):
+    model = cls(
+        [
+            keras.Input((3,), dtype=KEY_DTYPE),
+            layer,
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1, kernel_initializer="ones"),
+        ]
+    )
+    model.compile(optimizer or keras.optimizers.SGD(0.1), "mse")
+    return model
+
+
+def _table(layer):
+    return ops.convert_to_numpy(layer.embeddings)
+
+
+@pytest.mark.parametrize("min_count", [1, 2])
+@pytest.mark.parametrize("eviction", dynamic_keys.POLICIES)
+def test_training_steps_follow_the_oracle(eviction, min_count):
+    layer = DynamicEmbedding(
+        4,
+        5,
+        key_dtype=KEY_DTYPE,
+        eviction=eviction,
+        min_count=min_count,
+        candidate_capacity=4,
+    )
+    model = _model(layer)
+    oracle = Oracle(5, eviction, min_count, 4)
+    for batch in _stream():
+        model.train_on_batch(batch, TARGETS)
+        oracle.train([int(k) for k in batch.reshape(-1)])
+        held = oracle.held()
+        keys = sorted(held)
+        np.testing.assert_array_equal(layer.keys(), keys)
+        np.testing.assert_array_equal(layer.rows_of(keys), [held[k] for k in keys])
+        np.testing.assert_array_equal(
+            layer.counts(), [oracle.count[held[k]] for k in keys]
+        )
+        assert layer.evictions == oracle.evictions
+
+
+def test_inference_reads_held_rows_and_zeros_and_changes_nothing():
+    layer = DynamicEmbedding(4, 5, key_dtype=KEY_DTYPE)
+    model = _model(layer)
+    for batch in _stream(steps=3):
+        model.train_on_batch(batch, TARGETS)
+    held = layer.keys()
+    queries = np.asarray([[held[0], 99, held[-1]], [BIG[0] - 1, held[1], 77]])
+    queries = queries.astype(KEY_DTYPE)
+    rows = layer.rows_of(queries)
+    assert (rows >= 0).sum() == 3
+    table = _table(layer)
+    expected = np.where((rows >= 0)[..., None], table[np.maximum(rows, 0)], 0.0)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(queries)), expected)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(queries, training=False)), expected
+    )
+    inner = keras.Sequential([keras.Input((3,), dtype=KEY_DTYPE), layer])
+    np.testing.assert_allclose(inner.predict(queries, verbose=0), expected, atol=1e-7)
+    np.testing.assert_array_equal(layer.keys(), held)
+
+
+def test_new_keys_start_from_the_initializer_and_others_move_only_by_training():
+    start = 0.5
+    layer = DynamicEmbedding(
+        4,
+        2,
+        key_dtype=KEY_DTYPE,
+        embeddings_initializer=keras.initializers.Constant(start),
+    )
+    model = _model(layer)
+    ones = np.ones((4, 3), KEY_DTYPE)
+    model.train_on_batch(ones * 1, TARGETS)  # key 1 admitted: its first row
+    np.testing.assert_array_equal(_table(layer)[layer.rows_of([1])[0]], start)
+    model.train_on_batch(ones * 1, TARGETS)  # key 1 trains
+    trained = _table(layer)[layer.rows_of([1])[0]]
+    assert np.abs(trained - start).max() > 1e-4
+    model.train_on_batch(ones * 2, TARGETS)  # key 2: the free row
+    model.train_on_batch(ones * 2, TARGETS)
+    before = _table(layer)
+    model.train_on_batch(ones * 3, TARGETS)  # key 3 evicts key 1 (LRU)
+    assert list(layer.keys()) == [2, 3]
+    assert layer.evictions == 1
+    row_3, row_2 = layer.rows_of([3, 2])
+    after = _table(layer)
+    np.testing.assert_array_equal(after[row_3], start)
+    # Key 2 is not in the batch: plain SGD leaves its row as it was.
+    np.testing.assert_array_equal(after[row_2], before[row_2])
+
+
+def test_sparse_rows_with_a_lazy_optimizer_equal_dense_training():
+    def layer(sparse):
+        return DynamicEmbedding(
+            4,
+            5,
+            key_dtype=KEY_DTYPE,
+            eviction="lfu",
+            sparse=sparse,
+            embeddings_initializer=keras.initializers.RandomUniform(seed=7),
+        )
+
+    dense, sparse = layer(False), layer(True)
+    dense_model = _model(dense, keras.optimizers.SGD(0.1))
+    sparse_model = _model(sparse, LazySGD(0.1), cls=SparseSequential)
+    np.testing.assert_array_equal(_table(sparse), _table(dense))
+    for batch in _stream(seed=3):
+        dense_model.train_on_batch(batch, TARGETS)
+        sparse_model.train_on_batch(batch, TARGETS)
+    np.testing.assert_array_equal(sparse.keys(), dense.keys())
+    np.testing.assert_allclose(_table(sparse), _table(dense), atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_saved_map_loads_and_training_resumes_as_uninterrupted(tmp_path, suffix):
+    stream = _stream(seed=1, steps=8)
+    layer = DynamicEmbedding(4, 5, key_dtype=KEY_DTYPE, min_count=2)
+    model = _model(layer, keras.optimizers.Adam(0.05))
+    for batch in stream[:4]:
+        model.train_on_batch(batch, TARGETS)
+    path = str(tmp_path / f"model{suffix}")
+    if suffix == ".keras":
+        model.save(path)
+        loaded = load_model(path)
+    else:
+        model.save_weights(path)
+        loaded = _model(
+            DynamicEmbedding(4, 5, key_dtype=KEY_DTYPE, min_count=2),
+            keras.optimizers.Adam(0.05),
+        )
+        loaded.build((None, 3))
+        loaded.optimizer.build(loaded.trainable_variables)
+        loaded.load_weights(path)
+    twin = loaded.layers[0]
+    np.testing.assert_array_equal(twin.keys(), layer.keys())
+    np.testing.assert_array_equal(twin.counts(), layer.counts())
+    for batch in stream[4:]:
+        model.train_on_batch(batch, TARGETS)
+        loaded.train_on_batch(batch, TARGETS)
+    np.testing.assert_array_equal(twin.keys(), layer.keys())
+    np.testing.assert_array_equal(twin.counts(), layer.counts())
+    if suffix == ".keras":  # `.weights.h5` holds no optimizer state.
+        np.testing.assert_allclose(_table(twin), _table(layer), atol=1e-6)
+
+
+def test_mask_key_is_padding():
+    layer = DynamicEmbedding(3, 4, key_dtype=KEY_DTYPE, mask_zero=True, mask_key=-1)
+    model = _model(layer)
+    batch = np.asarray([[-1, 4, -1], [5, -1, 4], [-1, -1, -1], [6, 6, -1]], KEY_DTYPE)
+    model.train_on_batch(batch, TARGETS)
+    assert -1 not in layer.keys()
+    np.testing.assert_array_equal(layer.keys(), np.unique(batch[batch != -1]))
+    out = ops.convert_to_numpy(layer(batch))
+    np.testing.assert_array_equal(out[batch == -1], 0.0)
+    mask = ops.convert_to_numpy(layer.compute_mask(ops.convert_to_tensor(batch)))
+    np.testing.assert_array_equal(mask, batch != -1)
+
+
+def test_config_round_trip():
+    layer = DynamicEmbedding(
+        8,
+        16,
+        key_dtype=KEY_DTYPE,
+        eviction="lfu",
+        min_count=3,
+        candidate_capacity=5,
+        mask_zero=True,
+        mask_key=7,
+        max_norm=1.0,
+    )
+    config = layer.get_config()
+    again = DynamicEmbedding.from_config(config)
+    assert again.get_config() == config
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(restored, DynamicEmbedding)
+    assert restored.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"eviction": "fifo"}, "eviction"),
+        ({"key_dtype": "float32"}, "key_dtype"),
+        ({"capacity": 0}, "capacity"),
+        ({"min_count": 0}, "min_count"),
+        ({"candidate_capacity": 0}, "candidate_capacity"),
+        ({"mask_key": "zero"}, "mask_key"),
+        ({"max_norm": -1.0}, "max_norm"),
+        ({"output_dim": 0}, "output_dim"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, name):
+    arguments = {"output_dim": 4, "capacity": 8, "key_dtype": KEY_DTYPE, **kwargs}
+    with pytest.raises(ValueError, match=f"`{name}"):
+        DynamicEmbedding(**arguments)
+
+
+def test_int64_keys_need_x64_on_jax_only():
+    if KEY_DTYPE == "int64":
+        assert DynamicEmbedding(4, 8, key_dtype="int64").key_dtype == "int64"
+    else:  # JAX without x64.
+        with pytest.raises(ValueError, match="x64"):
+            DynamicEmbedding(4, 8, key_dtype="int64")
+
+
+def test_float_keys_are_refused():
+    layer = DynamicEmbedding(4, 8, key_dtype=KEY_DTYPE)
+    with pytest.raises(ValueError, match="integer keys"):
+        layer(np.ones((2, 3), "float32"))
