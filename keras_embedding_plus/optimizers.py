@@ -22,6 +22,11 @@ Clipping (`clipnorm`, `clipvalue`, `global_clipnorm`) is computed on the summed
 rows, so it equals clipping the dense gradient. `weight_decay`, `use_ema`,
 `gradient_accumulation_steps` and variable constraints keep Keras's semantics and
 touch every row (O(vocabulary) per step).
+
+Rows a `DynamicEmbedding` hands to new keys in a step get their slots' initial
+values after that step's update (zero moments; Adagrad's initial accumulator),
+as their values restart from the initializer. Keras's own optimizers keep the
+evicted key's slots there: they hold no hook to reach from the layer.
 """
 
 import keras
@@ -70,7 +75,31 @@ class _LazyMixin:
         if self.gradient_accumulation_steps:
             # The accumulators are dense: add dense gradients to them.
             grads = [backends.sparse.densify_gradient(g) for g in grads]
-        return super()._backend_apply_gradients(grads, trainable_variables)
+        result = super()._backend_apply_gradients(grads, trainable_variables)
+        for variable in trainable_variables:
+            self._reset_fresh_rows(variable)
+        return result
+
+    def _reset_fresh_rows(self, variable):
+        """Give the rows a `DynamicEmbedding` just handed to new keys their
+        initial slot values, after this step's update (the layer's constraint,
+        applied next, gives them their initial values)."""
+        fresh_rows = getattr(variable.constraint, "fresh_rows", None)
+        rows = fresh_rows() if fresh_rows is not None else None
+        if rows is None:
+            return
+        capacity = variable.shape[0]
+        safe = ops.minimum(rows, capacity - 1)
+        fresh = ops.expand_dims(rows < capacity, -1)
+        for name, initial in self._row_slots():
+            slot = self._slot(name, variable)
+            kept = ops.take(slot, safe, axis=0)
+            values = ops.where(fresh, ops.cast(initial, slot.dtype), kept)
+            slot.assign(ops.scatter_update(slot, ops.expand_dims(safe, -1), values))
+
+    def _row_slots(self):
+        """`(slot name, initial value)` of the slots that hold a value per row."""
+        return ()
 
     def _clip_gradients(self, grads):
         clipping = (
@@ -118,6 +147,9 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
     def _linear_in_gradient(self):
         return self.momentum == 0
 
+    def _row_slots(self):
+        return (("momentums", 0.0),) if self.momentum != 0 else ()
+
     def _update_rows(self, ids, gradient, variable, learning_rate):
         step = ops.multiply(gradient, learning_rate)
         if self.momentum == 0:
@@ -154,6 +186,10 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
 
     >>> model.compile(optimizer=LazyAdam(1e-3), loss="mse")
     """
+
+    def _row_slots(self):
+        slots = [("_momentums", 0.0), ("_velocities", 0.0)]
+        return tuple(slots + [("_velocity_hats", 0.0)] if self.amsgrad else slots)
 
     def _update_rows(self, ids, gradient, variable, learning_rate):
         dtype = variable.dtype
@@ -205,6 +241,9 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
 
     >>> model.compile(optimizer=LazyAdagrad(0.1), loss="mse")
     """
+
+    def _row_slots(self):
+        return (("_accumulators", self.initial_accumulator_value),)
 
     def _update_rows(self, ids, gradient, variable, learning_rate):
         accumulator = self._slot("_accumulators", variable)

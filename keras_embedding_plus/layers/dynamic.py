@@ -61,6 +61,11 @@ class _FreshRows(keras.constraints.Constraint):
         self.pending = pending
         self.constraint = constraint
 
+    def fresh_rows(self):
+        """The rows given to new keys in this step (then `capacity` for none),
+        or None: the lazy optimizers reset their slots there."""
+        return None if self.pending.fresh is None else self.pending.fresh[0]
+
     def __call__(self, w):
         if self.constraint is not None:
             w = self.constraint(w)

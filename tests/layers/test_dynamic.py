@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_embedding_plus import DynamicEmbedding, load_model
+from keras_embedding_plus import DynamicEmbedding, compat, load_model
 from keras_embedding_plus.lookup import dynamic_keys
-from keras_embedding_plus.optimizers import LazySGD
+from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
 from keras_embedding_plus.testing.dynamic import Oracle, key_dtype
 from keras_embedding_plus.training import SparseTrainer
 
@@ -241,3 +241,42 @@ def test_float_keys_are_refused():
     layer = DynamicEmbedding(4, 8, key_dtype=KEY_DTYPE)
     with pytest.raises(ValueError, match="integer keys"):
         layer(np.ones((2, 3), "float32"))
+
+
+@pytest.mark.parametrize(
+    "optimizer, slots",
+    [
+        (lambda: LazyAdam(0.05), {"_momentums": 0.0, "_velocities": 0.0}),
+        (lambda: LazyAdagrad(0.05), {"_accumulators": 0.1}),
+        (lambda: LazySGD(0.05, momentum=0.9), {"momentums": 0.0}),
+    ],
+    ids=["adam", "adagrad", "sgd_momentum"],
+)
+def test_lazy_optimizers_reset_the_slots_of_evicted_rows(optimizer, slots):
+    """Key 1 trains, then is evicted by key 3: its row's slots start afresh
+    (the optimizer's initial values); the other row, not in the batch, keeps
+    its slots (lazy updates of row-sparse gradients)."""
+    layer = DynamicEmbedding(4, 2, key_dtype=KEY_DTYPE, sparse=True)
+    model = _model(layer, optimizer(), cls=SparseSequential)
+    ones = np.ones((4, 3), KEY_DTYPE)
+    for key in (1, 1, 2, 2):
+        model.train_on_batch(ones * key, TARGETS)
+
+    def slot_values():
+        return {
+            name: ops.convert_to_numpy(
+                compat.optimizer_slot(model.optimizer, name, layer.embeddings)
+            )
+            for name in slots
+        }
+
+    before = slot_values()
+    row_1, row_2 = layer.rows_of([1, 2])
+    for name in slots:
+        assert np.abs(before[name][row_1] - slots[name]).max() > 0
+    model.train_on_batch(ones * 3, TARGETS)
+    assert layer.rows_of([3])[0] == row_1
+    after = slot_values()
+    for name, initial in slots.items():
+        np.testing.assert_allclose(after[name][row_1], initial, rtol=1e-6)
+        np.testing.assert_array_equal(after[name][row_2], before[name][row_2])
