@@ -78,10 +78,10 @@ def find(state, keys):
     position = ops.cast(ops.searchsorted(state.sorted_keys, keys), "int32")
     position = ops.minimum(position, capacity - 1)
     found = ops.equal(ops.take(state.sorted_keys, position), keys)
-    # `EMPTY` is never held: a key equal to it meets a free row.
-    rows = ops.take(state.sorted_rows, position)
-    found = ops.logical_and(found, ops.take(state.stamps, rows) > 0)
-    return ops.where(found, rows, -1)
+    # `EMPTY` is never held: it is the sort key of the free entries.
+    empty = ops.cast(EMPTY[backend.standardize_dtype(keys.dtype)], keys.dtype)
+    found = ops.logical_and(found, ops.not_equal(keys, empty))
+    return ops.where(found, ops.take(state.sorted_rows, position), -1)
 
 
 def distinct(keys):
@@ -114,35 +114,135 @@ def _scatter(x, rows, values):
     return ops.scatter_update(padded, rows, ops.cast(values, x.dtype))[:-1]
 
 
-def _resorted(row_keys, stamps, key_dtype):
-    """`(sorted_keys, sorted_rows)` of the held keys (free rows last)."""
-    empty = ops.cast(EMPTY[key_dtype], row_keys.dtype)
-    keys = ops.where(stamps > 0, row_keys, empty)
-    rows = ops.cast(ops.argsort(keys), "int32")
-    return ops.take(keys, rows), rows
+def _compact(values, keep, size, fill):
+    """The `values` where `keep`, in order, then `fill`: `size` entries."""
+    position = ops.cumsum(ops.cast(keep, "int32")) - 1
+    position = ops.where(ops.logical_and(keep, position < size), position, size)
+    filled = ops.full((size,), fill, dtype=values.dtype)
+    return _scatter(filled, position, values)
 
 
-def _victim_order(state, touched, policy):
-    """Rows in the order they are given to new keys: free rows (lowest first),
-    then held rows not `touched` in this batch by the policy; `touched` rows
-    last, with `giveable` False."""
+def _merged(state, removed, keys, rows, key_dtype):
+    """`(sorted_keys, sorted_rows)` after the rows `removed` (boolean per row)
+    lost their keys and `keys` (ascending, `EMPTY` where none) took `rows`.
+
+    A merge, O(capacity) with two binary searches, instead of a sort: the
+    entries kept move up by the new keys below them, the new keys by the kept
+    entries below them.
+    """
+    capacity = state.sorted_keys.shape[0]
+    size = ops.shape(keys)[0]
+    empty = ops.cast(EMPTY[key_dtype], state.sorted_keys.dtype)
+    old_keys, old_rows = state.sorted_keys, state.sorted_rows
+    keep = ops.logical_and(
+        ops.not_equal(old_keys, empty), ops.logical_not(ops.take(removed, old_rows))
+    )
+    kept_below = ops.cumsum(ops.cast(keep, "int32"))
+    new_below = ops.cast(ops.searchsorted(keys, old_keys), "int32")
+    old_position = ops.where(keep, kept_below - 1 + new_below, capacity)
+    present = ops.not_equal(keys, empty)
+    prefix = ops.concatenate([ops.zeros((1,), "int32"), kept_below])
+    below = ops.take(prefix, ops.cast(ops.searchsorted(old_keys, keys), "int32"))
+    new_position = ops.where(present, below + ops.arange(size, dtype="int32"), capacity)
+    sorted_keys = ops.full((capacity,), empty, dtype=old_keys.dtype)
+    sorted_keys = _scatter(sorted_keys, old_position, old_keys)
+    sorted_keys = _scatter(sorted_keys, new_position, keys)
+    sorted_rows = ops.zeros((capacity,), "int32")
+    sorted_rows = _scatter(sorted_rows, old_position, old_rows)
+    sorted_rows = _scatter(sorted_rows, new_position, rows)
+    return sorted_keys, sorted_rows
+
+
+# Bits of the LFU score (int64): a count (saturated) above a stamp (saturated).
+_LFU_STAMP_BITS = 43
+_LFU_COUNT_MAX = 2**19 - 1
+
+
+def _constant(value, dtype):
+    """`value` as a tensor of `dtype` (a Python int would pass through int32)."""
+    return ops.convert_to_tensor(np.asarray(value, dtype))
+
+
+def _at_most(x, value, dtype):
+    bound = _constant(value, dtype)
+    return ops.where(x > bound, bound, x)
+
+
+def _score(state, touched, policy):
+    """Per row, the order in which rows are given to new keys (ascending, all
+    distinct but the `touched` rows, which share the largest): free rows
+    (lowest first), then held rows by the policy."""
     capacity = state.stamps.shape[0]
     dtype = backend.standardize_dtype(state.stamps.dtype)
     rows = ops.arange(capacity, dtype=dtype)
-    held = state.stamps > 0
     if policy == "lru":
         rank = state.stamps  # Distinct: the order by recency.
+    elif dtype == "int64":
+        # By count, then by recency, in one integer: exact while counts stay
+        # below 2**19 and stamps below 2**43 (8.8e12 keys looked up).
+        # (`ops.where`, not `ops.minimum`: Keras's torch backend computes the
+        # minimum of two int64 tensors in int32.)
+        count = _at_most(state.counts, _LFU_COUNT_MAX, dtype)
+        stamp = _at_most(state.stamps, 2**_LFU_STAMP_BITS - 1, dtype)
+        rank = count * _constant(2**_LFU_STAMP_BITS, dtype) + stamp
     else:
-        # By count, then by recency: the recency rank (distinct, < capacity)
-        # breaks the ties.
-        recency = ops.argsort(ops.argsort(state.stamps))
-        rank = state.counts * capacity + ops.cast(recency, dtype)
-    top = ops.cast(np.iinfo(dtype).max, dtype)
-    score = ops.where(held, rank, rows - capacity)  # free rows: negative
-    score = ops.where(touched, top, score)
-    order = ops.cast(ops.argsort(score), "int32")
-    giveable = ops.logical_not(ops.take(touched, order))
-    return order, giveable
+        # 32 bits: the recency rank (distinct, below capacity) breaks the
+        # count's ties (two sorts of the whole map).
+        recency = ops.cast(ops.argsort(ops.argsort(state.stamps)), dtype)
+        rank = state.counts * capacity + recency
+    top = _constant(2**62 if dtype == "int64" else 2**30, dtype)
+    score = ops.where(state.stamps > 0, rank, rows - capacity)
+    return ops.where(touched, top, score)
+
+
+def _victims(state, touched, policy, size, free_rows_last):
+    """`(victims, giveable)`: the first `size` rows in the order they are given
+    to new keys (`_score`), and which of them may be (not `touched`).
+
+    `free_rows_last`: the held rows are the first ones, the free rows all
+    after them (the main map, which never frees a row): while `size` rows
+    are free, they are the victims, with no pass over the map.
+    """
+    capacity = state.stamps.shape[0]
+    size = min(size, capacity)
+    score = _score(state, touched, policy)
+
+    def by_score():
+        threshold = ops.sort(score)[size - 1]
+        chosen = _compact(
+            ops.arange(capacity, dtype="int32"), score <= threshold, size, 0
+        )
+        return ops.take(chosen, ops.argsort(ops.take(score, chosen)))
+
+    if free_rows_last:
+        held = ops.sum(ops.cast(state.stamps > 0, "int32"))
+        victims = ops.cond(
+            capacity - held >= size,
+            lambda: held + ops.arange(size, dtype="int32"),
+            by_score,
+        )
+    else:
+        victims = by_score()
+    victims = ops.cast(victims, "int32")
+    return victims, ops.logical_not(ops.take(touched, victims))
+
+
+def _static(size):
+    """`size` where it is known when tracing; else no bound (TensorFlow graphs
+    of unknown batch size): every row is then ordered."""
+    return size if isinstance(size, int) else 2**62
+
+
+def _assign(ready, victims, giveable, capacity):
+    """The j-th `ready` key takes the j-th victim where it is giveable:
+    `(taken, target)`, target `capacity` where none."""
+    size = ops.shape(victims)[0]
+    rank = ops.cumsum(ops.cast(ready, "int32")) - 1
+    slot = ops.minimum(rank, size - 1)
+    taken = ops.logical_and(
+        ready, ops.logical_and(rank < size, ops.take(giveable, slot))
+    )
+    return taken, ops.where(taken, ops.take(victims, slot), capacity)
 
 
 def train(state, keys, *, policy, min_count, candidates=None):
@@ -188,23 +288,25 @@ def train(state, keys, *, policy, min_count, candidates=None):
     ready = ops.logical_and(new, sightings >= min_count)
 
     # Admission: the j-th ready key takes the j-th row of the victim order.
-    renewed = KeyState(state.row_keys, stamps, counts, None, None, clock)
-    order, giveable = _victim_order(renewed, touched, policy)
-    rank = ops.cumsum(ops.cast(ready, "int32")) - 1
-    slot = ops.where(ready, rank, capacity)
-    slot_c = ops.minimum(slot, capacity - 1)
-    victim = ops.take(order, slot_c)
-    admitted_key = ops.logical_and(
-        ready, ops.logical_and(slot < capacity, ops.take(giveable, slot_c))
+    renewed = KeyState(
+        state.row_keys, stamps, counts, state.sorted_keys, state.sorted_rows, clock
     )
-    target = ops.where(admitted_key, victim, capacity)
-    was_held = ops.take(state.stamps, victim) > 0
+    victims, giveable = _victims(renewed, touched, policy, _static(size), True)
+    admitted_key, target = _assign(ready, victims, giveable, capacity)
+    was_held = ops.take(state.stamps, ops.minimum(target, capacity - 1)) > 0
     evicted = ops.sum(ops.cast(ops.logical_and(admitted_key, was_held), dtype))
     row_keys = _scatter(state.row_keys, target, unique)
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(counts, target, sightings)
     fresh = ops.cast(ops.sort(target), "int32")
-    sorted_keys, sorted_rows = _resorted(row_keys, stamps, key_dtype)
+    removed = _scatter(ops.zeros((capacity,), "bool"), target, ops.ones_like(ready))
+    sorted_keys, sorted_rows = _merged(
+        renewed,
+        removed,
+        _compact(unique, admitted_key, size, EMPTY[key_dtype]),
+        _compact(target, admitted_key, size, capacity),
+        key_dtype,
+    )
     state = KeyState(row_keys, stamps, counts, sorted_keys, sorted_rows, clock)
 
     if candidates is not None:
@@ -227,6 +329,7 @@ def _train_candidates(
     are counted (held ones renewed, others take free or oldest untouched rows;
     a key finding none is forgotten)."""
     capacity = candidates.stamps.shape[0]
+    size = ops.shape(unique)[0]
     rows = find(candidates, unique)
     held = rows >= 0
     # Admitted keys leave (their row becomes free).
@@ -237,22 +340,28 @@ def _train_candidates(
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(candidates.counts, target, sightings)
     touched = _scatter(ops.zeros((capacity,), "bool"), target, ops.ones_like(new))
-    state = KeyState(candidates.row_keys, stamps, counts, None, None, candidates.clock)
-    order, giveable = _victim_order(state, touched, "lru")
-    insert = ops.logical_and(new, ops.logical_not(held))
-    rank = ops.cumsum(ops.cast(insert, "int32")) - 1
-    slot = ops.where(insert, rank, capacity)
-    slot_c = ops.minimum(slot, capacity - 1)
-    victim = ops.take(order, slot_c)
-    placed = ops.logical_and(
-        insert, ops.logical_and(slot < capacity, ops.take(giveable, slot_c))
+    state = KeyState(
+        candidates.row_keys,
+        stamps,
+        counts,
+        candidates.sorted_keys,
+        candidates.sorted_rows,
+        candidates.clock,
     )
-    target = ops.where(placed, victim, capacity)
+    insert = ops.logical_and(new, ops.logical_not(held))
+    victims, giveable = _victims(state, touched, "lru", _static(size), False)
+    placed, target = _assign(insert, victims, giveable, capacity)
     row_keys = _scatter(candidates.row_keys, target, unique)
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(counts, target, sightings)
-    sorted_keys, sorted_rows = _resorted(row_keys, stamps, key_dtype)
-    clock = candidates.clock + ops.cast(
-        ops.shape(unique)[0], dtype=candidates.clock.dtype
+    removed = _scatter(ops.zeros((capacity,), "bool"), leave, ops.ones_like(new))
+    removed = _scatter(removed, target, ops.ones_like(new))
+    sorted_keys, sorted_rows = _merged(
+        state,
+        removed,
+        _compact(unique, placed, size, EMPTY[key_dtype]),
+        _compact(target, placed, size, capacity),
+        key_dtype,
     )
+    clock = candidates.clock + ops.cast(size, dtype=candidates.clock.dtype)
     return KeyState(row_keys, stamps, counts, sorted_keys, sorted_rows, clock)

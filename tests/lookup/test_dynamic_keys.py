@@ -76,10 +76,10 @@ POOL = sorted(
 KEYS = st.one_of(
     st.sampled_from(POOL), st.integers(INFO.min, INFO.max - 1), st.integers(0, 12)
 )
-STREAMS = st.lists(st.lists(KEYS, min_size=1, max_size=9), min_size=1, max_size=6)
+STREAMS = st.lists(st.lists(KEYS, min_size=1, max_size=9), min_size=1, max_size=5)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     stream=STREAMS,
     capacity=st.integers(1, 6),
