@@ -3,7 +3,7 @@
 from keras_embedding_plus import optimizers, training
 from keras_embedding_plus.data import BagDataset
 from keras_embedding_plus.layers.bag import EmbeddingBag
-from keras_embedding_plus.layers.dynamic import DynamicEmbedding
+from keras_embedding_plus.layers.dynamic import DynamicEmbedding, DynamicEmbeddingBag
 from keras_embedding_plus.layers.embedding import Embedding
 from keras_embedding_plus.layers.reversible import ReversibleEmbedding
 from keras_embedding_plus.saving.convert import from_keras, to_keras
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BagDataset",
     "DynamicEmbedding",
+    "DynamicEmbeddingBag",
     "Embedding",
     "EmbeddingBag",
     "ReversibleEmbedding",

@@ -33,6 +33,7 @@ import keras
 from keras import ops
 
 from keras_embedding_plus import backends, compat
+from keras_embedding_plus.lookup import dynamic_keys
 
 
 class _LazyMixin:
@@ -82,20 +83,21 @@ class _LazyMixin:
 
     def _reset_fresh_rows(self, variable):
         """Give the rows a `DynamicEmbedding` just handed to new keys their
-        initial slot values, after this step's update (the layer's constraint,
-        applied next, gives them their initial values)."""
-        fresh_rows = getattr(variable.constraint, "fresh_rows", None)
+        initial values and their slots' initial values, after this step's
+        update, row by row (the layer's constraint, applied next, then leaves
+        them)."""
+        constraint = variable.constraint
+        fresh_rows = getattr(constraint, "fresh_rows", None)
         rows = fresh_rows() if fresh_rows is not None else None
         if rows is None:
             return
-        capacity = variable.shape[0]
-        safe = ops.minimum(rows, capacity - 1)
-        fresh = ops.expand_dims(rows < capacity, -1)
         for name, initial in self._row_slots():
             slot = self._slot(name, variable)
-            kept = ops.take(slot, safe, axis=0)
-            values = ops.where(fresh, ops.cast(initial, slot.dtype), kept)
-            slot.assign(ops.scatter_update(slot, ops.expand_dims(safe, -1), values))
+            values = ops.full((ops.shape(rows)[0], slot.shape[-1]), initial)
+            ids, values = dynamic_keys.fresh_writes(rows, values, slot)
+            backends.sparse.scatter(self, slot, ids, values, "update")
+        ids, values = dynamic_keys.fresh_writes(*constraint.take_fresh(), variable)
+        backends.sparse.scatter(self, variable, ids, values, "update")
 
     def _row_slots(self):
         """`(slot name, initial value)` of the slots that hold a value per row."""

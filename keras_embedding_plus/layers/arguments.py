@@ -28,11 +28,27 @@ _TORCH_NAMES = {
 }
 
 
+def first_given(kwargs, names):
+    """The first of `names` that `kwargs` holds, or None."""
+    return next((name for name in names if name in kwargs), None)
+
+
+def check_refused(class_name, kwargs, reasons):
+    """A `ValueError` for the first argument of `reasons` (name -> why the layer
+    does not take it) in `kwargs`."""
+    name = first_given(kwargs, reasons)
+    if name is not None:
+        raise ValueError(
+            f"`{class_name}` does not take `{name}`: {reasons[name]}. Received: "
+            f"{name}={kwargs[name]!r}."
+        )
+
+
 def check_torch_names(class_name, kwargs):
     """A `ValueError` naming our equivalent for the first PyTorch name in `kwargs`."""
-    for name, ours in _TORCH_NAMES.items():
-        if name not in kwargs:
-            continue
+    name = first_given(kwargs, _TORCH_NAMES)
+    if name is not None:
+        ours = _TORCH_NAMES[name]
         if name == "mode" and class_name != "EmbeddingBag":
             ours = "`EmbeddingBag(..., combiner=...)`: `Embedding` does not pool"
         raise ValueError(

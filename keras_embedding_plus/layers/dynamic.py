@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from keras_embedding_plus.layers import arguments as _args
-from keras_embedding_plus.lookup import dynamic_keys, index_policy, pipeline
+from keras_embedding_plus.lookup import dynamic_keys, index_policy, pipeline, pooling
 from keras_embedding_plus.lookup.spec import LookupSpec
 
 KEY_DTYPES = ("int64", "int32")
@@ -39,6 +39,20 @@ def _check_key_dtype(key_dtype):
     return key_dtype
 
 
+# `Embedding` options a growing table does not take, and why (`ValueError`
+# where they are passed, as the pair table refuses pairs).
+_REFUSED = {
+    "input_dim": "the table has `capacity` rows, and keys are not row ids",
+    "input_length": "keys of any shape are looked up",
+    "padding_idx": "pass `mask_zero=True` and `mask_key`",
+    "weights": "rows belong to keys admitted in training, not to ids",
+    "lora_rank": "LoRA's factors would follow rows that change owner",
+    "lora_alpha": "LoRA's factors would follow rows that change owner",
+    "dropout": "not implemented for a growing table",
+    "device": "the map and the table live where Keras puts variables",
+}
+
+
 class _Pending:
     """What a training call leaves for the table's constraint: `fresh`, the
     rows given to new keys and their initial values, or None."""
@@ -47,14 +61,16 @@ class _Pending:
 
 
 class _FreshRows(keras.constraints.Constraint):
-    """The table's constraint: the user's, then the rows given to new keys in
-    this step take their initial values.
+    """The table's constraint: the rows given to new keys in this step take
+    their initial values, then the user's constraint applies.
 
     A training call admits keys in the forward pass, which on JAX cannot write
     a trainable variable (Keras's stateless forward returns only the
     non-trainable ones). The optimizer can: Keras applies a variable's
     constraint right after its update, in the same step. The forward leaves
-    the fresh rows in `pending`; this writes them.
+    the fresh rows in `pending`; this writes them (a dense write of the
+    table). The lazy optimizers write them first, row by row (`take_fresh`),
+    and this then has only the user's constraint to apply.
     """
 
     def __init__(self, pending, constraint):
@@ -66,20 +82,20 @@ class _FreshRows(keras.constraints.Constraint):
         or None: the lazy optimizers reset their slots there."""
         return None if self.pending.fresh is None else self.pending.fresh[0]
 
+    def take_fresh(self):
+        """`(rows, initial values)` of this step's fresh rows, or None; the
+        caller writes them (this constraint then leaves them)."""
+        fresh, self.pending.fresh = self.pending.fresh, None
+        return fresh
+
     def __call__(self, w):
+        fresh = self.take_fresh()
+        if fresh is not None:
+            ids, rows = dynamic_keys.fresh_writes(*fresh, w)
+            w = ops.scatter_update(w, ops.expand_dims(ids, -1), rows)
         if self.constraint is not None:
             w = self.constraint(w)
-        fresh, self.pending.fresh = self.pending.fresh, None
-        if fresh is None:
-            return w
-        rows, initial = fresh
-        capacity = w.shape[0]
-        safe = ops.minimum(rows, capacity - 1)
-        keep = ops.take(w, safe, axis=0)
-        values = ops.where(ops.expand_dims(rows < capacity, -1), initial, keep)
-        return ops.scatter_update(
-            w, ops.expand_dims(safe, -1), ops.cast(values, w.dtype)
-        )
+        return w
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -149,6 +165,7 @@ class DynamicEmbedding(keras.layers.Layer):
         norm_type: float = 2.0,
         **kwargs: Any,
     ) -> None:
+        _args.check_refused(type(self).__name__, kwargs, _REFUSED)
         self.output_dim = _args.check_dim("output_dim", output_dim, 1)
         self.capacity = _args.check_dim("capacity", capacity, 1)
         self.key_dtype = _check_key_dtype(key_dtype)
@@ -243,6 +260,14 @@ class DynamicEmbedding(keras.layers.Layer):
             )
         return dynamic_keys.KeyState(*variables)
 
+    def quantize(self, mode: Any = None, **kwargs: Any) -> None:
+        """Refused: a quantized table's rows could not be drawn afresh for new
+        keys in the step."""
+        raise ValueError(
+            f"`{type(self).__name__}` cannot be quantized (rows given to new keys are "
+            f"drawn afresh in the training step). Received: mode={mode!r}."
+        )
+
     def save_own_variables(self, store: Any) -> None:
         """Keras's entries, then the state of the seed new keys' rows are drawn
         from: training resumed after loading draws what it would have drawn."""
@@ -270,6 +295,11 @@ class DynamicEmbedding(keras.layers.Layer):
         return self._embeddings
 
     @property
+    def key_map(self) -> dynamic_keys.KeyState:
+        """The variables of the key -> row map (`lookup.dynamic_keys.KeyState`)."""
+        return self._keys
+
+    @property
     def sparse_variables(self) -> list:
         """The variables trained with row-sparse gradients (`sparse=True`)."""
         if not self.built:
@@ -287,10 +317,17 @@ class DynamicEmbedding(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         keys = ops.convert_to_tensor(inputs)
+        looked_up, _ = self._rows(keys, training)
+        return ops.cast(looked_up, self.compute_dtype)
+
+    def _rows(self, keys, training):
+        """`(rows, held)`: the rows of `keys` (any shape; zero rows for keys
+        not held), float, `keys`'s shape plus `(output_dim,)`, and which keys
+        are held (padding is not). A training call admits keys first."""
         if "int" not in keras.backend.standardize_dtype(keys.dtype):
             raise ValueError(
-                f"`DynamicEmbedding` takes integer keys. Received: inputs of "
-                f"dtype {keys.dtype}."
+                f"`{type(self).__name__}` takes integer keys. Received: inputs "
+                f"of dtype {keys.dtype}."
             )
         shape = ops.shape(keys)
         flat = ops.reshape(ops.cast(keys, self.key_dtype), (-1,))
@@ -322,8 +359,10 @@ class DynamicEmbedding(keras.layers.Layer):
         if fresh is not None:
             looked_up = self._start_fresh(looked_up, rows, fresh)
         looked_up = index_policy.zero_invalid(looked_up, valid)
-        outputs = ops.cast(looked_up, self.compute_dtype)
-        return ops.reshape(outputs, tuple(shape) + (self.output_dim,))
+        return (
+            ops.reshape(looked_up, tuple(shape) + (self.output_dim,)),
+            ops.reshape(rows >= 0, shape),
+        )
 
     def _start_fresh(self, looked_up, rows, fresh):
         """Rows given to new keys in this call read their initial values, which
@@ -428,3 +467,89 @@ def _seeded(initializer, seed_generator):
         return initializer
     config = {**config, "seed": seed_generator}
     return initializer.__class__.from_config(config)
+
+
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class DynamicEmbeddingBag(DynamicEmbedding):
+    """`DynamicEmbedding`'s growing table behind `EmbeddingBag`'s combiners:
+    multi-hot features of unbounded keys, pooled in one layer.
+
+    Keys are admitted, evicted and looked up as `DynamicEmbedding` does (every
+    key of every bag is a sighting); then each bag's rows are pooled as
+    `EmbeddingBag` pools them. Keys not held (and `mask_key` with `mask_zero`)
+    count nowhere, weights included: a bag of no held key pools to zeros.
+
+    Args:
+        output_dim: Integer. Dimension of the dense embedding.
+        capacity: Integer. The number of rows: the most keys held at once.
+        combiner: `"sum"`, `"mean"` (default), `"sqrtn"` or `"max"`, as
+            `EmbeddingBag`'s.
+        **kwargs: `DynamicEmbedding`'s other arguments.
+
+    Input shape:
+        Dense keys `(batch_size, ..., L)`, pooled over their last axis;
+        `(values, offsets)`, as `torch.nn.functional.embedding_bag` takes
+        them; `{"values": v, "lengths": l}`; a `tf.RaggedTensor`; or a sparse
+        tensor. Optional `weights`, one per key, in the same form (not with
+        `"max"`).
+
+    Output shape:
+        `(batch_size, ..., output_dim)`; `(number of bags, output_dim)` for the
+        flat forms.
+    """
+
+    def __init__(
+        self, output_dim: int, capacity: int, combiner: str = "mean", **kwargs: Any
+    ) -> None:
+        self.combiner = pooling.check_combiner(combiner)
+        super().__init__(output_dim, capacity, **kwargs)
+        self.supports_masking = False
+
+    def call(self, inputs, weights=None, training=None):
+        pooling.check_combiner_weights(self.combiner, weights)
+        combiner = pooling.COMBINERS[self.combiner]
+        bags = pooling.flat_bags(inputs, weights)
+        if bags is None:
+            keys = ops.convert_to_tensor(inputs)
+            if len(keys.shape) < 2:
+                raise ValueError(
+                    "Dense bags must have shape `(batch, ..., L)`: pooled over "
+                    f"their last axis. Received: keys of shape {tuple(keys.shape)}."
+                )
+            weights = pooling.dense_weights(keys, weights)
+            rows, held = self._rows(keys, training)
+            out = pooling.combine_dense(rows, held, weights, combiner)
+            return ops.cast(out, self.compute_dtype)
+        rows, held = self._rows(bags.values, training)
+        in_a_bag = bags.in_a_bag()
+        if in_a_bag is not None:
+            held = ops.logical_and(held, in_a_bag)
+        out = pooling.combine_flat(rows, held, bags.weights, bags, combiner)
+        if len(bags.outer_shape) != 1:
+            out = ops.reshape(out, (*bags.outer_shape, out.shape[-1]))
+        return ops.cast(out, self.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _args.check_bag_call(args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.output_dim)
+
+    def compute_output_spec(self, inputs, weights=None, training=None):
+        if isinstance(inputs, (tuple, list)):
+            shape = (inputs[1].shape[0], self.output_dim)
+        elif isinstance(inputs, dict):
+            pooling.check_lengths_keys(inputs)
+            shape = (inputs["lengths"].shape[0], self.output_dim)
+        else:
+            shape = self.compute_output_shape(inputs.shape)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["combiner"] = self.combiner
+        return config

@@ -42,6 +42,8 @@ from typing import NamedTuple
 import numpy as np
 from keras import backend, ops
 
+from keras_embedding_plus.backends import ids as backend_ids
+
 POLICIES = ("lru", "lfu")
 # The sort key of free rows: the largest key. It is the one key that cannot be
 # held (it is refused where keys are checked).
@@ -95,11 +97,26 @@ def distinct(keys):
     group = ops.cumsum(ops.cast(first, "int32")) - 1
     occurrences = ops.segment_sum(ops.ones((size,), "int32"), group, size)
     positions = ops.arange(size, dtype="int32")
-    # The first position of each group, in order; the others after them.
-    firsts = ops.argsort(ops.where(first, positions, size + positions))
-    unique = ops.take(ordered, firsts)
+    # The first key of each group, in order (a compaction, not a sort).
+    unique = _compact(ordered, first, size, 0)
     present = positions < ops.sum(ops.cast(first, "int32"))
     return unique, ops.where(present, occurrences, 0), present
+
+
+def fresh_writes(fresh, values, current):
+    """`(ids, rows)` that write `values` at the `fresh` rows of `current` (a
+    table or an optimizer slot): `fresh` as `train` returns it (ascending,
+    then `capacity` for none). The entries of no row repeat the first entry,
+    id and value, so that a scatter with duplicate ids writes the same thing
+    on every backend (and the current row where there is no fresh row)."""
+    capacity = current.shape[0]
+    valid = fresh < capacity
+    first_id = ops.where(valid[0], fresh[0], capacity - 1)
+    ids = ops.where(valid, fresh, first_id)
+    values = ops.cast(values, current.dtype)
+    first = ops.where(valid[0], values[0], ops.take(current, first_id, axis=0))
+    rows = ops.where(ops.expand_dims(valid, -1), values, ops.expand_dims(first, 0))
+    return ids, rows
 
 
 def _pad(x, value):
@@ -114,6 +131,14 @@ def _scatter(x, rows, values):
     return ops.scatter_update(padded, rows, ops.cast(values, x.dtype))[:-1]
 
 
+def _cond(predicate, true_fn, false_fn):
+    """`ops.cond`, or a plain `if` where the predicate is known (eager calls:
+    JAX's `cond` would compile both branches at every call)."""
+    if backend_ids.is_concrete(predicate):
+        return true_fn() if bool(ops.convert_to_numpy(predicate)) else false_fn()
+    return ops.cond(predicate, true_fn, false_fn)
+
+
 def _compact(values, keep, size, fill):
     """The `values` where `keep`, in order, then `fill`: `size` entries."""
     position = ops.cumsum(ops.cast(keep, "int32")) - 1
@@ -126,31 +151,70 @@ def _merged(state, removed, keys, rows, key_dtype):
     """`(sorted_keys, sorted_rows)` after the rows `removed` (boolean per row)
     lost their keys and `keys` (ascending, `EMPTY` where none) took `rows`.
 
-    A merge, O(capacity) with two binary searches, instead of a sort: the
-    entries kept move up by the new keys below them, the new keys by the kept
-    entries below them.
+    A merge, O(capacity), instead of a sort. While no held key is removed (the
+    map is not full yet) the kept entries are the first ones, and every output
+    entry is one gather; else the kept entries move up by the new keys below
+    them and the new keys by the kept entries below them (scatters).
     """
     capacity = state.sorted_keys.shape[0]
     size = ops.shape(keys)[0]
     empty = ops.cast(EMPTY[key_dtype], state.sorted_keys.dtype)
     old_keys, old_rows = state.sorted_keys, state.sorted_rows
-    keep = ops.logical_and(
-        ops.not_equal(old_keys, empty), ops.logical_not(ops.take(removed, old_rows))
-    )
-    kept_below = ops.cumsum(ops.cast(keep, "int32"))
-    new_below = ops.cast(ops.searchsorted(keys, old_keys), "int32")
-    old_position = ops.where(keep, kept_below - 1 + new_below, capacity)
+    held = ops.not_equal(old_keys, empty)
+    lost = ops.logical_and(held, ops.take(removed, old_rows))
+    keep = ops.logical_and(held, ops.logical_not(lost))
     present = ops.not_equal(keys, empty)
+    # Where each new key goes among the old entries (none equals it).
+    place = ops.cast(ops.searchsorted(old_keys, keys), "int32")
+    kept_below = ops.cumsum(ops.cast(keep, "int32"))
     prefix = ops.concatenate([ops.zeros((1,), "int32"), kept_below])
-    below = ops.take(prefix, ops.cast(ops.searchsorted(old_keys, keys), "int32"))
-    new_position = ops.where(present, below + ops.arange(size, dtype="int32"), capacity)
-    sorted_keys = ops.full((capacity,), empty, dtype=old_keys.dtype)
-    sorted_keys = _scatter(sorted_keys, old_position, old_keys)
-    sorted_keys = _scatter(sorted_keys, new_position, keys)
-    sorted_rows = ops.zeros((capacity,), "int32")
-    sorted_rows = _scatter(sorted_rows, old_position, old_rows)
-    sorted_rows = _scatter(sorted_rows, new_position, rows)
-    return sorted_keys, sorted_rows
+    new_position = ops.where(
+        present,
+        ops.take(prefix, place) + ops.arange(size, dtype="int32"),
+        capacity,
+    )
+
+    def gathered():
+        is_new = _scatter(
+            ops.zeros((capacity,), "bool"), new_position, ops.ones_like(present)
+        )
+        new_before = ops.cumsum(ops.cast(is_new, "int32"))
+        old_index = ops.arange(capacity, dtype="int32") - new_before
+        new_index = ops.maximum(new_before - 1, 0)
+        at_new = ops.expand_dims(is_new, 0)
+        merged = ops.where(
+            at_new,
+            ops.stack(
+                [
+                    ops.take(keys, new_index),
+                    ops.cast(ops.take(rows, new_index), old_keys.dtype),
+                ]
+            ),
+            ops.stack(
+                [
+                    ops.take(old_keys, old_index),
+                    ops.cast(ops.take(old_rows, old_index), old_keys.dtype),
+                ]
+            ),
+        )
+        return merged[0], ops.cast(merged[1], "int32")
+
+    def scattered():
+        # The new keys below old entry `i`: those placed at `i` or before.
+        placed = ops.segment_sum(
+            ops.cast(present, "int32"), ops.minimum(place, capacity), capacity + 1
+        )
+        new_below = ops.cumsum(placed)[:-1]
+        old_position = ops.where(keep, kept_below - 1 + new_below, capacity)
+        sorted_keys = ops.full((capacity,), empty, dtype=old_keys.dtype)
+        sorted_keys = _scatter(sorted_keys, old_position, old_keys)
+        sorted_keys = _scatter(sorted_keys, new_position, keys)
+        sorted_rows = ops.zeros((capacity,), "int32")
+        sorted_rows = _scatter(sorted_rows, old_position, old_rows)
+        sorted_rows = _scatter(sorted_rows, new_position, rows)
+        return sorted_keys, sorted_rows
+
+    return _cond(ops.any(lost), scattered, gathered)
 
 
 # Bits of the LFU score (int64): a count (saturated) above a stamp (saturated).
@@ -212,13 +276,15 @@ def _victims(state, touched, policy, size, free_rows_last):
         chosen = _compact(
             ops.arange(capacity, dtype="int32"), score <= threshold, size, 0
         )
-        return ops.take(chosen, ops.argsort(ops.take(score, chosen)))
+        order = ops.argsort(ops.take(score, chosen))
+        return ops.cast(ops.take(chosen, order), "int32")
 
     if free_rows_last:
         held = ops.sum(ops.cast(state.stamps > 0, "int32"))
-        victims = ops.cond(
+        victims = _cond(
             capacity - held >= size,
-            lambda: held + ops.arange(size, dtype="int32"),
+            # (A sum of int32 is int64 under JAX's x64.)
+            lambda: ops.cast(held, "int32") + ops.arange(size, dtype="int32"),
             by_score,
         )
     else:

