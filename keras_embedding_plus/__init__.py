@@ -6,6 +6,7 @@ from keras_embedding_plus.layers.bag import EmbeddingBag
 from keras_embedding_plus.layers.dynamic import DynamicEmbedding, DynamicEmbeddingBag
 from keras_embedding_plus.layers.embedding import Embedding
 from keras_embedding_plus.layers.reversible import ReversibleEmbedding
+from keras_embedding_plus.lookup.string_keys import hash_strings
 from keras_embedding_plus.saving.convert import from_keras, to_keras
 from keras_embedding_plus.saving.loading import (
     load_model,
@@ -31,6 +32,7 @@ __all__ = [
     "Vectors",
     "export_projector",
     "from_keras",
+    "hash_strings",
     "load_model",
     "load_saved_model",
     "load_weights",

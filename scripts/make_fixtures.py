@@ -112,8 +112,70 @@ def _outputs(model, ids):
     return [np.asarray(o, dtype=np.float32) for o in out]
 
 
-def write_backend(out_dir):
-    """Write this backend's fixtures (runs inside the per-backend subprocess)."""
+DYNAMIC_POOL = [*range(-8, 8), 2**31 - 2, -(2**31)]
+
+
+def write_dynamic(out_dir):
+    """`dynamic.keras`: a `DynamicEmbedding` (int32 keys: JAX loads them
+    without x64) trained 6 steps, and `dynamic.npz`: its map (keys, counts,
+    rows of every key, evictions), its outputs, and its map after 4 more steps
+    on the same batches. The map is integers, the same on every backend; the
+    outputs are the writing backend's (no Keras twin exists)."""
+    import keras
+    import numpy as np
+
+    from keras_embedding_plus import DynamicEmbedding
+    from keras_embedding_plus.optimizers import LazyAdam
+
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.RandomState(SEED + 2)
+    pool = np.asarray(DYNAMIC_POOL, "int32")
+    batches = np.stack([rng.choice(pool, size=(4, 3)) for _ in range(10)])
+    targets = np.linspace(-1, 1, 4, dtype="float32").reshape(4, 1)
+    layer = DynamicEmbedding(
+        4, 12, key_dtype="int32", eviction="lfu", min_count=2, name="emb"
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            layer,
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    # LazyAdam, not Keras's Adam: a `.keras` file saved on torch names Keras's
+    # torch-only Adam class (keras.src.backend.torch.optimizers), which no other
+    # backend can load (Keras 3.15).
+    # jit_compile=False: the file's compile config is the reader's (JAX's
+    # default, True, would make torch readers run torch.compile).
+    model.compile(LazyAdam(0.05), "mse", jit_compile=False)
+    for batch in batches[:6]:
+        model.train_on_batch(batch, targets)
+    model.save(out_dir / "dynamic.keras")
+    probe = pool.reshape(-1, 3)
+
+    def snapshot(suffix):
+        return {
+            f"keys{suffix}": layer.keys(),
+            f"counts{suffix}": layer.counts(),
+            f"rows{suffix}": layer.rows_of(pool),
+            f"evictions{suffix}": np.asarray(layer.evictions),
+        }
+
+    arrays = {"batches": batches, "targets": targets, "probe": probe}
+    arrays["outputs"] = model.predict(probe, verbose=0)
+    arrays.update(snapshot(""))
+    for batch in batches[6:]:
+        model.train_on_batch(batch, targets)
+    arrays.update(snapshot("_after"))
+    np.savez(out_dir / "dynamic.npz", **arrays)
+    assert layer.evictions > 0, "the fixture should hold a full map"
+    return {"files": ["dynamic.keras"], "held": len(arrays["keys"])}
+
+
+def write_backend(out_dir, only=None):
+    """Write this backend's fixtures (runs inside the per-backend subprocess);
+    `only="dynamic"`: the `DynamicEmbedding` fixture alone, the others kept."""
     import keras
     import numpy as np
 
@@ -121,6 +183,12 @@ def write_backend(out_dir):
 
     backend = keras.backend.backend()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if only == "dynamic":
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+        manifest["fixtures"]["dynamic"] = write_dynamic(out_dir)
+        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        print(f"{backend}: wrote dynamic.keras, dynamic.npz")
+        return
     ours_models = _models(keras_embedding_plus.Embedding)
     keras_models = _models(keras.layers.Embedding)
     manifest = {
@@ -161,6 +229,7 @@ def write_backend(out_dir):
             "max_abs_diff_ours_vs_keras_at_write": diff,
         }
         assert diff == 0.0, f"{name}: ours differs from keras.layers.Embedding: {diff}"
+    manifest["fixtures"]["dynamic"] = write_dynamic(out_dir)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{backend}: wrote {sorted(p.name for p in out_dir.iterdir())}")
 
@@ -224,10 +293,14 @@ def measure_backend():
         manifest = json.loads((FIXTURES / writer / "manifest.json").read_text())
         for name, entry in manifest["fixtures"].items():
             data = np.load(FIXTURES / writer / f"{name}.npz")
-            expected = [data[f"output_{i}"] for i in range(entry["outputs"])]
+            if name == "dynamic":
+                expected, ids = [data["outputs"]], data["probe"]
+            else:
+                expected = [data[f"output_{i}"] for i in range(entry["outputs"])]
+                ids = data["ids"]
             for file in entry["files"]:
                 model = keras.models.load_model(FIXTURES / writer / file)
-                received = _outputs(model, data["ids"])
+                received = _outputs(model, ids)
                 result[f"{writer}/{file}"] = max(
                     float(np.max(np.abs(a - b)))
                     for a, b in zip(expected, received, strict=True)
@@ -292,6 +365,11 @@ def main():
         "abs differences (writer x reader)",
     )
     parser.add_argument("--measure-here", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only",
+        choices=["dynamic"],
+        help="write one fixture, keep the others (and their manifest entries)",
+    )
     args = parser.parse_args()
     if args.write:
         os.environ.setdefault("KERAS_BACKEND", args.write)
@@ -299,7 +377,7 @@ def main():
 
         got = keras.backend.backend()
         assert got == args.write, f"asked for {args.write}, running {got}"
-        write_backend(FIXTURES / args.write)
+        write_backend(FIXTURES / args.write, args.only)
         return
     if args.write_tf_keras:
         write_tf_keras(FIXTURES / "tf_keras")
@@ -311,7 +389,12 @@ def main():
         _measure(args)
         return
     for backend in args.backends:
-        _run(getattr(args, f"python_{backend}"), ["--write", backend], _env(backend))
+        only = ["--only", args.only] if args.only else []
+        _run(
+            getattr(args, f"python_{backend}"),
+            ["--write", backend, *only],
+            _env(backend),
+        )
     if args.tf_keras:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
         _run(args.tf_keras, ["--write-tf-keras"], env)

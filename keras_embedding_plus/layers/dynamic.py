@@ -10,10 +10,16 @@ import numpy as np
 from keras import ops
 
 from keras_embedding_plus.layers import arguments as _args
-from keras_embedding_plus.lookup import dynamic_keys, index_policy, pipeline, pooling
+from keras_embedding_plus.lookup import (
+    dynamic_keys,
+    index_policy,
+    pipeline,
+    pooling,
+    string_keys,
+)
 from keras_embedding_plus.lookup.spec import LookupSpec
 
-KEY_DTYPES = ("int64", "int32")
+KEY_DTYPES = ("int64", "int32", "string")
 _STATE = dynamic_keys.KeyState._fields
 
 
@@ -26,10 +32,15 @@ def _check_choice(name, value, allowed):
     return value
 
 
+def _map_dtype(key_dtype):
+    """The integer dtype the map holds: strings are held as their int64 hash."""
+    return "int64" if key_dtype == "string" else key_dtype
+
+
 def _check_key_dtype(key_dtype):
     _check_choice("key_dtype", key_dtype, KEY_DTYPES)
-    probe = ops.convert_to_tensor(np.zeros((), key_dtype))
-    if keras.backend.standardize_dtype(probe.dtype) != key_dtype:
+    probe = ops.convert_to_tensor(np.zeros((), _map_dtype(key_dtype)))
+    if keras.backend.standardize_dtype(probe.dtype) != _map_dtype(key_dtype):
         raise ValueError(
             f"`key_dtype={key_dtype!r}` needs 64-bit integers, which JAX holds "
             "only with x64 enabled (JAX_ENABLE_X64=1, or "
@@ -51,6 +62,44 @@ _REFUSED = {
     "dropout": "not implemented for a growing table",
     "device": "the map and the table live where Keras puts variables",
 }
+
+
+def _check_mask_key(mask_key, key_dtype):
+    """`(mask_key, its key)`: the padding key as given (default 0, or `""` for
+    strings) and as the map holds it."""
+    if key_dtype == "string":
+        mask_key = "" if mask_key is None else mask_key
+        if not isinstance(mask_key, str):
+            raise ValueError(
+                '`mask_key` must be a string with key_dtype="string". Received: '
+                f"mask_key={mask_key!r}."
+            )
+        return mask_key, int(string_keys.hash_strings(mask_key))
+    mask_key = 0 if mask_key is None else mask_key
+    info = np.iinfo(key_dtype)
+    if isinstance(mask_key, bool) or not isinstance(mask_key, int | np.integer):
+        raise ValueError(
+            f"`mask_key` must be an integer. Received: mask_key={mask_key!r}."
+        )
+    if not info.min <= mask_key < info.max:
+        raise ValueError(
+            f"`mask_key` must be a {key_dtype} key below {info.max}. "
+            f"Received: mask_key={mask_key}."
+        )
+    return int(mask_key), int(mask_key)
+
+
+def _hash_host_strings(inputs):
+    """`inputs` with host strings (keys, or the values of flat bags) hashed."""
+    if string_keys.is_host_strings(inputs):
+        return string_keys.hash_strings(inputs)
+    if isinstance(inputs, (tuple, list)) and len(inputs) == 2:
+        values, bags = inputs
+        if string_keys.is_host_strings(values):
+            return type(inputs)((string_keys.hash_strings(values), bags))
+    if isinstance(inputs, dict) and string_keys.is_host_strings(inputs.get("values")):
+        return {**inputs, "values": string_keys.hash_strings(inputs["values"])}
+    return inputs
 
 
 class _Pending:
@@ -119,8 +168,12 @@ class DynamicEmbedding(keras.layers.Layer):
     Args:
         output_dim: Integer. Dimension of the dense embedding.
         capacity: Integer. The number of rows: the most keys held at once.
-        key_dtype: `"int64"` (default) or `"int32"`. JAX holds int64 only with
-            x64 enabled.
+        key_dtype: `"int64"` (default), `"int32"`, or `"string"`: strings,
+            held as their 64-bit hash (`hash_strings`: the same on every
+            backend and in every process). JAX holds int64 (and string
+            hashes) only with x64 enabled. JAX and PyTorch tensors hold no
+            strings: there, eager calls hash NumPy strings, and `fit` /
+            `predict` take the keys `hash_strings` gives in the data pipeline.
         eviction: `"lru"` (default) or `"lfu"`.
         min_count: Integer. Sightings (in training calls) before a key is
             admitted.
@@ -133,7 +186,8 @@ class DynamicEmbedding(keras.layers.Layer):
         embeddings_constraint: Constraint of the table.
         mask_zero: Boolean. Whether `mask_key` is padding: it gets a mask of
             False, a zero row, and is never admitted.
-        mask_key: Integer. The padding key of `mask_zero` (default 0).
+        mask_key: The padding key of `mask_zero`: an integer (default 0), or
+            a string with `key_dtype="string"` (default `""`).
         sparse: Boolean. Row-sparse gradients, as `Embedding(sparse=True)`.
         max_norm: Optional float: rows renormalized to at most this norm.
         norm_type: Float. The p of `max_norm`'s norm.
@@ -159,7 +213,7 @@ class DynamicEmbedding(keras.layers.Layer):
         embeddings_regularizer: Any = None,
         embeddings_constraint: Any = None,
         mask_zero: bool = False,
-        mask_key: int = 0,
+        mask_key: int | str | None = None,
         sparse: bool = False,
         max_norm: float | None = None,
         norm_type: float = 2.0,
@@ -177,17 +231,7 @@ class DynamicEmbedding(keras.layers.Layer):
             )
         self.candidate_capacity = candidate_capacity
         self.mask_zero = _args.check_bool("mask_zero", mask_zero)
-        info = np.iinfo(self.key_dtype)
-        if isinstance(mask_key, bool) or not isinstance(mask_key, int | np.integer):
-            raise ValueError(
-                f"`mask_key` must be an integer. Received: mask_key={mask_key!r}."
-            )
-        if not info.min <= mask_key < info.max:
-            raise ValueError(
-                f"`mask_key` must be a {self.key_dtype} key below {info.max}. "
-                f"Received: mask_key={mask_key}."
-            )
-        self.mask_key = int(mask_key)
+        self.mask_key, self._mask_value = _check_mask_key(mask_key, self.key_dtype)
         self.sparse = _args.check_bool("sparse", sparse)
         if max_norm is not None and not max_norm > 0:
             raise ValueError(
@@ -228,7 +272,7 @@ class DynamicEmbedding(keras.layers.Layer):
         self._evictions = self.add_weight(
             shape=(),
             initializer="zeros",
-            dtype=self.key_dtype,
+            dtype=_map_dtype(self.key_dtype),
             trainable=False,
             name="evictions",
         )
@@ -244,7 +288,7 @@ class DynamicEmbedding(keras.layers.Layer):
         self.built = True
 
     def _state_variables(self, prefix, size):
-        values = dynamic_keys.initial(size, self.key_dtype)
+        values = dynamic_keys.initial(size, _map_dtype(self.key_dtype))
         variables = []
         for name, value in zip(_STATE, values, strict=True):
             variables.append(
@@ -315,25 +359,42 @@ class DynamicEmbedding(keras.layers.Layer):
         for variable, value in zip(state, values, strict=True):
             variable.assign(value)
 
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.key_dtype == "string":
+            # JAX and PyTorch tensors hold no strings: hashed before Keras
+            # converts the inputs.
+            inputs = _hash_host_strings(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs, training=None):
-        keys = ops.convert_to_tensor(inputs)
-        looked_up, _ = self._rows(keys, training)
+        looked_up, _ = self._rows(inputs, training)
         return ops.cast(looked_up, self.compute_dtype)
+
+    def _keys_of(self, inputs):
+        """The integer keys of `inputs` (strings hashed)."""
+        if self.key_dtype == "string" and (
+            string_keys.is_tf_strings(inputs) or string_keys.is_host_strings(inputs)
+        ):
+            inputs = string_keys.hash_strings(inputs)
+        return ops.convert_to_tensor(inputs)
 
     def _rows(self, keys, training):
         """`(rows, held)`: the rows of `keys` (any shape; zero rows for keys
         not held), float, `keys`'s shape plus `(output_dim,)`, and which keys
         are held (padding is not). A training call admits keys first."""
+        keys = self._keys_of(keys)
         if "int" not in keras.backend.standardize_dtype(keys.dtype):
             raise ValueError(
                 f"`{type(self).__name__}` takes integer keys. Received: inputs "
                 f"of dtype {keys.dtype}."
             )
         shape = ops.shape(keys)
-        flat = ops.reshape(ops.cast(keys, self.key_dtype), (-1,))
-        empty = ops.cast(dynamic_keys.EMPTY[self.key_dtype], self.key_dtype)
+        dtype = _map_dtype(self.key_dtype)
+        flat = ops.reshape(ops.cast(keys, dtype), (-1,))
+        empty = ops.cast(dynamic_keys.EMPTY[dtype], dtype)
         if self.mask_zero:
-            flat = ops.where(ops.equal(flat, self.mask_key), empty, flat)
+            mask = ops.cast(self._mask_value, dtype)
+            flat = ops.where(ops.equal(flat, mask), empty, flat)
         state = self._values(self._keys)
         fresh = None
         if training and flat.shape[0] != 0:
@@ -381,7 +442,8 @@ class DynamicEmbedding(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None
-        return ops.not_equal(inputs, ops.cast(self.mask_key, inputs.dtype))
+        keys = self._keys_of(inputs)
+        return ops.not_equal(keys, ops.cast(self._mask_value, keys.dtype))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
@@ -395,7 +457,9 @@ class DynamicEmbedding(keras.layers.Layer):
 
     def rows_of(self, keys: Any) -> np.ndarray:
         """The rows of `keys` (any shape), -1 for keys not held, as NumPy."""
-        keys = np.asarray(keys, self.key_dtype)
+        if self.key_dtype == "string" and string_keys.is_host_strings(keys):
+            keys = string_keys.hash_strings(keys)
+        keys = np.asarray(keys, _map_dtype(self.key_dtype))
         flat = ops.convert_to_tensor(keys.reshape(-1))
         rows = dynamic_keys.find(self._values(self._keys), flat)
         return ops.convert_to_numpy(rows).reshape(keys.shape)
@@ -510,7 +574,7 @@ class DynamicEmbeddingBag(DynamicEmbedding):
         combiner = pooling.COMBINERS[self.combiner]
         bags = pooling.flat_bags(inputs, weights)
         if bags is None:
-            keys = ops.convert_to_tensor(inputs)
+            keys = self._keys_of(inputs)
             if len(keys.shape) < 2:
                 raise ValueError(
                     "Dense bags must have shape `(batch, ..., L)`: pooled over "

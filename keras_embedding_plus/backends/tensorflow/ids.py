@@ -88,7 +88,9 @@ def discard_pending(counter):
 
 
 def read_count(counter):
-    return counter.value
+    # A tensor: under a `tf.distribute` strategy the variable is a distributed
+    # one, which NumPy cannot read.
+    return tf.convert_to_tensor(counter.value)
 
 
 def reset_count(counter):
