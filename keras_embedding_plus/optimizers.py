@@ -57,6 +57,31 @@ class _LazyMixin:
         )
 
     def apply(self, grads, trainable_variables=None):
+        """Keras's `apply`. A `DynamicEmbedding` table's constraint, which only
+        writes new keys' rows, is set aside meanwhile: these optimizers write
+        those rows themselves, row by row (`_reset_fresh_rows`), where Keras
+        would assign the whole table (on TensorFlow, a copy of it each step)."""
+        # Keras's JAX trainer passes no variables (its constraint's write is
+        # in place there): nothing set aside.
+        variables = trainable_variables or []
+        aside = {
+            id(v): v.constraint
+            for v in variables
+            if getattr(v.constraint, "writes_fresh_rows_only", lambda: False)()
+        }
+        for variable in variables:
+            if id(variable) in aside:
+                variable.constraint = None
+        self._fresh_row_constraints = aside
+        try:
+            return self._apply_unscaled(grads, trainable_variables)
+        finally:
+            for variable in variables:
+                if id(variable) in aside:
+                    variable.constraint = aside[id(variable)]
+            self._fresh_row_constraints = {}
+
+    def _apply_unscaled(self, grads, trainable_variables):
         scale = self.loss_scale_factor
         if scale is None or not any(backends.sparse.is_row_sparse(g) for g in grads):
             return super().apply(grads, trainable_variables)
@@ -86,7 +111,9 @@ class _LazyMixin:
         initial values and their slots' initial values, after this step's
         update, row by row (the layer's constraint, applied next, then leaves
         them)."""
-        constraint = variable.constraint
+        constraint = getattr(self, "_fresh_row_constraints", {}).get(
+            id(variable), variable.constraint
+        )
         fresh_rows = getattr(constraint, "fresh_rows", None)
         rows = fresh_rows() if fresh_rows is not None else None
         if rows is None:

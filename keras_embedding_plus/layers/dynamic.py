@@ -131,6 +131,11 @@ class _FreshRows(keras.constraints.Constraint):
         or None: the lazy optimizers reset their slots there."""
         return None if self.pending.fresh is None else self.pending.fresh[0]
 
+    def writes_fresh_rows_only(self):
+        """Whether this only writes new keys' rows (no user constraint): an
+        optimizer that writes them itself may then skip it."""
+        return self.constraint is None
+
     def take_fresh(self):
         """`(rows, initial values)` of this step's fresh rows, or None; the
         caller writes them (this constraint then leaves them)."""

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from keras import backend, ops
 
+from keras_embedding_plus import backends
 from keras_embedding_plus.backends import ids as backend_ids
 
 POLICIES = ("lru", "lfu")
@@ -147,34 +148,30 @@ def _compact(values, keep, size, fill):
     return _scatter(filled, position, values)
 
 
-def _merged(state, removed, keys, rows, key_dtype):
-    """`(sorted_keys, sorted_rows)` after the rows `removed` (boolean per row)
-    lost their keys and `keys` (ascending, `EMPTY` where none) took `rows`.
+def _merged(state, removed, keys, rows, key_dtype, any_lost):
+    """`(sorted_keys, sorted_rows)` after the rows `removed()` (a function
+    giving a boolean per row) lost their keys and `keys` (ascending, `EMPTY`
+    where none) took `rows`. `any_lost`: whether any removed row held a key.
 
     A merge, O(capacity), instead of a sort. While no held key is removed (the
-    map is not full yet) the kept entries are the first ones, and every output
-    entry is one gather; else the kept entries move up by the new keys below
-    them and the new keys by the kept entries below them (scatters).
+    map is not full yet) the held entries are the first ones and stay in
+    order: every output entry is one gather; else the kept entries move up by
+    the new keys below them and the new keys by the kept entries below them
+    (scatters).
     """
     capacity = state.sorted_keys.shape[0]
     size = ops.shape(keys)[0]
     empty = ops.cast(EMPTY[key_dtype], state.sorted_keys.dtype)
     old_keys, old_rows = state.sorted_keys, state.sorted_rows
-    held = ops.not_equal(old_keys, empty)
-    lost = ops.logical_and(held, ops.take(removed, old_rows))
-    keep = ops.logical_and(held, ops.logical_not(lost))
     present = ops.not_equal(keys, empty)
     # Where each new key goes among the old entries (none equals it).
     place = ops.cast(ops.searchsorted(old_keys, keys), "int32")
-    kept_below = ops.cumsum(ops.cast(keep, "int32"))
-    prefix = ops.concatenate([ops.zeros((1,), "int32"), kept_below])
-    new_position = ops.where(
-        present,
-        ops.take(prefix, place) + ops.arange(size, dtype="int32"),
-        capacity,
-    )
+    sequence = ops.arange(size, dtype="int32")
 
     def gathered():
+        # Nothing lost: the j-th new key goes after the `place` old entries
+        # below it and the j new keys before it.
+        new_position = ops.where(present, place + sequence, capacity)
         is_new = _scatter(
             ops.zeros((capacity,), "bool"), new_position, ops.ones_like(present)
         )
@@ -200,6 +197,12 @@ def _merged(state, removed, keys, rows, key_dtype):
         return merged[0], ops.cast(merged[1], "int32")
 
     def scattered():
+        held = ops.not_equal(old_keys, empty)
+        lost = ops.logical_and(held, ops.take(removed(), old_rows))
+        keep = ops.logical_and(held, ops.logical_not(lost))
+        kept_below = ops.cumsum(ops.cast(keep, "int32"))
+        prefix = ops.concatenate([ops.zeros((1,), "int32"), kept_below])
+        new_position = ops.where(present, ops.take(prefix, place) + sequence, capacity)
         # The new keys below old entry `i`: those placed at `i` or before.
         placed = ops.segment_sum(
             ops.cast(present, "int32"), ops.minimum(place, capacity), capacity + 1
@@ -214,7 +217,7 @@ def _merged(state, removed, keys, rows, key_dtype):
         sorted_rows = _scatter(sorted_rows, new_position, rows)
         return sorted_keys, sorted_rows
 
-    return _cond(ops.any(lost), scattered, gathered)
+    return _cond(any_lost, scattered, gathered)
 
 
 # Bits of the LFU score (int64): a count (saturated) above a stamp (saturated).
@@ -269,15 +272,9 @@ def _victims(state, touched, policy, size, free_rows_last):
     """
     capacity = state.stamps.shape[0]
     size = min(size, capacity)
-    score = _score(state, touched, policy)
 
     def by_score():
-        threshold = ops.sort(score)[size - 1]
-        chosen = _compact(
-            ops.arange(capacity, dtype="int32"), score <= threshold, size, 0
-        )
-        order = ops.argsort(ops.take(score, chosen))
-        return ops.cast(ops.take(chosen, order), "int32")
+        return backends.core.smallest(_score(state, touched, policy), size)
 
     if free_rows_last:
         held = ops.sum(ops.cast(state.stamps > 0, "int32"))
@@ -365,13 +362,18 @@ def train(state, keys, *, policy, min_count, candidates=None):
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(counts, target, sightings)
     fresh = ops.cast(ops.sort(target), "int32")
-    removed = _scatter(ops.zeros((capacity,), "bool"), target, ops.ones_like(ready))
+
+    def removed():
+        no_row = ops.zeros((capacity,), "bool")
+        return _scatter(no_row, target, ops.ones_like(ready))
+
     sorted_keys, sorted_rows = _merged(
         renewed,
         removed,
         _compact(unique, admitted_key, size, EMPTY[key_dtype]),
         _compact(target, admitted_key, size, capacity),
         key_dtype,
+        any_lost=evicted > 0,
     )
     state = KeyState(row_keys, stamps, counts, sorted_keys, sorted_rows, clock)
 
@@ -420,14 +422,16 @@ def _train_candidates(
     row_keys = _scatter(candidates.row_keys, target, unique)
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(counts, target, sightings)
-    removed = _scatter(ops.zeros((capacity,), "bool"), leave, ops.ones_like(new))
-    removed = _scatter(removed, target, ops.ones_like(new))
+    lost = _scatter(ops.zeros((capacity,), "bool"), leave, ops.ones_like(new))
+    lost = _scatter(lost, target, ops.ones_like(new))
+    any_lost = ops.any(ops.logical_and(lost, candidates.stamps > 0))
     sorted_keys, sorted_rows = _merged(
         state,
-        removed,
+        lambda: lost,
         _compact(unique, placed, size, EMPTY[key_dtype]),
         _compact(target, placed, size, capacity),
         key_dtype,
+        any_lost=any_lost,
     )
     clock = candidates.clock + ops.cast(size, dtype=candidates.clock.dtype)
     return KeyState(row_keys, stamps, counts, sorted_keys, sorted_rows, clock)

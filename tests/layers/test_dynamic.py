@@ -8,6 +8,7 @@ import pytest
 from keras import ops
 
 from keras_embedding_plus import DynamicEmbedding, compat, load_model
+from keras_embedding_plus import load_weights as kep_load_weights
 from keras_embedding_plus.lookup import dynamic_keys
 from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
 from keras_embedding_plus.testing.dynamic import Oracle, key_dtype
@@ -313,3 +314,38 @@ def test_lazy_optimizers_reset_the_slots_of_evicted_rows(optimizer, slots):
     for name, initial in slots.items():
         np.testing.assert_allclose(after[name][row_1], initial, rtol=1e-6)
         np.testing.assert_array_equal(after[name][row_2], before[name][row_2])
+
+
+# Keras warns about its own containers whenever a `.weights.h5` load fails.
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
+def test_kep_load_weights_is_all_or_nothing_for_the_map(tmp_path):
+    """A file that fails half-way (here at the Dense after the map) leaves the
+    map, the table and the seed of new rows as they were."""
+    source = _model(DynamicEmbedding(4, 5, key_dtype=KEY_DTYPE))
+    for batch in _stream(seed=4):
+        source.train_on_batch(batch, TARGETS)
+    path = str(tmp_path / "source.weights.h5")
+    source.save_weights(path)
+    layer = DynamicEmbedding(4, 5, key_dtype=KEY_DTYPE)
+    target = keras.Sequential(
+        [
+            keras.Input((3,), dtype=KEY_DTYPE),
+            layer,
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(2),  # The source's Dense has 1 unit.
+        ]
+    )
+    target.compile(keras.optimizers.SGD(0.1), "mse")
+    for batch in _stream(seed=5):
+        target.train_on_batch(batch, np.repeat(TARGETS, 2, axis=1))
+    assert not np.array_equal(layer.keys(), source.layers[0].keys())
+
+    def state():
+        seed = ops.convert_to_numpy(layer.seed_generator.state)
+        return [layer.keys(), layer.counts(), _table(layer), seed]
+
+    before = state()
+    with pytest.raises(ValueError, match="source.weights.h5"):
+        kep_load_weights(target, path)
+    for was, now in zip(before, state(), strict=True):
+        np.testing.assert_array_equal(now, was)

@@ -14,3 +14,9 @@ def add_matmul(rows, a, b):
     if not rows.requires_grad:
         return rows.addmm_(a, b)
     return torch.addmm(rows, a, b)
+
+
+def smallest(values, k):
+    """The indices (int32) of the `k` smallest of `values` (1-D), ascending by
+    value."""
+    return torch.topk(values, k, largest=False, sorted=True).indices.int()

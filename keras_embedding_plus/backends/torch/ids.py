@@ -96,6 +96,10 @@ def new_counter(metric):
     return metric.add_variable((), initializer="zeros", dtype="int64", name="count")
 
 
+def _exporting():
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def count_invalid(counter, valid, error, marker):
     """Add the invalid ids of `valid` to `counter` in the graph (no host sync);
     `marker` (which JAX needs) is unused.
@@ -103,9 +107,11 @@ def count_invalid(counter, valid, error, marker):
     With an `error` text, any invalid id raises `ValueError`: a data-dependent
     check, which `torch.compile` runs eagerly between two graphs (public torch
     has no in-graph assert), so `"raise"` syncs once per call. Keras's shape
-    inference (tensors on the "meta" device) counts nothing.
+    inference (tensors on the "meta" device) counts nothing, nor does an
+    export (`torch.export`, ONNX): a served graph updates no metric, and the
+    variable's in-place update under `no_grad` fails export's verifier.
     """
-    if valid.device.type == "meta":
+    if valid.device.type == "meta" or _exporting():
         return
     count = torch.sum(torch.logical_not(valid), dtype=torch.int64)
     if error is not None and bool(count > 0):
