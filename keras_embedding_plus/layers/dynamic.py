@@ -484,11 +484,12 @@ class DynamicEmbedding(keras.layers.Layer):
             name: ops.convert_to_numpy(v.value)
             for name, v in zip(_STATE, self._keys, strict=True)
         }
-        held = values["stamps"] > 0
-        order = np.argsort(values["row_keys"][held])
+        # The held keys come first in the sorted index, ascending.
+        empty = dynamic_keys.EMPTY[_map_dtype(self.key_dtype)]
+        held = values["sorted_keys"] != empty
         return {
-            "keys": values["row_keys"][held][order],
-            "counts": values["counts"][held][order],
+            "keys": values["sorted_keys"][held],
+            "counts": values["counts"][values["sorted_rows"][held]],
         }
 
     def get_config(self) -> dict:

@@ -7,8 +7,8 @@ functions, so that a layer holds it in non-trainable variables and updates them
 in `call`, as `BatchNormalization` updates its statistics: compiled, on every
 backend, with no host stage. Sizes: `capacity` rows.
 
-* `row_keys[r]`: the key held by row `r`; `stamps[r]`: when it was last looked
-  up in a training call (0: the row is free); `counts[r]`: how often.
+* `stamps[r]`: when row `r`'s key was last looked up in a training call (0:
+  the row is free); `counts[r]`: how often.
 * `sorted_keys` / `sorted_rows`: the held keys in ascending order and their
   rows; free rows last, under the key `EMPTY`. A lookup is one binary search
   (`ops.searchsorted`) and two gathers.
@@ -54,7 +54,6 @@ EMPTY = {"int64": np.iinfo(np.int64).max, "int32": np.iinfo(np.int32).max}
 class KeyState(NamedTuple):
     """The map's tensors (see the module docstring)."""
 
-    row_keys: object
     stamps: object
     counts: object
     sorted_keys: object
@@ -66,7 +65,6 @@ def initial(capacity, key_dtype):
     """The empty map, as NumPy arrays (the variables' initial values)."""
     empty = EMPTY[key_dtype]
     return KeyState(
-        row_keys=np.full((capacity,), empty, key_dtype),
         stamps=np.zeros((capacity,), key_dtype),
         counts=np.zeros((capacity,), key_dtype),
         sorted_keys=np.full((capacity,), empty, key_dtype),
@@ -352,13 +350,12 @@ def train(state, keys, *, policy, min_count, candidates=None):
 
     # Admission: the j-th ready key takes the j-th row of the victim order.
     renewed = KeyState(
-        state.row_keys, stamps, counts, state.sorted_keys, state.sorted_rows, clock
+        stamps, counts, state.sorted_keys, state.sorted_rows, clock
     )
     victims, giveable = _victims(renewed, touched, policy, _static(size), True)
     admitted_key, target = _assign(ready, victims, giveable, capacity)
     was_held = ops.take(state.stamps, ops.minimum(target, capacity - 1)) > 0
     evicted = ops.sum(ops.cast(ops.logical_and(admitted_key, was_held), dtype))
-    row_keys = _scatter(state.row_keys, target, unique)
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(counts, target, sightings)
     fresh = ops.cast(ops.sort(target), "int32")
@@ -375,7 +372,7 @@ def train(state, keys, *, policy, min_count, candidates=None):
         key_dtype,
         any_lost=evicted > 0,
     )
-    state = KeyState(row_keys, stamps, counts, sorted_keys, sorted_rows, clock)
+    state = KeyState(stamps, counts, sorted_keys, sorted_rows, clock)
 
     if candidates is not None:
         candidates = _train_candidates(
@@ -409,7 +406,6 @@ def _train_candidates(
     counts = _scatter(candidates.counts, target, sightings)
     touched = _scatter(ops.zeros((capacity,), "bool"), target, ops.ones_like(new))
     state = KeyState(
-        candidates.row_keys,
         stamps,
         counts,
         candidates.sorted_keys,
@@ -419,7 +415,6 @@ def _train_candidates(
     insert = ops.logical_and(new, ops.logical_not(held))
     victims, giveable = _victims(state, touched, "lru", _static(size), False)
     placed, target = _assign(insert, victims, giveable, capacity)
-    row_keys = _scatter(candidates.row_keys, target, unique)
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(counts, target, sightings)
     lost = _scatter(ops.zeros((capacity,), "bool"), leave, ops.ones_like(new))
@@ -434,4 +429,4 @@ def _train_candidates(
         any_lost=any_lost,
     )
     clock = candidates.clock + ops.cast(size, dtype=candidates.clock.dtype)
-    return KeyState(row_keys, stamps, counts, sorted_keys, sorted_rows, clock)
+    return KeyState(stamps, counts, sorted_keys, sorted_rows, clock)

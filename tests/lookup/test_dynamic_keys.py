@@ -29,8 +29,14 @@ def _state(capacity):
 
 
 def _held(state):
-    keys, stamps = (ops.convert_to_numpy(x) for x in (state.row_keys, state.stamps))
-    return {int(keys[r]): r for r in range(len(keys)) if stamps[r] > 0}
+    """`{key: row}` from the sorted index; its rows are the stamped ones."""
+    keys, rows, stamps = (
+        ops.convert_to_numpy(x)
+        for x in (state.sorted_keys, state.sorted_rows, state.stamps)
+    )
+    held = keys != INFO.max
+    assert sorted(rows[held]) == list(np.flatnonzero(stamps > 0))
+    return {int(k): int(r) for k, r in zip(keys[held], rows[held], strict=True)}
 
 
 def _run(stream, capacity, policy, min_count, candidate_capacity, step=None):
@@ -63,10 +69,8 @@ def _run(stream, capacity, policy, min_count, candidate_capacity, step=None):
         counts = np.where(ops.convert_to_numpy(state.stamps) > 0, counts, 0)
         np.testing.assert_array_equal(counts, oracle.count)
         if candidates is not None:
-            stamps = ops.convert_to_numpy(candidates.stamps)
-            ckeys = ops.convert_to_numpy(candidates.row_keys)
             ccounts = ops.convert_to_numpy(candidates.counts)
-            got = {int(ckeys[c]): int(ccounts[c]) for c in np.flatnonzero(stamps > 0)}
+            got = {key: int(ccounts[row]) for key, row in _held(candidates).items()}
             assert got == oracle.candidates()
     return state
 
