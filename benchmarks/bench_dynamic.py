@@ -209,7 +209,12 @@ def _torchrec(backend, held):
     except ImportError:
         return None
     return peers.torchrec_mch(
-        CAPACITY, DIM, held, batch_keys=BATCH[0] * BATCH[1], sparse=True
+        CAPACITY,
+        DIM,
+        held,
+        # The history window takes the largest call: the lookup case.
+        batch_keys=max(BATCH[0] * BATCH[1], LOOKUP_KEYS),
+        sparse=True,
     )
 
 

@@ -8,8 +8,9 @@ As Keras splits `keras/src/backend/<name>/{core,nn,numpy,sparse}.py`, each of
   k smallest values, by the backend's fastest way);
 * `ids`: the index policy's ops: `is_concrete`, `traces_numpy`,
   `device_dtype`, `NARROWING_REMEDY`, `comparable`, `flat_values`,
-  `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`, and the count
-  of invalid ids met in compiled calls: `new_counter`, `count_invalid`,
+  `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`,
+  `SEARCH_UNDER_XLA` (whether `searchsorted` stays a search under XLA), and
+  the count of invalid ids met in compiled calls: `new_counter`, `count_invalid`,
   `read_count`, `reset_count`;
 * `sparse`: row-sparse gradients: `sparse_take`, `trains_densely`, `is_row_sparse`,
   `densify_gradient`, `unique_rows`, `gather_rows`, `scatter`, `subtract_scaled`,

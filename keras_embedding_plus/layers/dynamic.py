@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embedding_plus import backends
 from keras_embedding_plus.layers import arguments as _args
 from keras_embedding_plus.lookup import (
     dynamic_keys,
@@ -249,6 +250,9 @@ class DynamicEmbedding(keras.layers.Layer):
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
         self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
         self.supports_masking = self.mask_zero
+        # Keras's jit_compile="auto" then leaves XLA off where XLA cannot
+        # search the sorted keys (TensorFlow: see `backends.ids`).
+        self.supports_jit = backends.ids.SEARCH_UNDER_XLA
         # New keys' rows are drawn from the initializer in the step: with this
         # layer's seed state where the initializer takes a seed.
         self.seed_generator = keras.random.SeedGenerator(

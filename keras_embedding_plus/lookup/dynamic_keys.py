@@ -349,9 +349,7 @@ def train(state, keys, *, policy, min_count, candidates=None):
     ready = ops.logical_and(new, sightings >= min_count)
 
     # Admission: the j-th ready key takes the j-th row of the victim order.
-    renewed = KeyState(
-        stamps, counts, state.sorted_keys, state.sorted_rows, clock
-    )
+    renewed = KeyState(stamps, counts, state.sorted_keys, state.sorted_rows, clock)
     victims, giveable = _victims(renewed, touched, policy, _static(size), True)
     admitted_key, target = _assign(ready, victims, giveable, capacity)
     was_held = ops.take(state.stamps, ops.minimum(target, capacity - 1)) > 0

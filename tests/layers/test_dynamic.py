@@ -349,3 +349,13 @@ def test_kep_load_weights_is_all_or_nothing_for_the_map(tmp_path):
         kep_load_weights(target, path)
     for was, now in zip(before, state(), strict=True):
         np.testing.assert_array_equal(now, was)
+
+
+def test_keras_compiles_the_step_where_the_search_compiles():
+    """jit_compile="auto": XLA on JAX, as for any model; TensorFlow's XLA
+    would turn the key search into an all-pairs compare, so the layer asks
+    Keras for no XLA there (Keras also leaves it off on CPU-only TensorFlow and
+    on PyTorch)."""
+    model = _model(DynamicEmbedding(4, 8, key_dtype=KEY_DTYPE))
+    model.compile("sgd", "mse", jit_compile="auto")
+    assert model.jit_compile == (keras.backend.backend() == "jax")

@@ -7,6 +7,9 @@ import numpy as np
 from jax.experimental import io_callback
 from keras import ops
 
+# XLA lowers `searchsorted` to a search: a growing key map compiles.
+SEARCH_UNDER_XLA = True
+
 NARROWING_REMEDY = (
     " JAX without x64 holds 64-bit ids in 32 bits, where this id would read "
     "as another. To use 64-bit ids, enable x64: JAX_ENABLE_X64=1, or "

@@ -5,6 +5,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+# TensorFlow's XLA bridge lowers `tf.searchsorted` to an all-pairs compare
+# (batch keys x capacity booleans: 126 GiB for 65,536 keys in a 1M map), so a
+# growing key map must not be XLA-compiled; without XLA it is a binary search.
+SEARCH_UNDER_XLA = False
+
 NARROWING_REMEDY = ""
 
 

@@ -9,6 +9,9 @@ from keras import ops
 # their ids are compared as a signed dtype that keeps every valid id.
 _WIDENED = {torch.uint16: torch.int32, torch.uint32: torch.int64}
 
+# `torch.searchsorted` is a search under `torch.compile` too.
+SEARCH_UNDER_XLA = True
+
 NARROWING_REMEDY = ""
 
 
