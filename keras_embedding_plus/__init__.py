@@ -3,7 +3,8 @@
 from keras_embedding_plus import optimizers, training
 from keras_embedding_plus.data import BagDataset
 from keras_embedding_plus.layers.bag import EmbeddingBag
-from keras_embedding_plus.layers.dynamic import DynamicEmbedding, DynamicEmbeddingBag
+from keras_embedding_plus.layers.dynamic import DynamicEmbedding
+from keras_embedding_plus.layers.dynamic_bag import DynamicEmbeddingBag
 from keras_embedding_plus.layers.embedding import Embedding
 from keras_embedding_plus.layers.reversible import ReversibleEmbedding
 from keras_embedding_plus.lookup.string_keys import hash_strings

@@ -11,146 +11,16 @@ from keras import ops
 
 from keras_embedding_plus import backends
 from keras_embedding_plus.layers import arguments as _args
+from keras_embedding_plus.layers import dynamic_parts as _parts
 from keras_embedding_plus.lookup import (
     dynamic_keys,
     index_policy,
     pipeline,
-    pooling,
     string_keys,
 )
 from keras_embedding_plus.lookup.spec import LookupSpec
 
-KEY_DTYPES = ("int64", "int32", "string")
 _STATE = dynamic_keys.KeyState._fields
-
-
-def _check_choice(name, value, allowed):
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(
-            f"`{name}` must be one of {', '.join(map(repr, allowed))}. "
-            f"Received: {name}={value!r} (of type {type(value).__name__})."
-        )
-    return value
-
-
-def _map_dtype(key_dtype):
-    """The integer dtype the map holds: strings are held as their int64 hash."""
-    return "int64" if key_dtype == "string" else key_dtype
-
-
-def _check_key_dtype(key_dtype):
-    _check_choice("key_dtype", key_dtype, KEY_DTYPES)
-    probe = ops.convert_to_tensor(np.zeros((), _map_dtype(key_dtype)))
-    if keras.backend.standardize_dtype(probe.dtype) != _map_dtype(key_dtype):
-        raise ValueError(
-            f"`key_dtype={key_dtype!r}` needs 64-bit integers, which JAX holds "
-            "only with x64 enabled (JAX_ENABLE_X64=1, or "
-            'jax.config.update("jax_enable_x64", True) at startup). Enable it, '
-            'or pass key_dtype="int32" for keys in the int32 range.'
-        )
-    return key_dtype
-
-
-# `Embedding` options a growing table does not take, and why (`ValueError`
-# where they are passed, as the pair table refuses pairs).
-_REFUSED = {
-    "input_dim": "the table has `capacity` rows, and keys are not row ids",
-    "input_length": "keys of any shape are looked up",
-    "padding_idx": "pass `mask_zero=True` and `mask_key`",
-    "weights": "rows belong to keys admitted in training, not to ids",
-    "lora_rank": "LoRA's factors would follow rows that change owner",
-    "lora_alpha": "LoRA's factors would follow rows that change owner",
-    "dropout": "not implemented for a growing table",
-    "device": "the map and the table live where Keras puts variables",
-}
-
-
-def _check_mask_key(mask_key, key_dtype):
-    """`(mask_key, its key)`: the padding key as given (default 0, or `""` for
-    strings) and as the map holds it."""
-    if key_dtype == "string":
-        mask_key = "" if mask_key is None else mask_key
-        if not isinstance(mask_key, str):
-            raise ValueError(
-                '`mask_key` must be a string with key_dtype="string". Received: '
-                f"mask_key={mask_key!r}."
-            )
-        return mask_key, int(string_keys.hash_strings(mask_key))
-    mask_key = 0 if mask_key is None else mask_key
-    info = np.iinfo(key_dtype)
-    if isinstance(mask_key, bool) or not isinstance(mask_key, int | np.integer):
-        raise ValueError(
-            f"`mask_key` must be an integer. Received: mask_key={mask_key!r}."
-        )
-    if not info.min <= mask_key < info.max:
-        raise ValueError(
-            f"`mask_key` must be a {key_dtype} key below {info.max}. "
-            f"Received: mask_key={mask_key}."
-        )
-    return int(mask_key), int(mask_key)
-
-
-def _hash_host_strings(inputs):
-    """`inputs` with host strings (keys, or the values of flat bags) hashed."""
-    if string_keys.is_host_strings(inputs):
-        return string_keys.hash_strings(inputs)
-    if isinstance(inputs, (tuple, list)) and len(inputs) == 2:
-        values, bags = inputs
-        if string_keys.is_host_strings(values):
-            return type(inputs)((string_keys.hash_strings(values), bags))
-    if isinstance(inputs, dict) and string_keys.is_host_strings(inputs.get("values")):
-        return {**inputs, "values": string_keys.hash_strings(inputs["values"])}
-    return inputs
-
-
-class _Pending:
-    """What a training call leaves for the table's constraint: `fresh`, the
-    rows given to new keys and their initial values, or None."""
-
-    fresh = None
-
-
-class _FreshRows(keras.constraints.Constraint):
-    """The table's constraint: the rows given to new keys in this step take
-    their initial values, then the user's constraint applies.
-
-    A training call admits keys in the forward pass, which on JAX cannot write
-    a trainable variable (Keras's stateless forward returns only the
-    non-trainable ones). The optimizer can: Keras applies a variable's
-    constraint right after its update, in the same step. The forward leaves
-    the fresh rows in `pending`; this writes them (a dense write of the
-    table). The lazy optimizers write them first, row by row (`take_fresh`),
-    and this then has only the user's constraint to apply.
-    """
-
-    def __init__(self, pending, constraint):
-        self.pending = pending
-        self.constraint = constraint
-
-    def fresh_rows(self):
-        """The rows given to new keys in this step (then `capacity` for none),
-        or None: the lazy optimizers reset their slots there."""
-        return None if self.pending.fresh is None else self.pending.fresh[0]
-
-    def writes_fresh_rows_only(self):
-        """Whether this only writes new keys' rows (no user constraint): an
-        optimizer that writes them itself may then skip it."""
-        return self.constraint is None
-
-    def take_fresh(self):
-        """`(rows, initial values)` of this step's fresh rows, or None; the
-        caller writes them (this constraint then leaves them)."""
-        fresh, self.pending.fresh = self.pending.fresh, None
-        return fresh
-
-    def __call__(self, w):
-        fresh = self.take_fresh()
-        if fresh is not None:
-            ids, rows = dynamic_keys.fresh_writes(*fresh, w)
-            w = ops.scatter_update(w, ops.expand_dims(ids, -1), rows)
-        if self.constraint is not None:
-            w = self.constraint(w)
-        return w
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -225,11 +95,11 @@ class DynamicEmbedding(keras.layers.Layer):
         norm_type: float = 2.0,
         **kwargs: Any,
     ) -> None:
-        _args.check_refused(type(self).__name__, kwargs, _REFUSED)
+        _args.check_refused(type(self).__name__, kwargs, _parts.REFUSED)
         self.output_dim = _args.check_dim("output_dim", output_dim, 1)
         self.capacity = _args.check_dim("capacity", capacity, 1)
-        self.key_dtype = _check_key_dtype(key_dtype)
-        self.eviction = _check_choice("eviction", eviction, dynamic_keys.POLICIES)
+        self.key_dtype = _parts.check_key_dtype(key_dtype)
+        self.eviction = _parts.check_choice("eviction", eviction, dynamic_keys.POLICIES)
         self.min_count = _args.check_dim("min_count", min_count, 1)
         if candidate_capacity is not None:
             candidate_capacity = _args.check_dim(
@@ -237,7 +107,9 @@ class DynamicEmbedding(keras.layers.Layer):
             )
         self.candidate_capacity = candidate_capacity
         self.mask_zero = _args.check_bool("mask_zero", mask_zero)
-        self.mask_key, self._mask_value = _check_mask_key(mask_key, self.key_dtype)
+        self.mask_key, self._mask_value = _parts.check_mask_key(
+            mask_key, self.key_dtype
+        )
         self.sparse = _args.check_bool("sparse", sparse)
         if max_norm is not None and not max_norm > 0:
             raise ValueError(
@@ -258,10 +130,10 @@ class DynamicEmbedding(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(
             getattr(self.embeddings_initializer, "seed", None)
         )
-        self._fresh_initializer = _seeded(
+        self._fresh_initializer = _parts.seeded(
             self.embeddings_initializer, self.seed_generator
         )
-        self._pending = _Pending()
+        self._pending = _parts.Pending()
 
     def build(self, input_shape: Any = None) -> None:
         if self.built:
@@ -270,7 +142,7 @@ class DynamicEmbedding(keras.layers.Layer):
             shape=(self.capacity, self.output_dim),
             initializer=self.embeddings_initializer,
             regularizer=self.embeddings_regularizer,
-            constraint=_FreshRows(self._pending, self.embeddings_constraint),
+            constraint=_parts.FreshRows(self._pending, self.embeddings_constraint),
             name="embeddings",
         )
         self._keys = self._state_variables("keys", self.capacity)
@@ -281,7 +153,7 @@ class DynamicEmbedding(keras.layers.Layer):
         self._evictions = self.add_weight(
             shape=(),
             initializer="zeros",
-            dtype=_map_dtype(self.key_dtype),
+            dtype=_parts.map_dtype(self.key_dtype),
             trainable=False,
             name="evictions",
         )
@@ -297,7 +169,7 @@ class DynamicEmbedding(keras.layers.Layer):
         self.built = True
 
     def _state_variables(self, prefix, size):
-        values = dynamic_keys.initial(size, _map_dtype(self.key_dtype))
+        values = dynamic_keys.initial(size, _parts.map_dtype(self.key_dtype))
         variables = []
         for name, value in zip(_STATE, values, strict=True):
             variables.append(
@@ -305,7 +177,7 @@ class DynamicEmbedding(keras.layers.Layer):
                     shape=value.shape,
                     initializer=keras.initializers.Constant(value)
                     if value.ndim == 0
-                    else _ArrayInitializer(value),
+                    else _parts.ArrayInitializer(value),
                     dtype=str(value.dtype),
                     trainable=False,
                     name=f"{prefix}_{name}",
@@ -372,7 +244,7 @@ class DynamicEmbedding(keras.layers.Layer):
         if self.key_dtype == "string":
             # JAX and PyTorch tensors hold no strings: hashed before Keras
             # converts the inputs.
-            inputs = _hash_host_strings(inputs)
+            inputs = _parts.hash_host_strings(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
@@ -398,7 +270,7 @@ class DynamicEmbedding(keras.layers.Layer):
                 f"of dtype {keys.dtype}."
             )
         shape = ops.shape(keys)
-        dtype = _map_dtype(self.key_dtype)
+        dtype = _parts.map_dtype(self.key_dtype)
         flat = ops.reshape(ops.cast(keys, dtype), (-1,))
         empty = ops.cast(dynamic_keys.EMPTY[dtype], dtype)
         if self.mask_zero:
@@ -436,7 +308,7 @@ class DynamicEmbedding(keras.layers.Layer):
 
     def _start_fresh(self, looked_up, rows, fresh):
         """Rows given to new keys in this call read their initial values, which
-        `_FreshRows` writes to the table after the optimizer's update (the
+        `dynamic_parts.FreshRows` writes to the table after the optimizer's update (the
         update of this first call is not kept)."""
         size = ops.shape(fresh)[0]
         initial = self._fresh_initializer((size, self.output_dim))
@@ -468,7 +340,7 @@ class DynamicEmbedding(keras.layers.Layer):
         """The rows of `keys` (any shape), -1 for keys not held, as NumPy."""
         if self.key_dtype == "string" and string_keys.is_host_strings(keys):
             keys = string_keys.hash_strings(keys)
-        keys = np.asarray(keys, _map_dtype(self.key_dtype))
+        keys = np.asarray(keys, _parts.map_dtype(self.key_dtype))
         flat = ops.convert_to_tensor(keys.reshape(-1))
         rows = dynamic_keys.find(self._values(self._keys), flat)
         return ops.convert_to_numpy(rows).reshape(keys.shape)
@@ -489,7 +361,7 @@ class DynamicEmbedding(keras.layers.Layer):
             for name, v in zip(_STATE, self._keys, strict=True)
         }
         # The held keys come first in the sorted index, ascending.
-        empty = dynamic_keys.EMPTY[_map_dtype(self.key_dtype)]
+        empty = dynamic_keys.EMPTY[_parts.map_dtype(self.key_dtype)]
         held = values["sorted_keys"] != empty
         return {
             "keys": values["sorted_keys"][held],
@@ -520,110 +392,4 @@ class DynamicEmbedding(keras.layers.Layer):
             max_norm=self.max_norm,
             norm_type=self.norm_type,
         )
-        return config
-
-
-class _ArrayInitializer(keras.initializers.Initializer):
-    """The initial value of a state variable: a given array."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __call__(self, shape, dtype=None):
-        return ops.convert_to_tensor(self.value, dtype=dtype)
-
-
-def _seeded(initializer, seed_generator):
-    """`initializer` drawing from `seed_generator` where it takes a seed (so
-    that it draws new values each step, in compiled steps too)."""
-    config = initializer.get_config()
-    if "seed" not in config:
-        return initializer
-    config = {**config, "seed": seed_generator}
-    return initializer.__class__.from_config(config)
-
-
-@keras.saving.register_keras_serializable(package="keras_embedding_plus")
-class DynamicEmbeddingBag(DynamicEmbedding):
-    """`DynamicEmbedding`'s growing table behind `EmbeddingBag`'s combiners:
-    multi-hot features of unbounded keys, pooled in one layer.
-
-    Keys are admitted, evicted and looked up as `DynamicEmbedding` does (every
-    key of every bag is a sighting); then each bag's rows are pooled as
-    `EmbeddingBag` pools them. Keys not held (and `mask_key` with `mask_zero`)
-    count nowhere, weights included: a bag of no held key pools to zeros.
-
-    Args:
-        output_dim: Integer. Dimension of the dense embedding.
-        capacity: Integer. The number of rows: the most keys held at once.
-        combiner: `"sum"`, `"mean"` (default), `"sqrtn"` or `"max"`, as
-            `EmbeddingBag`'s.
-        **kwargs: `DynamicEmbedding`'s other arguments.
-
-    Input shape:
-        Dense keys `(batch_size, ..., L)`, pooled over their last axis;
-        `(values, offsets)`, as `torch.nn.functional.embedding_bag` takes
-        them; `{"values": v, "lengths": l}`; a `tf.RaggedTensor`; or a sparse
-        tensor. Optional `weights`, one per key, in the same form (not with
-        `"max"`).
-
-    Output shape:
-        `(batch_size, ..., output_dim)`; `(number of bags, output_dim)` for the
-        flat forms.
-    """
-
-    def __init__(
-        self, output_dim: int, capacity: int, combiner: str = "mean", **kwargs: Any
-    ) -> None:
-        self.combiner = pooling.check_combiner(combiner)
-        super().__init__(output_dim, capacity, **kwargs)
-        self.supports_masking = False
-
-    def call(self, inputs, weights=None, training=None):
-        pooling.check_combiner_weights(self.combiner, weights)
-        combiner = pooling.COMBINERS[self.combiner]
-        bags = pooling.flat_bags(inputs, weights)
-        if bags is None:
-            keys = self._keys_of(inputs)
-            if len(keys.shape) < 2:
-                raise ValueError(
-                    "Dense bags must have shape `(batch, ..., L)`: pooled over "
-                    f"their last axis. Received: keys of shape {tuple(keys.shape)}."
-                )
-            weights = pooling.dense_weights(keys, weights)
-            rows, held = self._rows(keys, training)
-            out = pooling.combine_dense(rows, held, weights, combiner)
-            return ops.cast(out, self.compute_dtype)
-        rows, held = self._rows(bags.values, training)
-        in_a_bag = bags.in_a_bag()
-        if in_a_bag is not None:
-            held = ops.logical_and(held, in_a_bag)
-        out = pooling.combine_flat(rows, held, bags.weights, bags, combiner)
-        if len(bags.outer_shape) != 1:
-            out = ops.reshape(out, (*bags.outer_shape, out.shape[-1]))
-        return ops.cast(out, self.compute_dtype)
-
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        _args.check_bag_call(args, kwargs)
-        return super().__call__(*args, **kwargs)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.output_dim)
-
-    def compute_output_spec(self, inputs, weights=None, training=None):
-        if isinstance(inputs, (tuple, list)):
-            shape = (inputs[1].shape[0], self.output_dim)
-        elif isinstance(inputs, dict):
-            pooling.check_lengths_keys(inputs)
-            shape = (inputs["lengths"].shape[0], self.output_dim)
-        else:
-            shape = self.compute_output_shape(inputs.shape)
-        return keras.KerasTensor(shape, dtype=self.compute_dtype)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config["combiner"] = self.combiner
         return config
