@@ -248,3 +248,61 @@ def stored_rows(store, key):
     if "dtype" in dataset.attrs or dataset.dtype.kind not in "fiub":
         return None
     return dataset
+
+
+def applying_optimizer():
+    """The Keras optimizer whose `apply` is running, or None.
+
+    Keras calls a variable's constraint with the variable alone, inside
+    `BaseOptimizer.apply`, which opens a name scope with the optimizer as its
+    `caller`; the scope stack is Keras's global state `name_scope_stack`.
+    `DynamicEmbedding`'s constraint needs the optimizer to reset the slots of
+    the rows it hands to new keys. Public replacement: none (a constraint
+    receives only the variable, and an optimizer has no hook per variable).
+    """
+    from keras.src.backend.common import global_state
+
+    stack = global_state.get_global_attribute("name_scope_stack") or []
+    for scope in reversed(stack):
+        caller = getattr(scope, "caller", None)
+        if isinstance(caller, keras.optimizers.Optimizer):
+            return caller
+    return None
+
+
+# What Keras's optimizers keep per element of a variable (the names they give
+# `add_optimizer_variables`), with its initial value: the optimizer's
+# `initial_accumulator_value` (Adagrad, Ftrl) or zero. EMA averages and
+# gradient accumulators are not statistics of the rows' past gradients.
+_ROW_STATISTICS = (
+    "momentum",
+    "velocity",
+    "velocity_hat",
+    "accumulator",
+    "linear",
+    "average_gradient",
+    "accumulated_grad",
+    "accumulated_delta_var",
+    "norm",
+)
+
+
+def row_slots(optimizer, variable):
+    """`[(slot, initial value)]`: the slots `optimizer` keeps for `variable`,
+    element by element (its shape), among Keras's statistics above.
+
+    Keras names a slot `f"{variable.path.replace('/', '_')}_{statistic}"`
+    (`BaseOptimizer.add_variable_from_reference`); `optimizer.variables` and
+    `.name` are public, the naming is not. Public replacement: none (no map
+    from a variable to its slots).
+    """
+    prefix = variable.path.replace("/", "_") + "_"
+    slots = []
+    for slot in optimizer.variables:
+        statistic = slot.name[len(prefix) :] if slot.name.startswith(prefix) else ""
+        if statistic in _ROW_STATISTICS and tuple(slot.shape) == tuple(variable.shape):
+            initial = 0.0
+            if statistic == "accumulator":
+                initial = getattr(optimizer, "initial_accumulator_value", 0.0)
+            slots.append((slot, initial))
+    return slots

@@ -25,8 +25,8 @@ touch every row (O(vocabulary) per step).
 
 Rows a `DynamicEmbedding` hands to new keys in a step get their slots' initial
 values after that step's update (zero moments; Adagrad's initial accumulator),
-as their values restart from the initializer. Keras's own optimizers keep the
-evicted key's slots there: they hold no hook to reach from the layer.
+as their values restart from the initializer (Keras's own optimizers get the
+same through the table's constraint, `layers.dynamic_parts.FreshRows`).
 """
 
 import keras

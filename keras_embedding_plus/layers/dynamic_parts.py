@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embedding_plus import compat
 from keras_embedding_plus.lookup import dynamic_keys, string_keys
 
 KEY_DTYPES = ("int64", "int32", "string")
@@ -107,8 +108,10 @@ class FreshRows(keras.constraints.Constraint):
     non-trainable ones). The optimizer can: Keras applies a variable's
     constraint right after its update, in the same step. The forward leaves
     the fresh rows in `pending`; this writes them (a dense write of the
-    table). The lazy optimizers write them first, row by row (`take_fresh`),
-    and this then has only the user's constraint to apply.
+    table), and gives those rows' slots in the optimizer applying the update
+    (Keras's own) their initial values: an evicted key's statistics do not
+    carry over to the new one. The lazy optimizers write both first, row by row
+    (`take_fresh`), and this then has only the user's constraint to apply.
     """
 
     def __init__(self, pending, constraint):
@@ -134,11 +137,28 @@ class FreshRows(keras.constraints.Constraint):
     def __call__(self, w):
         fresh = self.take_fresh()
         if fresh is not None:
+            if isinstance(w, keras.Variable):
+                self._reset_slots(fresh[0], w)
             ids, rows = dynamic_keys.fresh_writes(*fresh, w)
             w = ops.scatter_update(w, ops.expand_dims(ids, -1), rows)
         if self.constraint is not None:
             w = self.constraint(w)
         return w
+
+    @staticmethod
+    def _reset_slots(fresh, table):
+        """The `fresh` rows of `table`'s slots in the optimizer now applying
+        its update (Keras's own: a dense write of each slot) take their
+        initial values."""
+        optimizer = compat.applying_optimizer()
+        if optimizer is None:
+            return
+        for slot, initial in compat.row_slots(optimizer, table):
+            values = ops.full((ops.shape(fresh)[0],) + tuple(slot.shape[1:]), initial)
+            ids, values = dynamic_keys.fresh_writes(fresh, values, slot)
+            slot.assign(
+                ops.scatter_update(slot.value, ops.expand_dims(ids, -1), values)
+            )
 
 
 class ArrayInitializer(keras.initializers.Initializer):

@@ -316,6 +316,50 @@ def test_lazy_optimizers_reset_the_slots_of_evicted_rows(optimizer, slots):
         np.testing.assert_array_equal(after[name][row_2], before[name][row_2])
 
 
+@pytest.mark.parametrize(
+    "optimizer, slots",
+    [
+        (lambda: keras.optimizers.Adam(0.05, amsgrad=True), 3),
+        (lambda: keras.optimizers.Adagrad(0.05), 1),
+        (lambda: keras.optimizers.RMSprop(0.05, momentum=0.5, centered=True), 3),
+        (lambda: keras.optimizers.Ftrl(0.05, initial_accumulator_value=1e-9), 2),
+    ],
+    ids=["adam", "adagrad", "rmsprop", "ftrl"],
+)
+def test_keras_optimizers_reset_the_slots_of_evicted_rows(optimizer, slots):
+    """As with the lazy optimizers, in Keras's own, compiled: key 1's row goes
+    to key 3 with its slots at their initial values (zeros; Adagrad's and
+    Ftrl's `initial_accumulator_value`), read from the optimizer's variables
+    named after the table; the other row's are left as the update made them."""
+    layer = DynamicEmbedding(4, 2, key_dtype=KEY_DTYPE)
+    model = _model(layer, optimizer())
+    ones = np.ones((4, 3), KEY_DTYPE)
+    for key in (1, 1, 2, 2):
+        model.train_on_batch(ones * key, TARGETS)
+    prefix = layer.embeddings.path.replace("/", "_") + "_"
+    found = {
+        v.name[len(prefix) :]: v
+        for v in model.optimizer.variables
+        if v.name.startswith(prefix)
+    }
+    assert len(found) == slots, sorted(found)
+    initial = {
+        name: getattr(model.optimizer, "initial_accumulator_value", 0.0)
+        if name == "accumulator"
+        else 0.0
+        for name in found
+    }
+    row_1, row_2 = layer.rows_of([1, 2])
+    for name, slot in found.items():
+        assert np.abs(ops.convert_to_numpy(slot)[row_1] - initial[name]).max() > 0
+    model.train_on_batch(ones * 3, TARGETS)
+    assert layer.rows_of([3])[0] == row_1
+    for name, slot in found.items():
+        after = ops.convert_to_numpy(slot)
+        np.testing.assert_allclose(after[row_1], initial[name], rtol=1e-6)
+        assert np.abs(after[row_2] - initial[name]).max() > 0, name
+
+
 # Keras warns about its own containers whenever a `.weights.h5` load fails.
 @pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_kep_load_weights_is_all_or_nothing_for_the_map(tmp_path):
