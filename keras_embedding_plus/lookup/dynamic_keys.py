@@ -118,16 +118,24 @@ def fresh_writes(fresh, values, current):
     return ids, rows
 
 
-def _pad(x, value):
-    """`x` with one more entry, `value`: the target of masked-out scatters."""
-    return ops.concatenate([x, ops.full((1,), value, dtype=x.dtype)])
-
-
 def _scatter(x, rows, values):
-    """`x[rows] = values` where `rows` may hold `len(x)` (dropped)."""
-    padded = _pad(x, 0)
-    rows = ops.expand_dims(ops.cast(rows, "int32"), -1)
-    return ops.scatter_update(padded, rows, ops.cast(values, x.dtype))[:-1]
+    """`x[rows] = values` (1-D) where `rows` may hold `len(x)` (dropped) and
+    the other rows are distinct.
+
+    The dropped entries write the first kept one again, row and value (or
+    `x[0]` to row 0 where none is kept): a scatter whose duplicates agree, on
+    every backend, with no padded copy of `x`.
+    """
+    rows = ops.cast(rows, "int32")
+    values = ops.cast(values, x.dtype)
+    keep = rows < ops.shape(x)[0]
+    first = ops.argmax(ops.cast(keep, "int32"))
+    any_kept = ops.take(keep, first)
+    first_row = ops.where(any_kept, ops.take(rows, first), 0)
+    first_value = ops.where(any_kept, ops.take(values, first), ops.take(x, 0))
+    rows = ops.where(keep, rows, first_row)
+    values = ops.where(keep, values, first_value)
+    return ops.scatter_update(x, ops.expand_dims(rows, -1), values)
 
 
 def _cond(predicate, true_fn, false_fn):
@@ -262,30 +270,35 @@ def _score(state, touched, policy):
 
 def _victims(state, touched, policy, size, free_rows_last):
     """`(victims, giveable)`: the first `size` rows in the order they are given
-    to new keys (`_score`), and which of them may be (not `touched`).
+    to new keys (`_score`), and which of them may be (not `touched()`: the
+    rows of the batch's held keys, a function giving a boolean per row).
 
     `free_rows_last`: the held rows are the first ones, the free rows all
     after them (the main map, which never frees a row): while `size` rows
-    are free, they are the victims, with no pass over the map.
+    are free, they are the victims (none touched), with no pass over the map.
     """
     capacity = state.stamps.shape[0]
     size = min(size, capacity)
 
     def by_score():
-        return backends.core.smallest(_score(state, touched, policy), size)
-
-    if free_rows_last:
-        held = ops.sum(ops.cast(state.stamps > 0, "int32"))
-        victims = _cond(
-            capacity - held >= size,
-            # (A sum of int32 is int64 under JAX's x64.)
-            lambda: ops.cast(held, "int32") + ops.arange(size, dtype="int32"),
-            by_score,
+        rows_touched = touched()
+        victims = ops.cast(
+            backends.core.smallest(_score(state, rows_touched, policy), size),
+            "int32",
         )
-    else:
-        victims = by_score()
-    victims = ops.cast(victims, "int32")
-    return victims, ops.logical_not(ops.take(touched, victims))
+        return victims, ops.logical_not(ops.take(rows_touched, victims))
+
+    if not free_rows_last:
+        return by_score()
+    # The held keys precede the free entries (`EMPTY`) in the sorted index.
+    key_dtype = backend.standardize_dtype(state.sorted_keys.dtype)
+    empty = ops.full((1,), EMPTY[key_dtype], dtype=key_dtype)
+    held = ops.cast(ops.searchsorted(state.sorted_keys, empty)[0], "int32")
+    return _cond(
+        capacity - held >= size,
+        lambda: (held + ops.arange(size, dtype="int32"), ops.ones((size,), "bool")),
+        by_score,
+    )
 
 
 def _static(size):
@@ -327,18 +340,14 @@ def train(state, keys, *, policy, min_count, candidates=None):
     stamps_now = state.clock + sequence
     clock = state.clock + ops.cast(size, dtype)
 
-    # Held keys: renew.
+    # Held keys: renewed (below, with the admitted ones: one scatter a tensor).
     rows = find(state, unique)
     hit = ops.logical_and(present, rows >= 0)
-    target = ops.where(hit, rows, capacity)
-    stamps = _scatter(state.stamps, target, stamps_now)
-    counts = _pad(state.counts, 0) + ops.segment_sum(
-        ops.cast(ops.where(hit, occurrences, 0), dtype),
-        ops.cast(target, "int32"),
-        capacity + 1,
-    )
-    counts = counts[:-1]
-    touched = _scatter(ops.zeros((capacity,), "bool"), target, ops.ones_like(hit))
+    hit_row = ops.where(hit, rows, capacity)
+
+    def touched():
+        return _scatter(ops.zeros((capacity,), "bool"), hit_row, ops.ones_like(hit))
+
     new = ops.logical_and(present, ops.logical_not(hit))
     sightings = ops.cast(occurrences, dtype)
     if candidates is not None:
@@ -348,14 +357,21 @@ def train(state, keys, *, policy, min_count, candidates=None):
         sightings = sightings + ops.where(chit, earlier, 0)
     ready = ops.logical_and(new, sightings >= min_count)
 
-    # Admission: the j-th ready key takes the j-th row of the victim order.
-    renewed = KeyState(stamps, counts, state.sorted_keys, state.sorted_rows, clock)
-    victims, giveable = _victims(renewed, touched, policy, _static(size), True)
+    # Admission: the j-th ready key takes the j-th row of the victim order
+    # (the order does not read the touched rows' stamps and counts).
+    victims, giveable = _victims(state, touched, policy, _static(size), True)
     admitted_key, target = _assign(ready, victims, giveable, capacity)
     was_held = ops.take(state.stamps, ops.minimum(target, capacity - 1)) > 0
     evicted = ops.sum(ops.cast(ops.logical_and(admitted_key, was_held), dtype))
-    stamps = _scatter(stamps, target, stamps_now)
-    counts = _scatter(counts, target, sightings)
+    # A key is held or admitted, not both: one scatter writes both.
+    held_count = ops.take(state.counts, ops.minimum(hit_row, capacity - 1))
+    written = ops.where(hit, hit_row, target)
+    stamps = _scatter(state.stamps, written, stamps_now)
+    counts = _scatter(
+        state.counts,
+        written,
+        ops.where(hit, held_count + ops.cast(occurrences, dtype), sightings),
+    )
     fresh = ops.cast(ops.sort(target), "int32")
 
     def removed():
@@ -363,7 +379,7 @@ def train(state, keys, *, policy, min_count, candidates=None):
         return _scatter(no_row, target, ops.ones_like(ready))
 
     sorted_keys, sorted_rows = _merged(
-        renewed,
+        state,
         removed,
         _compact(unique, admitted_key, size, EMPTY[key_dtype]),
         _compact(target, admitted_key, size, capacity),
@@ -402,7 +418,12 @@ def _train_candidates(
     target = ops.where(renew, rows, capacity)
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(candidates.counts, target, sightings)
-    touched = _scatter(ops.zeros((capacity,), "bool"), target, ops.ones_like(new))
+    renewed_row = target
+
+    def touched():
+        no_row = ops.zeros((capacity,), "bool")
+        return _scatter(no_row, renewed_row, ops.ones_like(new))
+
     state = KeyState(
         stamps,
         counts,
