@@ -3,6 +3,8 @@
 Each entry says why it is here and what would replace it.
 """
 
+import inspect
+
 import keras
 
 KERAS_VERSION = tuple(int(part) for part in keras.__version__.split(".")[:2])
@@ -254,19 +256,18 @@ def applying_optimizer():
     """The Keras optimizer whose `apply` is running, or None.
 
     Keras calls a variable's constraint with the variable alone, inside
-    `BaseOptimizer.apply`, which opens a name scope with the optimizer as its
-    `caller`; the scope stack is Keras's global state `name_scope_stack`.
-    `DynamicEmbedding`'s constraint needs the optimizer to reset the slots of
-    the rows it hands to new keys. Public replacement: none (a constraint
-    receives only the variable, and an optimizer has no hook per variable).
+    `BaseOptimizer.apply`: the optimizer is the `self` of a calling frame (the
+    nearest: a `LossScaleOptimizer`'s inner one). `DynamicEmbedding`'s
+    constraint needs it to reset the slots of the rows it hands to new keys.
+    Public replacement: none (a constraint receives only the variable, and an
+    optimizer has no hook per variable).
     """
-    from keras.src.backend.common import global_state
-
-    stack = global_state.get_global_attribute("name_scope_stack") or []
-    for scope in reversed(stack):
-        caller = getattr(scope, "caller", None)
+    frame = inspect.currentframe().f_back
+    while frame is not None:
+        caller = frame.f_locals.get("self")
         if isinstance(caller, keras.optimizers.Optimizer):
             return caller
+        frame = frame.f_back
     return None
 
 

@@ -4,8 +4,9 @@ As Keras splits `keras/src/backend/<name>/{core,nn,numpy,sparse}.py`, each of
 `jax/`, `tensorflow/` and `torch/` holds:
 
 * `core`: `value_of` (a variable's native array), `add_matmul` (LoRA's delta
-  added to the rows, in place where it can) and `smallest` (the indices of the
-  k smallest values, by the backend's fastest way);
+  added to the rows, in place where it can), `smallest` (the indices of the
+  k smallest values, by the backend's fastest way) and `leading` (the first n
+  entries where compiled steps take data-dependent shapes);
 * `ids`: the index policy's ops: `is_concrete`, `traces_numpy`,
   `device_dtype`, `NARROWING_REMEDY`, `comparable`, `flat_values`,
   `with_flat_values`, `ids_all_valid`, `take`, `zero_invalid`,

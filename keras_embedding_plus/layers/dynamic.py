@@ -309,7 +309,11 @@ class DynamicEmbedding(keras.layers.Layer):
     def _start_fresh(self, looked_up, rows, fresh):
         """Rows given to new keys in this call read their initial values, which
         `dynamic_parts.FreshRows` writes to the table after the optimizer's update (the
-        update of this first call is not kept)."""
+        update of this first call is not kept). Where the backend takes
+        data-dependent shapes, only the real fresh rows (`fresh` holds them
+        first) are drawn and written, not one per key of the batch."""
+        count = ops.sum(ops.cast(fresh < self.capacity, "int32"))
+        fresh = backends.core.leading(fresh, ops.maximum(count, 1))
         size = ops.shape(fresh)[0]
         initial = self._fresh_initializer((size, self.output_dim))
         self._pending.fresh = (fresh, initial)

@@ -39,6 +39,7 @@ plain Python model, key stream by key stream):
 
 from typing import NamedTuple
 
+import keras
 import numpy as np
 from keras import backend, ops
 
@@ -113,7 +114,12 @@ def fresh_writes(fresh, values, current):
     first_id = ops.where(valid[0], fresh[0], capacity - 1)
     ids = ops.where(valid, fresh, first_id)
     values = ops.cast(values, current.dtype)
-    first = ops.where(valid[0], values[0], ops.take(current, first_id, axis=0))
+    if isinstance(current, keras.Variable):
+        # Its row alone (TensorFlow would copy the whole variable to `take`).
+        row = backends.sparse.gather_rows(current, ops.reshape(first_id, (1,)))[0]
+    else:
+        row = ops.take(current, first_id, axis=0)
+    first = ops.where(valid[0], values[0], row)
     rows = ops.where(ops.expand_dims(valid, -1), values, ops.expand_dims(first, 0))
     return ids, rows
 
@@ -184,23 +190,15 @@ def _merged(state, removed, keys, rows, key_dtype, any_lost):
         new_before = ops.cumsum(ops.cast(is_new, "int32"))
         old_index = ops.arange(capacity, dtype="int32") - new_before
         new_index = ops.maximum(new_before - 1, 0)
-        at_new = ops.expand_dims(is_new, 0)
-        merged = ops.where(
-            at_new,
-            ops.stack(
-                [
-                    ops.take(keys, new_index),
-                    ops.cast(ops.take(rows, new_index), old_keys.dtype),
-                ]
-            ),
-            ops.stack(
-                [
-                    ops.take(old_keys, old_index),
-                    ops.cast(ops.take(old_rows, old_index), old_keys.dtype),
-                ]
-            ),
+        sorted_keys = ops.where(
+            is_new, ops.take(keys, new_index), ops.take(old_keys, old_index)
         )
-        return merged[0], ops.cast(merged[1], "int32")
+        sorted_rows = ops.where(
+            is_new,
+            ops.cast(ops.take(rows, new_index), "int32"),
+            ops.take(old_rows, old_index),
+        )
+        return sorted_keys, sorted_rows
 
     def scattered():
         held = ops.not_equal(old_keys, empty)
@@ -278,7 +276,8 @@ def _victims(state, touched, policy, size, free_rows_last):
     are free, they are the victims (none touched), with no pass over the map.
     """
     capacity = state.stamps.shape[0]
-    size = min(size, capacity)
+    # `size` is a tensor in TensorFlow graphs of unknown batch size.
+    size = min(size, capacity) if isinstance(size, int) else ops.minimum(size, capacity)
 
     def by_score():
         rows_touched = touched()
@@ -296,15 +295,12 @@ def _victims(state, touched, policy, size, free_rows_last):
     held = ops.cast(ops.searchsorted(state.sorted_keys, empty)[0], "int32")
     return _cond(
         capacity - held >= size,
-        lambda: (held + ops.arange(size, dtype="int32"), ops.ones((size,), "bool")),
+        lambda: (
+            held + ops.arange(size, dtype="int32"),
+            ops.greater_equal(ops.arange(size, dtype="int32"), 0),
+        ),
         by_score,
     )
-
-
-def _static(size):
-    """`size` where it is known when tracing; else no bound (TensorFlow graphs
-    of unknown batch size): every row is then ordered."""
-    return size if isinstance(size, int) else 2**62
 
 
 def _assign(ready, victims, giveable, capacity):
@@ -359,7 +355,7 @@ def train(state, keys, *, policy, min_count, candidates=None):
 
     # Admission: the j-th ready key takes the j-th row of the victim order
     # (the order does not read the touched rows' stamps and counts).
-    victims, giveable = _victims(state, touched, policy, _static(size), True)
+    victims, giveable = _victims(state, touched, policy, size, True)
     admitted_key, target = _assign(ready, victims, giveable, capacity)
     was_held = ops.take(state.stamps, ops.minimum(target, capacity - 1)) > 0
     evicted = ops.sum(ops.cast(ops.logical_and(admitted_key, was_held), dtype))
@@ -432,7 +428,7 @@ def _train_candidates(
         candidates.clock,
     )
     insert = ops.logical_and(new, ops.logical_not(held))
-    victims, giveable = _victims(state, touched, "lru", _static(size), False)
+    victims, giveable = _victims(state, touched, "lru", size, False)
     placed, target = _assign(insert, victims, giveable, capacity)
     stamps = _scatter(stamps, target, stamps_now)
     counts = _scatter(counts, target, sightings)

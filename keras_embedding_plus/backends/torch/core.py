@@ -20,3 +20,9 @@ def smallest(values, k):
     """The indices (int32) of the `k` smallest of `values` (1-D), ascending by
     value."""
     return torch.topk(values, k, largest=False, sorted=True).indices.int()
+
+
+def leading(x, n):
+    """`x[:n]` (`n` a scalar tensor): PyTorch's eager steps take
+    data-dependent shapes."""
+    return x[: int(n)]
