@@ -4,8 +4,9 @@
 release 0.1.0 (`scripts/make_release_fixtures.py`) in three formats: `.keras`,
 `.weights.h5` with the architecture in `.json`, and the legacy `.h5`; with the input
 ids and the outputs 0.1.0 computed on the writer from each file loaded back. Every
-file must load through the public API on the current backend with those outputs:
-exactly on the writer's backend, within `CROSS_BACKEND_ATOL` on the others. The
+file must load through the public API on the current backend with those outputs,
+within `CROSS_BACKEND_ATOL` (float32 rounding), on the writer's backend too (its
+CPU kernels may round otherwise on another machine). The
 model saved with its optimizer must also bring back the optimizer's variables
 exactly where 0.1.0 did.
 """
@@ -31,9 +32,12 @@ MANIFESTS = {
 MODELS = list(MANIFESTS["tensorflow"]["models"])
 KERAS_VERSION = tuple(int(p) for p in keras.__version__.split(".")[:2])
 # Measured over all 9 writer x reader pairs (`make_release_fixtures.py --measure`,
-# Keras 3.15.1, CPU): 0 on the writer's backend; across backends at most
-# 1.1920929e-07 = 2**-23 (float32 rounding of the Dense and pooling sums, of the
-# dequantized rows, of the reverse logits). The smallest bound covering that:
+# Keras 3.15.1, CPU): 0 on the writer's backend on the writer's machine; across
+# backends at most 1.1920929e-07 = 2**-23 (float32 rounding of the Dense and
+# pooling sums, of the dequantized rows, of the reverse logits). The smallest
+# bound covering that. It holds on the writer's backend too: on a CPU with
+# other vector units (AVX-512 / AMX here), PyTorch's CPU matmul picks other
+# kernels and its own outputs move by 2**-23.
 CROSS_BACKEND_ATOL = 2.0**-23
 
 
@@ -93,12 +97,9 @@ def test_release_fixture_loads_with_the_same_outputs(name):
             assert len(received) == len(expected), where
             for i, (want, got) in enumerate(zip(expected, received, strict=True)):
                 message = f"{where}, output {i}"
-                if writer == BACKEND:
-                    np.testing.assert_array_equal(got, want, err_msg=message)
-                else:
-                    np.testing.assert_allclose(
-                        got, want, rtol=0, atol=CROSS_BACKEND_ATOL, err_msg=message
-                    )
+                np.testing.assert_allclose(
+                    got, want, rtol=0, atol=CROSS_BACKEND_ATOL, err_msg=message
+                )
             if entry["optimizer_variables"] is not None:
                 _check_optimizer(model, entry, info, data, where)
 

@@ -120,7 +120,7 @@ class _LazyMixin:
             return
         for name, initial in self._row_slots():
             slot = self._slot(name, variable)
-            values = ops.full((ops.shape(rows)[0], slot.shape[-1]), initial)
+            values = ops.full((ops.shape(rows)[0], *slot.shape[1:]), initial)
             ids, values = dynamic_keys.fresh_writes(rows, values, slot)
             backends.sparse.scatter(self, slot, ids, values, "update")
         ids, values = dynamic_keys.fresh_writes(*constraint.take_fresh(), variable)
@@ -292,6 +292,125 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
         )
 
 
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
+    """Row-wise Adagrad, the optimizer FBGEMM and torchrec use for big tables:
+    one accumulator per row, not per element.
+
+    For a variable of rank 2 or more (a table: one row per id), with `g` the
+    gradient of row `r`:
+
+        accumulator[r] += mean(g ** 2)
+        row[r] -= learning_rate * g / (sqrt(accumulator[r]) + epsilon)
+
+    (FBGEMM's `EXACT_ROWWISE_ADAGRAD` without weight decay). A variable of rank
+    0 or 1 (a bias) keeps one accumulator per element, as `Adagrad`. The state
+    is `1 / output_dim` of Adagrad's for a table. On a row-sparse gradient
+    (`Embedding(sparse=True)`) only the looked-up rows and their accumulators
+    move; a row with no gradient does not move in the dense update either, so
+    both give the same result.
+
+    Args:
+        learning_rate: A float, a schedule, or a callable (as Keras's).
+        initial_accumulator_value: Float >= 0: the accumulators' start.
+        epsilon: Float > 0, added to the accumulator's square root.
+        **kwargs: The base optimizer's (`clipnorm`, `global_clipnorm`, ...).
+
+    Example:
+
+    >>> model.compile(optimizer=LazyRowwiseAdagrad(0.05), loss="mse")
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        initial_accumulator_value=0.0,
+        epsilon=1e-8,
+        name="lazy_rowwise_adagrad",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if not initial_accumulator_value >= 0:
+            raise ValueError(
+                "`initial_accumulator_value` must be >= 0. Received: "
+                f"initial_accumulator_value={initial_accumulator_value!r}."
+            )
+        if not epsilon > 0:
+            raise ValueError(f"`epsilon` must be > 0. Received: epsilon={epsilon!r}.")
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        initial = keras.initializers.Constant(self.initial_accumulator_value)
+        self._accumulators = [
+            self.add_variable(
+                shape=_rowwise_shape(variable),
+                initializer=initial,
+                dtype=variable.dtype,
+                name=f"{variable.path.replace('/', '_')}_rowwise_accumulator",
+            )
+            for variable in var_list
+        ]
+
+    def _row_slots(self):
+        return (("_accumulators", self.initial_accumulator_value),)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if backends.sparse.is_row_sparse(gradient):
+            return super().update_step(gradient, variable, learning_rate)
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        accumulator = self._slot("_accumulators", variable)
+        self.assign_add(accumulator, _row_mean_square(gradient))
+        scale = _per_row(ops.sqrt(accumulator) + self.epsilon, gradient)
+        self.assign_sub(variable, ops.divide(ops.multiply(lr, gradient), scale))
+
+    def _update_rows(self, ids, gradient, variable, learning_rate):
+        accumulator = self._slot("_accumulators", variable)
+        rows = ops.add(
+            backends.sparse.gather_rows(accumulator, ids), _row_mean_square(gradient)
+        )
+        backends.sparse.scatter(self, accumulator, ids, rows, "update")
+        scale = _per_row(ops.sqrt(rows) + self.epsilon, gradient)
+        backends.sparse.scatter(
+            self,
+            variable,
+            ids,
+            ops.divide(ops.multiply(learning_rate, gradient), scale),
+            "sub",
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            initial_accumulator_value=self.initial_accumulator_value,
+            epsilon=self.epsilon,
+        )
+        return config
+
+
+def _rowwise_shape(variable):
+    """One accumulator per row of a table (rank >= 2), else per element."""
+    shape = tuple(variable.shape)
+    return shape[:1] if len(shape) >= 2 else shape
+
+
+def _row_mean_square(gradient):
+    if len(gradient.shape) < 2:
+        return ops.square(gradient)
+    return ops.mean(ops.square(gradient), axis=tuple(range(1, len(gradient.shape))))
+
+
+def _per_row(values, like):
+    """`values` (one per row) broadcast over the rest of `like`'s axes."""
+    for _ in range(len(like.shape) - 1):
+        values = ops.expand_dims(values, -1)
+    return values
+
+
 def accepts_row_sparse(optimizer):
     """Whether `optimizer` applies row-sparse gradients as they are (a lazy
     optimizer without gradient accumulation)."""
@@ -300,4 +419,4 @@ def accepts_row_sparse(optimizer):
     )
 
 
-__all__ = ["LazyAdagrad", "LazyAdam", "LazySGD"]
+__all__ = ["LazyAdagrad", "LazyAdam", "LazyRowwiseAdagrad", "LazySGD"]

@@ -189,3 +189,47 @@ def test_serialization_round_trip(name):
     assert type(restored) is lazy_cls
     assert restored.get_config() == optimizer.get_config()
     assert isinstance(restored, keras_cls)
+
+
+def rowwise_adagrad_numpy(start, steps, lr, initial, eps):
+    """FBGEMM's row-wise Adagrad in NumPy: one accumulator per row."""
+    w, acc = start.copy(), np.full((VOCAB,), initial, "float64")
+    for ids, values in steps:
+        g = np.zeros((VOCAB, DIM))
+        np.add.at(g, np.asarray(ids), np.asarray(values))
+        acc += (g**2).mean(axis=1)
+        w -= lr * g / (np.sqrt(acc)[:, None] + eps)
+    return w, acc
+
+
+@pytest.mark.parametrize("form", ["dense", "row_sparse"])
+def test_rowwise_adagrad_equals_numpy(form):
+    gradient = dense if form == "dense" else row_sparse
+    lr, initial, eps = 0.1, 0.05, 1e-8
+    variable, start = table(), table().numpy()
+    optimizer = optimizers.LazyRowwiseAdagrad(
+        lr, initial_accumulator_value=initial, epsilon=eps
+    )
+    for ids, values in STEPS:
+        apply(optimizer, variable, gradient(ids, values))
+    expected, accumulator = rowwise_adagrad_numpy(start, STEPS, lr, initial, eps)
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # One accumulator a row: 1 / DIM of Adagrad's state.
+    np.testing.assert_allclose(
+        slot(optimizer, "rowwise_accumulator"), accumulator, rtol=1e-5
+    )
+    assert slot(optimizer, "rowwise_accumulator").shape == (VOCAB,)
+
+
+def test_rowwise_adagrad_bias_is_per_element_and_config_round_trips():
+    bias = keras.Variable(np.ones((DIM,), "float32"))
+    optimizer = optimizers.LazyRowwiseAdagrad(0.5)
+    g = np.asarray([1.0, -2.0, 0.0], "float32")
+    optimizer.apply([keras.ops.convert_to_tensor(g)], [bias])
+    expected = 1.0 - 0.5 * g / (np.abs(g) + 1e-8)
+    np.testing.assert_allclose(bias.numpy(), expected, rtol=1e-6)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(restored) is optimizers.LazyRowwiseAdagrad
+    assert restored.get_config() == optimizer.get_config()
+    with pytest.raises(ValueError, match="epsilon"):
+        optimizers.LazyRowwiseAdagrad(epsilon=0)

@@ -76,21 +76,29 @@ def initial(capacity, key_dtype):
 
 def find(state, keys):
     """The rows of `keys` (1-D), -1 for keys not held."""
+    return _locate(state, keys)[0]
+
+
+def _locate(state, keys):
+    """`(rows, place)`: `find`'s rows, and where each key goes in the sorted
+    keys (the held keys below it)."""
     capacity = state.sorted_keys.shape[0]
-    position = ops.cast(ops.searchsorted(state.sorted_keys, keys), "int32")
-    position = ops.minimum(position, capacity - 1)
+    place = ops.cast(ops.searchsorted(state.sorted_keys, keys), "int32")
+    position = ops.minimum(place, capacity - 1)
     found = ops.equal(ops.take(state.sorted_keys, position), keys)
     # `EMPTY` is never held: it is the sort key of the free entries.
     empty = ops.cast(EMPTY[backend.standardize_dtype(keys.dtype)], keys.dtype)
     found = ops.logical_and(found, ops.not_equal(keys, empty))
-    return ops.where(found, ops.take(state.sorted_rows, position), -1)
+    return ops.where(found, ops.take(state.sorted_rows, position), -1), place
 
 
 def distinct(keys):
-    """`(unique, occurrences, present)`: the distinct keys of `keys` (1-D) in
-    ascending order, padded to `keys`'s size; `present` marks the real ones."""
+    """`(unique, occurrences, present, inverse)`: the distinct keys of `keys`
+    (1-D) in ascending order, padded to `keys`'s size; `present` marks the
+    real ones; `keys == take(unique, inverse)`."""
     size = ops.shape(keys)[0]
-    ordered = ops.sort(keys)
+    order = ops.cast(ops.argsort(keys), "int32")
+    ordered = ops.take(keys, order)
     first = ops.concatenate(
         [ops.ones((1,), "bool"), ops.not_equal(ordered[1:], ordered[:-1])]
     )
@@ -100,7 +108,10 @@ def distinct(keys):
     # The first key of each group, in order (a compaction, not a sort).
     unique = _compact(ordered, first, size, 0)
     present = positions < ops.sum(ops.cast(first, "int32"))
-    return unique, ops.where(present, occurrences, 0), present
+    inverse = ops.scatter_update(
+        ops.zeros((size,), "int32"), ops.expand_dims(order, -1), group
+    )
+    return unique, ops.where(present, occurrences, 0), present, inverse
 
 
 def fresh_writes(fresh, values, current):
@@ -120,7 +131,9 @@ def fresh_writes(fresh, values, current):
     else:
         row = ops.take(current, first_id, axis=0)
     first = ops.where(valid[0], values[0], row)
-    rows = ops.where(ops.expand_dims(valid, -1), values, ops.expand_dims(first, 0))
+    # (Rows of a table or a per-element slot; a row-wise slot holds scalars.)
+    column = ops.reshape(valid, (-1,) + (1,) * (len(values.shape) - 1))
+    rows = ops.where(column, values, ops.expand_dims(first, 0))
     return ids, rows
 
 
@@ -160,10 +173,12 @@ def _compact(values, keep, size, fill):
     return _scatter(filled, position, values)
 
 
-def _merged(state, removed, keys, rows, key_dtype, any_lost):
+def _merged(state, removed, keys, rows, place, key_dtype, any_lost):
     """`(sorted_keys, sorted_rows)` after the rows `removed()` (a function
     giving a boolean per row) lost their keys and `keys` (ascending, `EMPTY`
-    where none) took `rows`. `any_lost`: whether any removed row held a key.
+    where none) took `rows`. `place`: where each new key goes among the old
+    sorted keys (`_locate`'s; none equals it). `any_lost`: whether any removed
+    row held a key.
 
     A merge, O(capacity), instead of a sort. While no held key is removed (the
     map is not full yet) the held entries are the first ones and stay in
@@ -176,8 +191,6 @@ def _merged(state, removed, keys, rows, key_dtype, any_lost):
     empty = ops.cast(EMPTY[key_dtype], state.sorted_keys.dtype)
     old_keys, old_rows = state.sorted_keys, state.sorted_rows
     present = ops.not_equal(keys, empty)
-    # Where each new key goes among the old entries (none equals it).
-    place = ops.cast(ops.searchsorted(old_keys, keys), "int32")
     sequence = ops.arange(size, dtype="int32")
 
     def gathered():
@@ -327,7 +340,7 @@ def train(state, keys, *, policy, min_count, candidates=None):
     capacity = state.stamps.shape[0]
     dtype = backend.standardize_dtype(state.stamps.dtype)
     key_dtype = backend.standardize_dtype(keys.dtype)
-    unique, occurrences, present = distinct(keys)
+    unique, occurrences, present, inverse = distinct(keys)
     # `EMPTY` (free rows, and the layer's padding key) is never admitted.
     present = ops.logical_and(present, ops.not_equal(unique, EMPTY[key_dtype]))
     occurrences = ops.where(present, occurrences, 0)
@@ -337,7 +350,7 @@ def train(state, keys, *, policy, min_count, candidates=None):
     clock = state.clock + ops.cast(size, dtype)
 
     # Held keys: renewed (below, with the admitted ones: one scatter a tensor).
-    rows = find(state, unique)
+    rows, place = _locate(state, unique)
     hit = ops.logical_and(present, rows >= 0)
     hit_row = ops.where(hit, rows, capacity)
 
@@ -347,7 +360,8 @@ def train(state, keys, *, policy, min_count, candidates=None):
     new = ops.logical_and(present, ops.logical_not(hit))
     sightings = ops.cast(occurrences, dtype)
     if candidates is not None:
-        crows = find(candidates, unique)
+        located = _locate(candidates, unique)
+        crows = located[0]
         chit = ops.logical_and(new, crows >= 0)
         earlier = ops.take(candidates.counts, ops.maximum(crows, 0))
         sightings = sightings + ops.where(chit, earlier, 0)
@@ -379,6 +393,7 @@ def train(state, keys, *, policy, min_count, candidates=None):
         removed,
         _compact(unique, admitted_key, size, EMPTY[key_dtype]),
         _compact(target, admitted_key, size, capacity),
+        _compact(place, admitted_key, size, 0),
         key_dtype,
         any_lost=evicted > 0,
     )
@@ -388,24 +403,27 @@ def train(state, keys, *, policy, min_count, candidates=None):
         candidates = _train_candidates(
             candidates,
             unique,
+            located,
             new=ops.logical_and(new, ops.logical_not(admitted_key)),
             gone=admitted_key,
             sightings=sightings,
             stamps_now=stamps_now,
             key_dtype=key_dtype,
         )
-    return state, candidates, find(state, keys), fresh, evicted
+    # Each key's row: a held key keeps its row, an admitted one took `target`.
+    rows = ops.where(hit, rows, ops.where(admitted_key, target, -1))
+    return state, candidates, ops.take(rows, inverse), fresh, evicted
 
 
 def _train_candidates(
-    candidates, unique, *, new, gone, sightings, stamps_now, key_dtype
+    candidates, unique, located, *, new, gone, sightings, stamps_now, key_dtype
 ):
     """Candidates after a batch: admitted keys leave; new keys not admitted
     are counted (held ones renewed, others take free or oldest untouched rows;
-    a key finding none is forgotten)."""
+    a key finding none is forgotten). `located`: `_locate(candidates, unique)`."""
     capacity = candidates.stamps.shape[0]
     size = ops.shape(unique)[0]
-    rows = find(candidates, unique)
+    rows, place = located
     held = rows >= 0
     # Admitted keys leave (their row becomes free).
     leave = ops.where(ops.logical_and(gone, held), rows, capacity)
@@ -440,6 +458,7 @@ def _train_candidates(
         lambda: lost,
         _compact(unique, placed, size, EMPTY[key_dtype]),
         _compact(target, placed, size, capacity),
+        _compact(place, placed, size, 0),
         key_dtype,
         any_lost=any_lost,
     )

@@ -313,7 +313,7 @@ def dense_weights(ids, weights):
 # ---- combining ----------------------------------------------------------------
 
 
-def _safe_divide(total, denominator):
+def safe_divide(total, denominator):
     """`total / denominator`, 0 where `denominator` is 0 (with finite gradients).
 
     The small denominator is inverted, then one multiplication scales `total`.
@@ -339,7 +339,7 @@ def _finish(combiner, total, weights, reduce):
         # division over such a shape.
         return total
     denominator = combiner.denominator(weights, reduce)
-    return _safe_divide(total, ops.expand_dims(denominator, -1))
+    return safe_divide(total, ops.expand_dims(denominator, -1))
 
 
 def _lowest(dtype):

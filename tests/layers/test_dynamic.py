@@ -10,7 +10,12 @@ from keras import ops
 from keras_embedding_plus import DynamicEmbedding, compat, load_model
 from keras_embedding_plus import load_weights as kep_load_weights
 from keras_embedding_plus.lookup import dynamic_keys
-from keras_embedding_plus.optimizers import LazyAdagrad, LazyAdam, LazySGD
+from keras_embedding_plus.optimizers import (
+    LazyAdagrad,
+    LazyAdam,
+    LazyRowwiseAdagrad,
+    LazySGD,
+)
 from keras_embedding_plus.testing.dynamic import Oracle, key_dtype
 from keras_embedding_plus.training import SparseTrainer
 
@@ -283,8 +288,9 @@ def test_float_keys_are_refused():
         (lambda: LazyAdam(0.05), {"_momentums": 0.0, "_velocities": 0.0}),
         (lambda: LazyAdagrad(0.05), {"_accumulators": 0.1}),
         (lambda: LazySGD(0.05, momentum=0.9), {"momentums": 0.0}),
+        (lambda: LazyRowwiseAdagrad(0.05, 0.1), {"_accumulators": 0.1}),
     ],
-    ids=["adam", "adagrad", "sgd_momentum"],
+    ids=["adam", "adagrad", "sgd_momentum", "rowwise_adagrad"],
 )
 def test_lazy_optimizers_reset_the_slots_of_evicted_rows(optimizer, slots):
     """Key 1 trains, then is evicted by key 3: its row's slots start afresh

@@ -1,0 +1,527 @@
+"""`EmbeddingCollection`: many tables in one layer, configured as keras-rs's
+`DistributedEmbedding` is (`TableConfig` / `FeatureConfig`), looked up table by
+stack: the tables of one width are one variable, each call one gather and one
+pooling per stack."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_embedding_plus import backends
+from keras_embedding_plus.layers import arguments as _args
+from keras_embedding_plus.lookup import index_policy, pipeline, pooling
+from keras_embedding_plus.lookup.spec import LookupSpec
+
+# keras-rs's combiners (`keras_rs.layers.EmbedReduce`): the denominator of
+# each, as `pooling.Combiner.weight_norm` (1: sum of weights, 2: their L2 norm).
+COMBINERS = {"sum": 0, "mean": 1, "sqrtn": 2}
+PLACEMENTS = ("auto", "default_device")
+
+
+def _default_initializer():
+    # keras-rs's `TableConfig` default.
+    return keras.initializers.VarianceScaling(mode="fan_out")
+
+
+@dataclasses.dataclass(eq=False)
+class TableConfig:
+    """One table of an `EmbeddingCollection`: keras-rs's `TableConfig`, with
+    no keras-rs needed.
+
+    Attributes:
+        name: The table's name (`get_embedding_tables()` keys, saved entries).
+        vocabulary_size: Its number of rows.
+        embedding_dim: Its width.
+        initializer: Initializer of its rows; default keras-rs's,
+            `VarianceScaling(mode="fan_out")`.
+        optimizer: Must stay `None`: the model's optimizer trains every table
+            (per-table optimizers are not built yet).
+        combiner: `"mean"` (default), `"sum"` or `"sqrtn"`: how a feature's ids
+            in one sample are pooled.
+        placement: `"auto"` or `"default_device"` (no SparseCore here).
+    """
+
+    name: str
+    vocabulary_size: int
+    embedding_dim: int
+    initializer: Any = None
+    optimizer: Any = None
+    combiner: str = "mean"
+    placement: str = "auto"
+
+    def __post_init__(self):
+        if self.optimizer is not None:
+            raise ValueError(
+                "`TableConfig.optimizer` must be None: the model's optimizer "
+                "trains every table of an `EmbeddingCollection` (per-table "
+                f"optimizers are not built yet). Received: optimizer="
+                f"{self.optimizer!r} for table {self.name!r}."
+            )
+        if self.initializer is None:
+            self.initializer = _default_initializer()
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "vocabulary_size": self.vocabulary_size,
+            "embedding_dim": self.embedding_dim,
+            "initializer": keras.initializers.serialize(
+                keras.initializers.get(self.initializer)
+            ),
+            "combiner": self.combiner,
+            "placement": self.placement,
+        }
+
+
+@dataclasses.dataclass(eq=False)
+class FeatureConfig:
+    """One feature of an `EmbeddingCollection`: keras-rs's `FeatureConfig`.
+
+    Attributes:
+        name: The feature's name.
+        table: Its `TableConfig` (features may share one).
+        input_shape: Optional, as keras-rs's: the input's shape.
+        output_shape: Optional, as keras-rs's: the output's shape.
+    """
+
+    name: str
+    table: Any
+    input_shape: Any = None
+    output_shape: Any = None
+
+
+def _is_feature(x):
+    return hasattr(x, "table") and hasattr(x, "name") and not isinstance(x, dict)
+
+
+def _check_table(table):
+    """The table's fields, checked: `(name, rows, dim, initializer, combiner)`."""
+    name = getattr(table, "name", None)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(
+            f"A table's `name` must be a non-empty string without '/'. "
+            f"Received: name={name!r}."
+        )
+    rows = _args.check_dim("vocabulary_size", table.vocabulary_size, 1)
+    dim = _args.check_dim("embedding_dim", table.embedding_dim, 1)
+    combiner = table.combiner
+    if combiner not in COMBINERS:
+        raise ValueError(
+            f"Table {name!r}: `combiner` must be one of {sorted(COMBINERS)}. "
+            f"Received: combiner={combiner!r}."
+        )
+    placement = getattr(table, "placement", "auto")
+    if placement not in PLACEMENTS:
+        raise ValueError(
+            f"Table {name!r}: `placement` must be one of {PLACEMENTS} (no "
+            f"SparseCore on this device). Received: placement={placement!r}."
+        )
+    initializer = keras.initializers.get(table.initializer or _default_initializer())
+    return name, rows, dim, initializer, combiner
+
+
+class _Frozen:
+    """Holds the user's nested feature configs out of Keras's tracking (which
+    would turn its lists and dicts into tracked containers)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _StackedInitializer(keras.initializers.Initializer):
+    """A stack's initial value: each table's initializer on its own shape,
+    the tables one after the other."""
+
+    def __init__(self, parts):
+        self.parts = parts  # [(initializer, rows)]
+
+    def __call__(self, shape, dtype=None):
+        dim = shape[-1]
+        values = [init((rows, dim), dtype=dtype) for init, rows in self.parts]
+        return values[0] if len(values) == 1 else ops.concatenate(values, axis=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """Where a table lies: its stack and first row there."""
+
+    stack: int
+    offset: int
+    rows: int
+    combiner: str
+
+
+@keras.saving.register_keras_serializable(package="keras_embedding_plus")
+class EmbeddingCollection(keras.layers.Layer):
+    """Many tables in one layer, configured and called as keras-rs's
+    `keras_rs.layers.DistributedEmbedding`.
+
+    `feature_configs` is a nested structure (a dict, a list, or a single one)
+    of `FeatureConfig`: keras-rs's `keras_rs.layers.FeatureConfig` /
+    `TableConfig` unchanged, or this package's `FeatureConfig` /
+    `TableConfig` (same fields; keras-rs need not be installed). Features may
+    share a table. A model moves from keras-rs by changing the class name:
+
+    ```python
+    embedding = EmbeddingCollection(feature_configs)  # was DistributedEmbedding
+    outputs = embedding(inputs)  # the structure of feature_configs
+    ```
+
+    Tables of the same `embedding_dim` are stacked into one variable, one
+    after the other: a call makes one gather and one pooling per stack, not
+    per feature. `get_embedding_tables()` gives each table by name; saving
+    writes one entry per table (its name), so a table can be read alone.
+
+    Per feature, the ids are: dense `(batch,)` (one id a sample, not pooled) or
+    `(batch, L)` (pooled over `L` by its table's combiner, every id counting);
+    `(values, offsets)`; `{"values": v, "lengths": l}`; a `tf.RaggedTensor`;
+    or a sparse tensor (its missing entries count nowhere). Optional `weights`,
+    a structure like `inputs` with one weight per id (1-D features: `"sum"`
+    tables only, as keras-rs ignores them for `"mean"` and `"sqrtn"`).
+
+    keras-rs's `TableConfig.optimizer`, `max_ids_per_partition` and
+    `max_unique_ids_per_partition` are for SparseCore: as keras-rs does off
+    SparseCore, the model's optimizer trains every table (a warning says so
+    where a keras-rs table names an optimizer).
+
+    Args:
+        feature_configs: The nested `FeatureConfig`s.
+        sparse: Boolean. Row-sparse gradients of the stacks, as
+            `Embedding(sparse=True)`.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, `trainable`).
+    """
+
+    def __init__(
+        self, feature_configs: Any, *, sparse: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sparse = _args.check_bool("sparse", sparse)
+        paths = keras.tree.flatten_with_path(feature_configs)
+        if not paths:
+            raise ValueError("`feature_configs` holds no `FeatureConfig`.")
+        features, tables, foreign_optimizer = [], {}, False
+        for path, feature in paths:
+            if not _is_feature(feature):
+                raise ValueError(
+                    "`feature_configs` must be a nested structure of "
+                    "`FeatureConfig` (keras-rs's or keras_embedding_plus's). "
+                    f"Received at {'.'.join(map(str, path)) or 'the top'}: "
+                    f"{feature!r}."
+                )
+            name = _check_table(feature.table)[0]
+            if name in tables and tables[name] is not feature.table:
+                raise ValueError(
+                    f"Two `TableConfig`s are named {name!r}: table names must be "
+                    "unique (features share a table through one `TableConfig`)."
+                )
+            tables[name] = feature.table
+            if not isinstance(feature.table, TableConfig):
+                foreign_optimizer |= (
+                    getattr(feature.table, "optimizer", None) is not None
+                )
+            features.append((".".join(map(str, path)), feature.name, name))
+        if foreign_optimizer:
+            warnings.warn(
+                "`TableConfig.optimizer` is not applied by `EmbeddingCollection`: "
+                "the model's optimizer trains every table (as keras-rs's "
+                "`DistributedEmbedding` does off SparseCore).",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._structure = _Frozen(feature_configs)
+        self._features = tuple(features)  # (path, feature name, table name)
+        self._tables = {name: _check_table(table) for name, table in tables.items()}
+        # Stacks: the tables of one width, in the order first met.
+        by_dim: dict[int, list[str]] = {}
+        for name, (_, _, dim, _, _) in self._tables.items():
+            by_dim.setdefault(dim, []).append(name)
+        self._stack_tables = tuple(tuple(names) for names in by_dim.values())
+        self._slots = {}
+        for index, names in enumerate(self._stack_tables):
+            offset = 0
+            for name in names:
+                _, rows, _, _, combiner = self._tables[name]
+                self._slots[name] = _Slot(index, offset, rows, combiner)
+                offset += rows
+
+    # ---- variables ----------------------------------------------------------
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.built:
+            return
+        self._stacks, self._lookups = [], []
+        for index, names in enumerate(self._stack_tables):
+            dim = self._tables[names[0]][2]
+            rows = sum(self._tables[name][1] for name in names)
+            parts = [(self._tables[name][3], self._tables[name][1]) for name in names]
+            variable = self.add_weight(
+                shape=(rows, dim),
+                initializer=_StackedInitializer(parts),
+                name=f"stack_{index}",
+            )
+            self._stacks.append(variable)
+            spec = LookupSpec(
+                input_dim=rows, output_dim=dim, stored=(variable,), sparse=self.sparse
+            )
+            self._lookups.append(pipeline.compose(spec))
+        self.built = True
+
+    @property
+    def stacks(self) -> list:
+        """The stacked variables, one per table width."""
+        return list(self._stacks) if self.built else []
+
+    @property
+    def sparse_variables(self) -> list:
+        """The variables trained with row-sparse gradients (`sparse=True`)."""
+        if not self.built:
+            return []
+        return [v for lookup in self._lookups for v in lookup.sparse_variables]
+
+    def table_placement(self) -> dict:
+        """`{table name: (stack index, first row, rows)}`."""
+        return {
+            name: (slot.stack, slot.offset, slot.rows)
+            for name, slot in self._slots.items()
+        }
+
+    def get_embedding_tables(self) -> dict:
+        """Each table's values by name, as keras-rs's `get_embedding_tables()`
+        (tensors, not the variables)."""
+        if not self.built:
+            self.build()
+        return {
+            name: self._stacks[slot.stack].value[slot.offset : slot.offset + slot.rows]
+            for name, slot in self._slots.items()
+        }
+
+    def save_own_variables(self, store: Any) -> None:
+        """One entry per table, under its name."""
+        for name, value in self.get_embedding_tables().items():
+            store[name] = ops.convert_to_numpy(value)
+
+    def load_own_variables(self, store: Any) -> None:
+        """Reads what `save_own_variables` wrote: every table is checked before
+        any is written."""
+        values = {}
+        for name, slot in self._slots.items():
+            if name not in store:
+                raise ValueError(
+                    f"The saved collection has no table {name!r}. Saved tables: "
+                    f"{sorted(store.keys())}."
+                )
+            value = np.asarray(store[name])
+            dim = self._stacks[slot.stack].shape[-1]
+            if value.shape != (slot.rows, dim):
+                raise ValueError(
+                    f"Table {name!r} was saved with shape {value.shape}; this layer "
+                    f"holds it as {(slot.rows, dim)}."
+                )
+            values[name] = value
+        for index, names in enumerate(self._stack_tables):
+            stacked = np.concatenate([values[name] for name in names], axis=0)
+            self._stacks[index].assign(stacked)
+
+    # ---- the call -------------------------------------------------------------
+
+    def _by_path(self, structure, what):
+        """`{path: leaf}` of a structure like `feature_configs` (its leaves may
+        themselves be tuples or dicts: `(values, offsets)`)."""
+        out = {}
+        paths = keras.tree.pack_sequence_as(
+            self._structure.value, [path for path, _, _ in self._features]
+        )
+
+        def take(path, value):
+            out[path] = value
+
+        try:
+            keras.tree.map_structure_up_to(
+                self._structure.value, take, paths, structure
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"`{what}` must have the structure of `feature_configs`: {error}"
+            ) from None
+        return out
+
+    def call(self, inputs, weights=None, training=None):
+        inputs = self._by_path(inputs, "inputs")
+        weights = None if weights is None else self._by_path(weights, "weights")
+        outputs = {}
+        for index, lookup in enumerate(self._lookups):
+            members = [f for f in self._features if self._slots[f[2]].stack == index]
+            pooled = self._stack_call(lookup, members, inputs, weights or {}, training)
+            outputs.update(pooled)
+        flat = [outputs[path] for path, _, _ in self._features]
+        return keras.tree.pack_sequence_as(self._structure.value, flat)
+
+    def _bags(self, path, ids, weights, combiner):
+        """`(values, segments, bags, outer shape, weights, in a bag)` of one
+        feature, flat."""
+        bags = pooling.flat_bags(ids, weights)
+        if bags is not None:
+            return (
+                bags.values,
+                bags.segments,
+                bags.num_segments,
+                tuple(bags.outer_shape),
+                bags.weights,
+                bags.in_a_bag(),
+            )
+        ids = ops.convert_to_tensor(ids)
+        rank = len(ids.shape)
+        if rank not in (1, 2):
+            raise ValueError(
+                f"Feature {path!r}: dense ids must have shape `(batch,)` or "
+                f"`(batch, L)`. Received: shape {tuple(ids.shape)}."
+            )
+        weights = pooling.dense_weights(ids, weights)
+        if rank == 1 and combiner != "sum":
+            weights = None  # keras-rs: one id a sample is its own row.
+        batch = ops.shape(ids)[0]
+        length = 1 if rank == 1 else ops.shape(ids)[1]
+        values = ops.reshape(ids, (-1,))
+        segments = ops.arange(ops.shape(values)[0], dtype="int32") // length
+        if weights is not None:
+            weights = ops.reshape(weights, (-1,))
+        return values, segments, batch, (batch,), weights, None
+
+    def _stack_call(self, lookup, members, inputs, weights, training):
+        """One gather and one pooling for the features on one stack."""
+        all_values, all_valid, all_segments, all_weights, all_norms = [], [], [], [], []
+        layout, start = [], 0
+        for path, _, table in members:
+            slot = self._slots[table]
+            values, segments, bags, outer, w, in_a_bag = self._bags(
+                path, inputs[path], weights.get(path), slot.combiner
+            )
+            if not isinstance(bags, int):
+                bags = ops.cast(bags, "int32")
+            values, valid = index_policy.prepare_ids(values, slot.rows)
+            values = ops.cast(values, "int32") + slot.offset
+            keep = ops.ones(ops.shape(values), "bool") if valid is None else valid
+            if in_a_bag is not None:
+                keep = ops.logical_and(keep, in_a_bag)
+            w = ops.ones(ops.shape(values), "float32") if w is None else w
+            all_values.append(values)
+            all_valid.append(keep)
+            all_segments.append(ops.cast(segments, "int32") + start)
+            all_weights.append(ops.cast(w, "float32"))
+            all_norms.append(ops.full((bags,), COMBINERS[slot.combiner], dtype="int32"))
+            layout.append((path, start, bags, outer))
+            start = start + bags
+        values = ops.concatenate(all_values) if len(members) > 1 else all_values[0]
+        keep = ops.concatenate(all_valid) if len(members) > 1 else all_valid[0]
+        segments = (
+            ops.concatenate(all_segments) if len(members) > 1 else all_segments[0]
+        )
+        w = ops.concatenate(all_weights) if len(members) > 1 else all_weights[0]
+        norms = ops.concatenate(all_norms) if len(members) > 1 else all_norms[0]
+        rows, _ = lookup.rows(values, keep, training)
+        w = ops.where(keep, ops.cast(w, rows.dtype), ops.zeros((), rows.dtype))
+        total = backends.pooling.segment(
+            rows * ops.expand_dims(w, -1), segments, start, "sum", False
+        )
+        sums = backends.pooling.segment(
+            ops.stack([w, ops.square(w)], axis=-1), segments, start, "sum", False
+        )
+        denominator = ops.where(
+            norms == 1,
+            sums[:, 0],
+            ops.where(norms == 2, ops.sqrt(sums[:, 1]), ops.ones_like(sums[:, 0])),
+        )
+        pooled = pooling.safe_divide(total, ops.expand_dims(denominator, -1))
+        pooled = ops.cast(pooled, self.compute_dtype)
+        out = {}
+        for path, first, bags, outer in layout:
+            part = pooled[first : first + bags]
+            if len(outer) != 1:
+                part = ops.reshape(part, (*outer, part.shape[-1]))
+            out[path] = part
+        return out
+
+    def compute_output_spec(self, inputs, weights=None, training=None):
+        inputs = self._by_path(inputs, "inputs")
+        specs = []
+        for path, _, table in self._features:
+            dim = self._tables[table][2]
+            ids = inputs[path]
+            if isinstance(ids, (tuple, list)):
+                batch = ids[1].shape[0]
+            elif isinstance(ids, dict):
+                batch = ids["lengths"].shape[0]
+            else:
+                batch = ids.shape[0]
+            specs.append(keras.KerasTensor((batch, dim), dtype=self.compute_dtype))
+        return keras.tree.pack_sequence_as(self._structure.value, specs)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        tables = {}
+        for _, _, name in self._features:
+            _, rows, dim, initializer, combiner = self._tables[name]
+            tables[name] = TableConfig(
+                name, rows, dim, initializer=initializer, combiner=combiner
+            ).get_config()
+
+        def feature(f):
+            return {
+                "name": f.name,
+                "table": f.table.name,
+                "input_shape": _listed(getattr(f, "input_shape", None)),
+                "output_shape": _listed(getattr(f, "output_shape", None)),
+            }
+
+        config.update(
+            tables=tables,
+            feature_configs=keras.tree.map_structure(feature, self._structure.value),
+            sparse=self.sparse,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> EmbeddingCollection:
+        config = dict(config)
+        tables = {
+            name: TableConfig(
+                name=t["name"],
+                vocabulary_size=t["vocabulary_size"],
+                embedding_dim=t["embedding_dim"],
+                initializer=keras.initializers.deserialize(t["initializer"]),
+                combiner=t["combiner"],
+                placement=t["placement"],
+            )
+            for name, t in config.pop("tables").items()
+        }
+
+        def is_feature(x):
+            return isinstance(x, dict) and set(x) == {
+                "name",
+                "table",
+                "input_shape",
+                "output_shape",
+            }
+
+        def rebuild(x):
+            if is_feature(x):
+                return FeatureConfig(
+                    x["name"], tables[x["table"]], x["input_shape"], x["output_shape"]
+                )
+            if isinstance(x, dict):
+                return {k: rebuild(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return type(x)(rebuild(v) for v in x)
+            return x
+
+        return cls(rebuild(config.pop("feature_configs")), **config)
+
+
+def _listed(shape):
+    return None if shape is None else [None if d is None else int(d) for d in shape]
