@@ -16,10 +16,11 @@ ratios against ours):
 
 FBGEMM's table-batched kernels are not in this run (see issue 23).
 
-Usage::
+Usage (the figures in the docs: PyTorch on one thread, as `bench_dynamic.py`)::
 
     KERAS_BACKEND=jax python benchmarks/bench_collection.py
-    python benchmarks/bench_collection.py --all
+    KERAS_BACKEND=tensorflow python benchmarks/bench_collection.py
+    OMP_NUM_THREADS=1 KERAS_BACKEND=torch python benchmarks/bench_collection.py
 """
 
 import argparse

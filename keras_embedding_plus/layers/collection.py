@@ -175,8 +175,10 @@ class EmbeddingCollection(keras.layers.Layer):
 
     Tables of the same `embedding_dim` are stacked into one variable, one
     after the other: a call makes one gather and one pooling per stack, not
-    per feature. `get_embedding_tables()` gives each table by name; saving
-    writes one entry per table (its name), so a table can be read alone.
+    per feature (on PyTorch, dense features are gathered and summed by one
+    `torch.nn.functional.embedding_bag`, which never forms their rows).
+    `get_embedding_tables()` gives each table by name; saving writes one entry
+    per table (its name), so a table can be read alone.
 
     Per feature, the ids are: dense `(batch,)` (one id a sample, not pooled) or
     `(batch, L)` (pooled over `L` by its table's combiner, every id counting);
@@ -363,18 +365,21 @@ class EmbeddingCollection(keras.layers.Layer):
         return keras.tree.pack_sequence_as(self._structure.value, flat)
 
     def _bags(self, path, ids, weights, combiner):
-        """`(values, segments, bags, outer shape, weights, in a bag)` of one
-        feature, flat."""
+        """One feature's ids, flat: a dict of `values`, `weights` (or None),
+        `bags` (the number of outputs) and, for flat bag forms, `segments`,
+        `outer` (the output's leading shape) and `in_a_bag`; for dense ids,
+        `grid`: `L` where it is known when tracing."""
         bags = pooling.flat_bags(ids, weights)
         if bags is not None:
-            return (
-                bags.values,
-                bags.segments,
-                bags.num_segments,
-                tuple(bags.outer_shape),
-                bags.weights,
-                bags.in_a_bag(),
-            )
+            return {
+                "values": bags.values,
+                "weights": bags.weights,
+                "bags": bags.num_segments,
+                "segments": bags.segments,
+                "outer": tuple(bags.outer_shape),
+                "in_a_bag": bags.in_a_bag(),
+                "grid": None,
+            }
         ids = ops.convert_to_tensor(ids)
         rank = len(ids.shape)
         if rank not in (1, 2):
@@ -388,64 +393,130 @@ class EmbeddingCollection(keras.layers.Layer):
         batch = ops.shape(ids)[0]
         length = 1 if rank == 1 else ops.shape(ids)[1]
         values = ops.reshape(ids, (-1,))
-        segments = ops.arange(ops.shape(values)[0], dtype="int32") // length
-        if weights is not None:
-            weights = ops.reshape(weights, (-1,))
-        return values, segments, batch, (batch,), weights, None
+        # Pooled as `(bags, L)` where `L` is known when tracing.
+        grid = length if isinstance(length, int) else None
+        return {
+            "values": values,
+            "weights": None if weights is None else ops.reshape(weights, (-1,)),
+            "bags": batch,
+            "segments": ops.arange(ops.shape(values)[0], dtype="int32") // length,
+            "outer": (batch,),
+            "in_a_bag": None,
+            "grid": grid,
+        }
 
     def _stack_call(self, lookup, members, inputs, weights, training):
-        """One gather and one pooling for the features on one stack."""
-        all_values, all_valid, all_segments, all_weights, all_norms = [], [], [], [], []
-        layout, start = [], 0
+        """One gather for the features on one stack, then one pooling for all
+        its dense features of one `L` (a weighted sum) and one for all its
+        flat bags (a segment sum)."""
+        parts = []
         for path, _, table in members:
             slot = self._slots[table]
-            values, segments, bags, outer, w, in_a_bag = self._bags(
-                path, inputs[path], weights.get(path), slot.combiner
-            )
-            if not isinstance(bags, int):
-                bags = ops.cast(bags, "int32")
-            values, valid = index_policy.prepare_ids(values, slot.rows)
-            values = ops.cast(values, "int32") + slot.offset
+            part = self._bags(path, inputs[path], weights.get(path), slot.combiner)
+            values, valid = index_policy.prepare_ids(part["values"], slot.rows)
             keep = ops.ones(ops.shape(values), "bool") if valid is None else valid
-            if in_a_bag is not None:
-                keep = ops.logical_and(keep, in_a_bag)
+            if part["in_a_bag"] is not None:
+                keep = ops.logical_and(keep, part["in_a_bag"])
+            w = part["weights"]
             w = ops.ones(ops.shape(values), "float32") if w is None else w
-            all_values.append(values)
-            all_valid.append(keep)
-            all_segments.append(ops.cast(segments, "int32") + start)
-            all_weights.append(ops.cast(w, "float32"))
-            all_norms.append(ops.full((bags,), COMBINERS[slot.combiner], dtype="int32"))
-            layout.append((path, start, bags, outer))
-            start = start + bags
-        values = ops.concatenate(all_values) if len(members) > 1 else all_values[0]
-        keep = ops.concatenate(all_valid) if len(members) > 1 else all_valid[0]
-        segments = (
-            ops.concatenate(all_segments) if len(members) > 1 else all_segments[0]
+            part.update(
+                path=path,
+                values=ops.cast(values, "int32") + slot.offset,
+                keep=keep,
+                weights=ops.cast(w, "float32"),
+                norm=COMBINERS[slot.combiner],
+            )
+            parts.append(part)
+        # Dense features grouped by L, then the flat ones: each group is a
+        # contiguous run of the gathered rows.
+        groups: dict = {}
+        for part in parts:
+            groups.setdefault(part["grid"], []).append(part)
+        flat = groups.pop(None, None)
+        if flat is not None:
+            groups[None] = flat  # Last: it takes the rest of the rows.
+        ordered = [part for group in groups.values() for part in group]
+        values = _concatenate([p["values"] for p in ordered])
+        keep = _concatenate([p["keep"] for p in ordered])
+        dtype = backends.core.value_of(lookup.storage.table).dtype
+        w = _concatenate([p["weights"] for p in ordered])
+        w = ops.where(keep, ops.cast(w, dtype), ops.zeros((), dtype))
+        # Where the backend has a fused gather-and-sum (PyTorch's
+        # `embedding_bag`), dense groups never form their rows.
+        fused = _fusable(lookup)
+        # Invalid ids are 0 now, and ids that do not count have weight 0: the
+        # rows need no zeroing pass of their own.
+        rows = None if fused else lookup.rows(values, None, training)[0]
+        out, start = {}, 0
+        whole = len(groups) == 1  # One group: no slice (a copy on TensorFlow).
+        for key, group in groups.items():
+            stop = start + sum(ops.shape(p["values"])[0] for p in group)
+            ids, weights_ = (
+                (values, w) if whole else (values[start:stop], w[start:stop])
+            )
+            if key is not None and fused:
+                pooled = self._pool_fused(lookup, ids, weights_, group, key)
+            else:
+                if rows is None:
+                    piece = lookup.rows(ids, None, training)[0]
+                else:
+                    piece = rows if whole else rows[start:stop]
+                pool = self._pool_flat if key is None else self._pool_dense
+                pooled = pool(piece, weights_, group, key)
+            start = stop
+            for part, value in zip(group, pooled, strict=True):
+                out[part["path"]] = ops.cast(value, self.compute_dtype)
+        return out
+
+    @staticmethod
+    def _pool_dense(rows, w, group, length):
+        """Dense features of one `L`: one weighted sum over `L`."""
+        rows = ops.reshape(rows, (-1, length, rows.shape[-1]))
+        w = ops.reshape(w, (-1, length))
+        total = ops.sum(rows * ops.expand_dims(w, -1), axis=-2)
+        return _split(_divided(total, w, group), group)
+
+    def _pool_fused(self, lookup, ids, w, group, length):
+        """Dense features of one `L` by the backend's fused kernel."""
+        offsets = ops.arange(0, ops.shape(ids)[0], length, dtype="int32")
+        total = backends.pooling.embedding_bag(
+            lookup.storage.table,
+            ids,
+            offsets,
+            w,
+            mode="sum",
+            weight_norm=None,
+            pad=None,
+            sparse=self.sparse,
         )
-        w = ops.concatenate(all_weights) if len(members) > 1 else all_weights[0]
-        norms = ops.concatenate(all_norms) if len(members) > 1 else all_norms[0]
-        rows, _ = lookup.rows(values, keep, training)
-        w = ops.where(keep, ops.cast(w, rows.dtype), ops.zeros((), rows.dtype))
+        return _split(_divided(total, ops.reshape(w, (-1, length)), group), group)
+
+    @staticmethod
+    def _pool_flat(rows, w, group, key=None):
+        """Flat bags (and dense ids of unknown batch size): one segment sum."""
+        segments, norms, start = [], [], 0
+        for part in group:
+            segments.append(ops.cast(part["segments"], "int32") + start)
+            bags = _count(part["bags"])
+            norms.append(ops.full((bags,), part["norm"], dtype="int32"))
+            start = start + bags
+        segments = _concatenate(segments)
         total = backends.pooling.segment(
             rows * ops.expand_dims(w, -1), segments, start, "sum", False
         )
-        sums = backends.pooling.segment(
-            ops.stack([w, ops.square(w)], axis=-1), segments, start, "sum", False
-        )
+        stacked = ops.stack([w, ops.square(w)], axis=-1)
+        sums = backends.pooling.segment(stacked, segments, start, "sum", False)
         denominator = ops.where(
-            norms == 1,
+            _concatenate(norms) == 1,
             sums[:, 0],
-            ops.where(norms == 2, ops.sqrt(sums[:, 1]), ops.ones_like(sums[:, 0])),
+            ops.where(
+                _concatenate(norms) == 2,
+                ops.sqrt(sums[:, 1]),
+                ops.ones_like(sums[:, 0]),
+            ),
         )
         pooled = pooling.safe_divide(total, ops.expand_dims(denominator, -1))
-        pooled = ops.cast(pooled, self.compute_dtype)
-        out = {}
-        for path, first, bags, outer in layout:
-            part = pooled[first : first + bags]
-            if len(outer) != 1:
-                part = ops.reshape(part, (*outer, part.shape[-1]))
-            out[path] = part
-        return out
+        return _split(pooled, group)
 
     def compute_output_spec(self, inputs, weights=None, training=None):
         inputs = self._by_path(inputs, "inputs")
@@ -521,6 +592,58 @@ class EmbeddingCollection(keras.layers.Layer):
             return x
 
         return cls(rebuild(config.pop("feature_configs")), **config)
+
+
+def _fusable(lookup):
+    """Whether the backend's fused `embedding_bag` computes the dense groups'
+    sums (a float table where it lies, no row transforms, rows with columns)."""
+    storage = lookup.storage
+    return (
+        backends.pooling.embedding_bag is not None
+        and isinstance(storage, pipeline.FloatStorage)
+        and storage.fetch is pipeline.here
+        and not lookup.transforms
+        and storage.table.shape[-1] > 0
+    )
+
+
+def _divided(total, w, group):
+    """`total` `(bags, dim)` divided per bag by its combiner's denominator
+    (`w`: `(bags, L)`, the weights of each bag's ids)."""
+    norms = _concatenate(
+        [ops.full((_count(p["bags"]),), p["norm"], dtype="int32") for p in group]
+    )
+    return pooling.safe_divide(total, ops.expand_dims(_denominator(w, norms, -1), -1))
+
+
+def _count(bags):
+    """A number of bags: a Python int, or an int32 tensor."""
+    return bags if isinstance(bags, int) else ops.cast(bags, "int32")
+
+
+def _split(pooled, group):
+    """Each feature's bags of `pooled` (in `group`'s order), shaped."""
+    out, start = [], 0
+    for part in group:
+        bags = _count(part["bags"])
+        piece = pooled if len(group) == 1 else pooled[start : start + bags]
+        if len(part["outer"]) != 1:
+            piece = ops.reshape(piece, (*part["outer"], piece.shape[-1]))
+        out.append(piece)
+        start = start + bags
+    return out
+
+
+def _concatenate(tensors):
+    return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors)
+
+
+def _denominator(w, norm, axis):
+    """Per bag, what a combiner divides by: 1 (`"sum"`), the sum of the
+    weights (`"mean"`) or their L2 norm (`"sqrtn"`); `norm` broadcasts."""
+    total = ops.sum(w, axis=axis)
+    root = ops.sqrt(ops.sum(ops.square(w), axis=axis))
+    return ops.where(norm == 1, total, ops.where(norm == 2, root, ops.ones_like(total)))
 
 
 def _listed(shape):

@@ -165,18 +165,34 @@ def test_tables_of_one_width_share_one_variable():
 
 def test_flat_bags_and_weights():
     """`(values, offsets)` and `{"values", "lengths"}` features pool as their
-    dense equivalent."""
+    dense equivalent, beside a dense feature of the same stack."""
     table = TableConfig("t", 12, 4, combiner="mean")
+    other = TableConfig("u", 9, 4, combiner="sqrtn")
     layer = EmbeddingCollection(
-        {"x": FeatureConfig("x", table), "y": FeatureConfig("y", table)}
+        {
+            "x": FeatureConfig("x", table),
+            "y": FeatureConfig("y", table),
+            "z": FeatureConfig("z", other),
+        }
     )
     values = np.asarray([1, 2, 3, 4, 5, 6], "int32")
     offsets = np.asarray([0, 2, 4], "int32")
+    z = np.asarray([[1, 8, 2, 2], [0, 3, 5, 7], [6, 6, 6, 1]], "int32")
     out = layer(
-        {"x": (values, offsets), "y": {"values": values, "lengths": offsets * 0 + 2}}
+        {
+            "x": (values, offsets),
+            "y": {"values": values, "lengths": offsets * 0 + 2},
+            "z": z,
+        }
     )
-    dense = layer({"x": values.reshape(3, 2), "y": values.reshape(3, 2)})
-    for name in ("x", "y"):
+    dense = layer({"x": values.reshape(3, 2), "y": values.reshape(3, 2), "z": z})
+    tables = {
+        k: ops.convert_to_numpy(v) for k, v in layer.get_embedding_tables().items()
+    }
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(out["z"]), tables["u"][z].sum(1) / 2.0, rtol=1e-5
+    )
+    for name in ("x", "y", "z"):
         np.testing.assert_allclose(
             ops.convert_to_numpy(out[name]),
             ops.convert_to_numpy(dense[name]),
