@@ -29,6 +29,8 @@ as their values restart from the initializer (Keras's own optimizers get the
 same through the table's constraint, `layers.dynamic_parts.FreshRows`).
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -323,12 +325,12 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate=0.001,
-        initial_accumulator_value=0.0,
-        epsilon=1e-8,
-        name="lazy_rowwise_adagrad",
-        **kwargs,
-    ):
+        learning_rate: Any = 0.001,
+        initial_accumulator_value: float = 0.0,
+        epsilon: float = 1e-8,
+        name: str = "lazy_rowwise_adagrad",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not initial_accumulator_value >= 0:
             raise ValueError(
