@@ -3,11 +3,8 @@
 from keras_embedding_plus import optimizers, training
 from keras_embedding_plus.data import BagDataset
 from keras_embedding_plus.layers.bag import EmbeddingBag
-from keras_embedding_plus.layers.collection import (
-    EmbeddingCollection,
-    FeatureConfig,
-    TableConfig,
-)
+from keras_embedding_plus.layers.collection import EmbeddingCollection
+from keras_embedding_plus.layers.collection_config import FeatureConfig, TableConfig
 from keras_embedding_plus.layers.dynamic import DynamicEmbedding
 from keras_embedding_plus.layers.dynamic_bag import DynamicEmbeddingBag
 from keras_embedding_plus.layers.embedding import Embedding

@@ -15,115 +15,15 @@ from keras import ops
 
 from keras_embedding_plus import backends
 from keras_embedding_plus.layers import arguments as _args
-from keras_embedding_plus.lookup import index_policy, pipeline, pooling
+from keras_embedding_plus.layers.collection_config import (
+    COMBINERS,
+    FeatureConfig,
+    TableConfig,
+    check_table,
+    is_feature,
+)
+from keras_embedding_plus.lookup import index_policy, pipeline, pooling, stack_pooling
 from keras_embedding_plus.lookup.spec import LookupSpec
-
-# keras-rs's combiners (`keras_rs.layers.EmbedReduce`): the denominator of
-# each, as `pooling.Combiner.weight_norm` (1: sum of weights, 2: their L2 norm).
-COMBINERS = {"sum": 0, "mean": 1, "sqrtn": 2}
-PLACEMENTS = ("auto", "default_device")
-
-
-def _default_initializer():
-    # keras-rs's `TableConfig` default.
-    return keras.initializers.VarianceScaling(mode="fan_out")
-
-
-@dataclasses.dataclass(eq=False)
-class TableConfig:
-    """One table of an `EmbeddingCollection`: keras-rs's `TableConfig`, with
-    no keras-rs needed.
-
-    Attributes:
-        name: The table's name (`get_embedding_tables()` keys, saved entries).
-        vocabulary_size: Its number of rows.
-        embedding_dim: Its width.
-        initializer: Initializer of its rows; default keras-rs's,
-            `VarianceScaling(mode="fan_out")`.
-        optimizer: Must stay `None`: the model's optimizer trains every table
-            (per-table optimizers are not built yet).
-        combiner: `"mean"` (default), `"sum"` or `"sqrtn"`: how a feature's ids
-            in one sample are pooled.
-        placement: `"auto"` or `"default_device"` (no SparseCore here).
-    """
-
-    name: str
-    vocabulary_size: int
-    embedding_dim: int
-    initializer: Any = None
-    optimizer: Any = None
-    combiner: str = "mean"
-    placement: str = "auto"
-
-    def __post_init__(self):
-        if self.optimizer is not None:
-            raise ValueError(
-                "`TableConfig.optimizer` must be None: the model's optimizer "
-                "trains every table of an `EmbeddingCollection` (per-table "
-                f"optimizers are not built yet). Received: optimizer="
-                f"{self.optimizer!r} for table {self.name!r}."
-            )
-        if self.initializer is None:
-            self.initializer = _default_initializer()
-
-    def get_config(self) -> dict:
-        return {
-            "name": self.name,
-            "vocabulary_size": self.vocabulary_size,
-            "embedding_dim": self.embedding_dim,
-            "initializer": keras.initializers.serialize(
-                keras.initializers.get(self.initializer)
-            ),
-            "combiner": self.combiner,
-            "placement": self.placement,
-        }
-
-
-@dataclasses.dataclass(eq=False)
-class FeatureConfig:
-    """One feature of an `EmbeddingCollection`: keras-rs's `FeatureConfig`.
-
-    Attributes:
-        name: The feature's name.
-        table: Its `TableConfig` (features may share one).
-        input_shape: Optional, as keras-rs's: the input's shape.
-        output_shape: Optional, as keras-rs's: the output's shape.
-    """
-
-    name: str
-    table: Any
-    input_shape: Any = None
-    output_shape: Any = None
-
-
-def _is_feature(x):
-    return hasattr(x, "table") and hasattr(x, "name") and not isinstance(x, dict)
-
-
-def _check_table(table):
-    """The table's fields, checked: `(name, rows, dim, initializer, combiner)`."""
-    name = getattr(table, "name", None)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(
-            f"A table's `name` must be a non-empty string without '/'. "
-            f"Received: name={name!r}."
-        )
-    rows = _args.check_dim("vocabulary_size", table.vocabulary_size, 1)
-    dim = _args.check_dim("embedding_dim", table.embedding_dim, 1)
-    combiner = table.combiner
-    if combiner not in COMBINERS:
-        raise ValueError(
-            f"Table {name!r}: `combiner` must be one of {sorted(COMBINERS)}. "
-            f"Received: combiner={combiner!r}."
-        )
-    placement = getattr(table, "placement", "auto")
-    if placement not in PLACEMENTS:
-        raise ValueError(
-            f"Table {name!r}: `placement` must be one of {PLACEMENTS} (no "
-            f"SparseCore on this device). Received: placement={placement!r}."
-        )
-    initializer = keras.initializers.get(table.initializer or _default_initializer())
-    return name, rows, dim, initializer, combiner
 
 
 class _Frozen:
@@ -209,14 +109,14 @@ class EmbeddingCollection(keras.layers.Layer):
             raise ValueError("`feature_configs` holds no `FeatureConfig`.")
         features, tables, foreign_optimizer = [], {}, False
         for path, feature in paths:
-            if not _is_feature(feature):
+            if not is_feature(feature):
                 raise ValueError(
                     "`feature_configs` must be a nested structure of "
                     "`FeatureConfig` (keras-rs's or keras_embedding_plus's). "
                     f"Received at {'.'.join(map(str, path)) or 'the top'}: "
                     f"{feature!r}."
                 )
-            name = _check_table(feature.table)[0]
+            name = check_table(feature.table)[0]
             if name in tables and tables[name] is not feature.table:
                 raise ValueError(
                     f"Two `TableConfig`s are named {name!r}: table names must be "
@@ -238,7 +138,7 @@ class EmbeddingCollection(keras.layers.Layer):
             )
         self._structure = _Frozen(feature_configs)
         self._features = tuple(features)  # (path, feature name, table name)
-        self._tables = {name: _check_table(table) for name, table in tables.items()}
+        self._tables = {name: check_table(table) for name, table in tables.items()}
         # Stacks: the tables of one width, in the order first met.
         by_dim: dict[int, list[str]] = {}
         for name, (_, _, dim, _, _) in self._tables.items():
@@ -436,14 +336,14 @@ class EmbeddingCollection(keras.layers.Layer):
         if flat is not None:
             groups[None] = flat  # Last: it takes the rest of the rows.
         ordered = [part for group in groups.values() for part in group]
-        values = _concatenate([p["values"] for p in ordered])
-        keep = _concatenate([p["keep"] for p in ordered])
+        values = stack_pooling.concatenate([p["values"] for p in ordered])
+        keep = stack_pooling.concatenate([p["keep"] for p in ordered])
         dtype = backends.core.value_of(lookup.storage.table).dtype
-        w = _concatenate([p["weights"] for p in ordered])
+        w = stack_pooling.concatenate([p["weights"] for p in ordered])
         w = ops.where(keep, ops.cast(w, dtype), ops.zeros((), dtype))
         # Where the backend has a fused gather-and-sum (PyTorch's
         # `embedding_bag`), dense groups never form their rows.
-        fused = _fusable(lookup)
+        fused = stack_pooling.fusable(lookup)
         # Invalid ids are 0 now, and ids that do not count have weight 0: the
         # rows need no zeroing pass of their own.
         rows = None if fused else lookup.rows(values, None, training)[0]
@@ -455,68 +355,22 @@ class EmbeddingCollection(keras.layers.Layer):
                 (values, w) if whole else (values[start:stop], w[start:stop])
             )
             if key is not None and fused:
-                pooled = self._pool_fused(lookup, ids, weights_, group, key)
+                pooled = stack_pooling.pool_fused(
+                    lookup, ids, weights_, group, key, self.sparse
+                )
             else:
                 if rows is None:
                     piece = lookup.rows(ids, None, training)[0]
                 else:
                     piece = rows if whole else rows[start:stop]
-                pool = self._pool_flat if key is None else self._pool_dense
-                pooled = pool(piece, weights_, group, key)
+                if key is None:
+                    pooled = stack_pooling.pool_flat(piece, weights_, group)
+                else:
+                    pooled = stack_pooling.pool_dense(piece, weights_, group, key)
             start = stop
             for part, value in zip(group, pooled, strict=True):
                 out[part["path"]] = ops.cast(value, self.compute_dtype)
         return out
-
-    @staticmethod
-    def _pool_dense(rows, w, group, length):
-        """Dense features of one `L`: one weighted sum over `L`."""
-        rows = ops.reshape(rows, (-1, length, rows.shape[-1]))
-        w = ops.reshape(w, (-1, length))
-        total = ops.sum(rows * ops.expand_dims(w, -1), axis=-2)
-        return _split(_divided(total, w, group), group)
-
-    def _pool_fused(self, lookup, ids, w, group, length):
-        """Dense features of one `L` by the backend's fused kernel."""
-        offsets = ops.arange(0, ops.shape(ids)[0], length, dtype="int32")
-        total = backends.pooling.embedding_bag(
-            lookup.storage.table,
-            ids,
-            offsets,
-            w,
-            mode="sum",
-            weight_norm=None,
-            pad=None,
-            sparse=self.sparse,
-        )
-        return _split(_divided(total, ops.reshape(w, (-1, length)), group), group)
-
-    @staticmethod
-    def _pool_flat(rows, w, group, key=None):
-        """Flat bags (and dense ids of unknown batch size): one segment sum."""
-        segments, norms, start = [], [], 0
-        for part in group:
-            segments.append(ops.cast(part["segments"], "int32") + start)
-            bags = _count(part["bags"])
-            norms.append(ops.full((bags,), part["norm"], dtype="int32"))
-            start = start + bags
-        segments = _concatenate(segments)
-        total = backends.pooling.segment(
-            rows * ops.expand_dims(w, -1), segments, start, "sum", False
-        )
-        stacked = ops.stack([w, ops.square(w)], axis=-1)
-        sums = backends.pooling.segment(stacked, segments, start, "sum", False)
-        denominator = ops.where(
-            _concatenate(norms) == 1,
-            sums[:, 0],
-            ops.where(
-                _concatenate(norms) == 2,
-                ops.sqrt(sums[:, 1]),
-                ops.ones_like(sums[:, 0]),
-            ),
-        )
-        pooled = pooling.safe_divide(total, ops.expand_dims(denominator, -1))
-        return _split(pooled, group)
 
     def compute_output_spec(self, inputs, weights=None, training=None):
         inputs = self._by_path(inputs, "inputs")
@@ -592,58 +446,6 @@ class EmbeddingCollection(keras.layers.Layer):
             return x
 
         return cls(rebuild(config.pop("feature_configs")), **config)
-
-
-def _fusable(lookup):
-    """Whether the backend's fused `embedding_bag` computes the dense groups'
-    sums (a float table where it lies, no row transforms, rows with columns)."""
-    storage = lookup.storage
-    return (
-        backends.pooling.embedding_bag is not None
-        and isinstance(storage, pipeline.FloatStorage)
-        and storage.fetch is pipeline.here
-        and not lookup.transforms
-        and storage.table.shape[-1] > 0
-    )
-
-
-def _divided(total, w, group):
-    """`total` `(bags, dim)` divided per bag by its combiner's denominator
-    (`w`: `(bags, L)`, the weights of each bag's ids)."""
-    norms = _concatenate(
-        [ops.full((_count(p["bags"]),), p["norm"], dtype="int32") for p in group]
-    )
-    return pooling.safe_divide(total, ops.expand_dims(_denominator(w, norms, -1), -1))
-
-
-def _count(bags):
-    """A number of bags: a Python int, or an int32 tensor."""
-    return bags if isinstance(bags, int) else ops.cast(bags, "int32")
-
-
-def _split(pooled, group):
-    """Each feature's bags of `pooled` (in `group`'s order), shaped."""
-    out, start = [], 0
-    for part in group:
-        bags = _count(part["bags"])
-        piece = pooled if len(group) == 1 else pooled[start : start + bags]
-        if len(part["outer"]) != 1:
-            piece = ops.reshape(piece, (*part["outer"], piece.shape[-1]))
-        out.append(piece)
-        start = start + bags
-    return out
-
-
-def _concatenate(tensors):
-    return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors)
-
-
-def _denominator(w, norm, axis):
-    """Per bag, what a combiner divides by: 1 (`"sum"`), the sum of the
-    weights (`"mean"`) or their L2 norm (`"sqrtn"`); `norm` broadcasts."""
-    total = ops.sum(w, axis=axis)
-    root = ops.sqrt(ops.sum(ops.square(w), axis=axis))
-    return ops.where(norm == 1, total, ops.where(norm == 2, root, ops.ones_like(total)))
 
 
 def _listed(shape):

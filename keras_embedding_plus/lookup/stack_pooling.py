@@ -1,0 +1,113 @@
+"""Pooling one stack of an `EmbeddingCollection`: the features of several
+tables, gathered from one stacked variable, each pooled by its own table's
+combiner (a denominator per bag: 1, the sum of the weights, or their L2 norm).
+
+Each feature is a dict (`EmbeddingCollection._bags`): `values`, `weights`,
+`bags` (its number of outputs), `outer` (their leading shape), `norm`
+(`COMBINERS[combiner]`) and, for flat bags, `segments`.
+"""
+
+from keras import ops
+
+from keras_embedding_plus import backends
+from keras_embedding_plus.lookup import pipeline, pooling
+
+
+def pool_dense(rows, w, group, length):
+    """Dense features of one `L`: one weighted sum over `L`."""
+    rows = ops.reshape(rows, (-1, length, rows.shape[-1]))
+    w = ops.reshape(w, (-1, length))
+    total = ops.sum(rows * ops.expand_dims(w, -1), axis=-2)
+    return _split(_divided(total, w, group), group)
+
+
+def pool_fused(lookup, ids, w, group, length, sparse):
+    """Dense features of one `L` by the backend's fused kernel (`fusable`)."""
+    offsets = ops.arange(0, ops.shape(ids)[0], length, dtype="int32")
+    total = backends.pooling.embedding_bag(
+        lookup.storage.table,
+        ids,
+        offsets,
+        w,
+        mode="sum",
+        weight_norm=None,
+        pad=None,
+        sparse=sparse,
+    )
+    return _split(_divided(total, ops.reshape(w, (-1, length)), group), group)
+
+
+def pool_flat(rows, w, group):
+    """Flat bags (and dense ids of unknown `L`): one segment sum."""
+    segments, norms, start = [], [], 0
+    for part in group:
+        segments.append(ops.cast(part["segments"], "int32") + start)
+        bags = _count(part["bags"])
+        norms.append(ops.full((bags,), part["norm"], dtype="int32"))
+        start = start + bags
+    segments = concatenate(segments)
+    total = backends.pooling.segment(
+        rows * ops.expand_dims(w, -1), segments, start, "sum", False
+    )
+    stacked = ops.stack([w, ops.square(w)], axis=-1)
+    sums = backends.pooling.segment(stacked, segments, start, "sum", False)
+    norms = concatenate(norms)
+    denominator = ops.where(
+        norms == 1,
+        sums[:, 0],
+        ops.where(norms == 2, ops.sqrt(sums[:, 1]), ops.ones_like(sums[:, 0])),
+    )
+    pooled = pooling.safe_divide(total, ops.expand_dims(denominator, -1))
+    return _split(pooled, group)
+
+
+def fusable(lookup):
+    """Whether the backend's fused `embedding_bag` computes the dense groups'
+    sums (a float table where it lies, no row transforms, rows with columns)."""
+    storage = lookup.storage
+    return (
+        backends.pooling.embedding_bag is not None
+        and isinstance(storage, pipeline.FloatStorage)
+        and storage.fetch is pipeline.here
+        and not lookup.transforms
+        and storage.table.shape[-1] > 0
+    )
+
+
+def _divided(total, w, group):
+    """`total` `(bags, dim)` divided per bag by its combiner's denominator
+    (`w`: `(bags, L)`, the weights of each bag's ids)."""
+    norms = concatenate(
+        [ops.full((_count(p["bags"]),), p["norm"], dtype="int32") for p in group]
+    )
+    return pooling.safe_divide(total, ops.expand_dims(_denominator(w, norms, -1), -1))
+
+
+def _count(bags):
+    """A number of bags: a Python int, or an int32 tensor."""
+    return bags if isinstance(bags, int) else ops.cast(bags, "int32")
+
+
+def _split(pooled, group):
+    """Each feature's bags of `pooled` (in `group`'s order), shaped."""
+    out, start = [], 0
+    for part in group:
+        bags = _count(part["bags"])
+        piece = pooled if len(group) == 1 else pooled[start : start + bags]
+        if len(part["outer"]) != 1:
+            piece = ops.reshape(piece, (*part["outer"], piece.shape[-1]))
+        out.append(piece)
+        start = start + bags
+    return out
+
+
+def concatenate(tensors):
+    return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors)
+
+
+def _denominator(w, norm, axis):
+    """Per bag, what a combiner divides by: 1 (`"sum"`), the sum of the
+    weights (`"mean"`) or their L2 norm (`"sqrtn"`); `norm` broadcasts."""
+    total = ops.sum(w, axis=axis)
+    root = ops.sqrt(ops.sum(ops.square(w), axis=axis))
+    return ops.where(norm == 1, total, ops.where(norm == 2, root, ops.ones_like(total)))
