@@ -14,16 +14,38 @@ ratios against ours):
   Keras's ``Adagrad`` for the baselines; ours as well, and ours with
   ``sparse=True`` and ``LazyAdagrad`` (only the looked-up rows move).
 
-FBGEMM's table-batched kernels are not in this run (see issue 23).
+Peers (``--peers``, torch only): the run on PyTorch in the torchrec venv
+(`peers_README.md`), which adds, interleaved in the same rounds (their ratio:
+paired against ours, as every contender's):
+
+* ``fbgemm_tbe``: FBGEMM's CPU table-batched embedding
+  (`SplitTableBatchedEmbeddingBagsCodegen`), FP32, row-wise Adagrad fused in
+  its backward (``train``), and its forward;
+* ``torch_26_embedding_bag``: 26 `torch.nn.EmbeddingBag(mode="sum",
+  sparse=True)` + `torch.optim.Adagrad`;
+
+each with the same `Linear(26 * 64, 1)` head and MSE, on the same batch as
+real bags (values and offsets, without the padding ours is given: see
+`_peers_collection.py`), every contender on one torch thread. keras-rs
+contends there only if the venv has it (`pip install --no-deps
+keras-rs==0.4.0`); else its rows are missing from the run.
 
 Usage (the figures in the docs: PyTorch on one thread, as `bench_dynamic.py`)::
 
     KERAS_BACKEND=jax python benchmarks/bench_collection.py
     KERAS_BACKEND=tensorflow python benchmarks/bench_collection.py
     OMP_NUM_THREADS=1 KERAS_BACKEND=torch python benchmarks/bench_collection.py
+    python benchmarks/bench_collection.py --peers   # torch + FBGEMM, torchrec venv
+    KERAS_BACKEND=jax python benchmarks/bench_collection.py --quick  # smoke test
+
+``--quick`` (a smoke test: 26 tables of 1,000 rows, batch 64, a short timing)
+writes no CSV. A run replaces its backend's rows of
+``benchmarks/results/bench_collection.csv``.
 """
 
 import argparse
+import os
+import subprocess
 import sys
 
 import _bench as bench
@@ -35,30 +57,38 @@ DIM = 64
 BATCH = 2048
 MEAN_IDS = 10
 FIELDS = ("backend", "case", "contender", "value", "unit", "ratio", "note")
+FULL = {"rows": ROWS, "batch": BATCH, "repeats": (5, 50)}
+QUICK = {"rows": 1_000, "batch": 64, "repeats": (3, 5)}
+# What the peers' rows add to the note (`_peers_collection.py`).
+PEER_NOTES = {
+    "fbgemm_tbe": "; FBGEMM CPU TBE, FP32, row-wise Adagrad fused in backward, "
+    "real bags (values + offsets, no padding)",
+    "torch_26_embedding_bag": "; 26 nn.EmbeddingBag(sparse=True) + "
+    "torch.optim.Adagrad, real bags (values + offsets, no padding)",
+}
 
 
-def _data(rng):
+def _data(rng, rows=ROWS, batch=BATCH):
     import numpy as np
 
-    lengths = np.maximum(rng.poisson(MEAN_IDS, size=(TABLES, BATCH)), 1)
+    lengths = np.maximum(rng.poisson(MEAN_IDS, size=(TABLES, batch)), 1)
     width = int(lengths.max())
     ids, weights = {}, {}
     for t in range(TABLES):
-        i = rng.integers(0, ROWS, size=(BATCH, width)).astype("int32")
+        i = rng.integers(0, rows, size=(batch, width)).astype("int32")
         w = (np.arange(width)[None, :] < lengths[t][:, None]).astype("float32")
         ids[f"f{t}"], weights[f"f{t}"] = i * (w > 0), w
     return ids, weights
 
 
-def _models(ids):
+def _models(ids, rows=ROWS):
     import keras
-    import keras_rs
 
     from keras_embedding_plus import EmbeddingCollection
     from keras_embedding_plus.optimizers import LazyAdagrad
     from keras_embedding_plus.training import SparseTrainer
 
-    width = ids["f0"].shape[1]
+    batch, width = ids["f0"].shape
     names = sorted(ids)
 
     def inputs():
@@ -76,10 +106,10 @@ def _models(ids):
             n: module.FeatureConfig(
                 name=n,
                 table=module.TableConfig(
-                    name=n, vocabulary_size=ROWS, embedding_dim=DIM, combiner="sum"
+                    name=n, vocabulary_size=rows, embedding_dim=DIM, combiner="sum"
                 ),
-                input_shape=(BATCH, width),
-                output_shape=(BATCH, DIM),
+                input_shape=(batch, width),
+                output_shape=(batch, DIM),
             )
             for n in names
         }
@@ -100,50 +130,65 @@ def _models(ids):
     models["ours_sparse"] = Sparse([x, w], keras.layers.Dense(1)(pooled))
     models["ours_sparse"].compile(LazyAdagrad(0.01), "mse")
 
-    x, w = inputs()
-    import warnings
+    try:
+        import keras_rs
+    except ImportError:
+        print("keras_rs is not importable here: no keras_rs rows", flush=True)
+    else:
+        x, w = inputs()
+        import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rs = keras_rs.layers.DistributedEmbedding(features(keras_rs.layers))
-    models["keras_rs"] = head(x, w, rs(x, w))
-    models["keras_rs"].compile(keras.optimizers.Adagrad(0.01), "mse")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rs = keras_rs.layers.DistributedEmbedding(features(keras_rs.layers))
+        models["keras_rs"] = head(x, w, rs(x, w))
+        models["keras_rs"].compile(keras.optimizers.Adagrad(0.01), "mse")
 
     x, w = inputs()
     outputs = {}
     for n in names:
-        rows = keras.layers.Embedding(ROWS, DIM, name=f"emb_{n}")(x[n])
-        outputs[n] = keras.ops.sum(rows * keras.ops.expand_dims(w[n], -1), axis=1)
+        looked_up = keras.layers.Embedding(rows, DIM, name=f"emb_{n}")(x[n])
+        outputs[n] = keras.ops.sum(looked_up * keras.ops.expand_dims(w[n], -1), axis=1)
     models["keras_26"] = head(x, w, outputs)
     models["keras_26"].compile(keras.optimizers.Adagrad(0.01), "mse")
     return models
 
 
-def run_backend(budget_s):
+def run_backend(budget_s, sizes=FULL):
     backend = bench.start_backend()
     import numpy as np
 
     rng = np.random.default_rng(0)
-    ids, weights = _data(rng)
-    y = rng.normal(size=(BATCH, 1)).astype("float32")
-    models = _models(ids)
+    ids, weights = _data(rng, sizes["rows"], sizes["batch"])
+    y = rng.normal(size=(sizes["batch"], 1)).astype("float32")
+    models = _models(ids, sizes["rows"])
+    peers = _peers(backend, ids, weights, sizes["rows"])
     x = [ids, weights]
     rows = []
     note = (
-        f"{TABLES} tables of {ROWS:,} x {DIM}, batch {BATCH}, Poisson({MEAN_IDS}) "
-        "ids a bag, sum; ratio: time vs ours"
+        f"{TABLES} tables of {sizes['rows']:,} x {DIM}, batch {sizes['batch']}, "
+        f"Poisson({MEAN_IDS}) ids a bag, sum; ratio: time vs ours"
     )
     forward = {n: m for n, m in models.items() if n != "ours_sparse"}
     for case, fns in (
         (
             "forward",
-            {n: (lambda m=m: m.predict_on_batch(x)) for n, m in forward.items()},
+            {
+                **{n: (lambda m=m: m.predict_on_batch(x)) for n, m in forward.items()},
+                **{n: p.forward for n, p in peers.items()},
+            },
         ),
-        ("train", {n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()}),
+        (
+            "train",
+            {
+                **{n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
+                **{n: (lambda p=p: p.train_step(y)) for n, p in peers.items()},
+            },
+        ),
     ):
         samples = {}
         stats = bench.time_interleaved(
-            fns, budget_s, min_repeats=5, max_repeats=50, samples=samples
+            fns, budget_s, *sizes["repeats"], samples=samples
         )
         for name in fns:
             ratio = bench.paired_ratio(samples, name, "ours")
@@ -155,28 +200,78 @@ def run_backend(budget_s):
                     "value": f"{stats[name][0]:.1f}",
                     "unit": "ms",
                     "ratio": "" if name == "ours" else f"{ratio:.2f}",
-                    "note": note,
+                    "note": note + PEER_NOTES.get(name, ""),
                 }
             )
     return rows
+
+
+def _peers(backend, ids, weights, rows):
+    """`{name: peer}` of `_peers_collection` where this interpreter has
+    FBGEMM (the torchrec venv) and the backend is torch, else `{}`. With
+    peers, torch runs on one thread, ours included."""
+    if backend != "torch":
+        return {}
+    try:
+        import _peers_collection as peers
+        import fbgemm_gpu  # noqa: F401
+    except ImportError:
+        return {}
+    import torch
+
+    torch.set_num_threads(1)
+    bags = peers.flat_bags(ids, weights, sorted(ids))
+    return {
+        "fbgemm_tbe": peers.fbgemm_tbe(rows, DIM, bags),
+        "torch_26_embedding_bag": peers.torch_embedding_bags(rows, DIM, bags),
+    }
+
+
+def _run_with_peers(args):
+    """This script on torch under the torchrec venv (`PEER_TORCHREC_PYTHON`),
+    one thread."""
+    python = os.environ.get("PEER_TORCHREC_PYTHON", "/work/peers/torchrec/bin/python")
+    env = dict(os.environ, KERAS_BACKEND="torch", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(bench.ROOT), str(bench.HERE), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    print(f"=== torch: {python}", flush=True)
+    script = [python, __file__, "--budget", str(args.budget)]
+    subprocess.run(script + (["--quick"] if args.quick else []), env=env, check=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="every backend, one by one")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds a case")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="torch in the torchrec venv, with FBGEMM and 26 torch EmbeddingBags",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: small sizes, no CSV"
+    )
     args = parser.parse_args()
     if args.all:
-        bench.run_each_backend(__file__, ["--budget", str(args.budget)])
+        extra = ["--quick"] if args.quick else []
+        bench.run_each_backend(__file__, ["--budget", str(args.budget), *extra])
         return
-    rows = run_backend(args.budget)
-    backend = rows[0]["backend"]
-    bench.replace_backend_rows(CSV_PATH, FIELDS, rows, backend)
+    if args.peers:
+        _run_with_peers(args)
+        return
+    if args.quick:
+        rows = run_backend(min(args.budget, 1.0), QUICK)
+    else:
+        rows = run_backend(args.budget)
+        bench.replace_backend_rows(CSV_PATH, FIELDS, rows, rows[0]["backend"])
     for row in rows:
         print(
-            f"  {row['case']:8} {row['contender']:12} {row['value']:>8} "
+            f"  {row['case']:8} {row['contender']:22} {row['value']:>8} "
             f"{row['unit']:3} {row['ratio']:>6}  {row['note']}"
         )
+    if args.quick:
+        print("--quick: nothing written to benchmarks/results/")
     sys.stdout.flush()
 
 
