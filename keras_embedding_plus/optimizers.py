@@ -23,6 +23,12 @@ rows, so it equals clipping the dense gradient. `weight_decay`, `use_ema`,
 `gradient_accumulation_steps` and variable constraints keep Keras's semantics and
 touch every row (O(vocabulary) per step).
 
+A float16 / bfloat16 variable (a half-precision table) is updated in float32,
+with float32 slots, and stored with stochastic rounding: up with probability
+its distance from the value below over the spacing, so that updates smaller
+than half the spacing are kept on average (`stochastic_rounding=False`: round to
+nearest). Every optimizer here takes that argument besides its Keras arguments.
+
 Rows a `DynamicEmbedding` hands to new keys in a step get their slots' initial
 values after that step's update (zero moments; Adagrad's initial accumulator),
 as their values restart from the initializer (Keras's own optimizers get the
@@ -34,28 +40,84 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_embedding_plus import backends, compat
+from keras_embedding_plus import backends, compat, rounding
+from keras_embedding_plus.layers import arguments as _args
 from keras_embedding_plus.lookup import dynamic_keys
 
 
 class _LazyMixin:
-    """Row-sparse gradient handling shared by the lazy optimizers."""
+    """Row-sparse gradient handling shared by the lazy optimizers, and
+    half-precision variables (float32 state, stochastic rounding)."""
+
+    def __init__(self, *args: Any, stochastic_rounding: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.stochastic_rounding = _args.check_bool(
+            "stochastic_rounding", stochastic_rounding
+        )
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        if any(rounding.is_half(v.dtype) for v in var_list):
+            # The rounding's random stream is optimizer state: it moves on
+            # each step (in JAX's stateless apply too) and is saved.
+            self._rounding_seed = keras.random.SeedGenerator(name="rounding_seed")
+            self._track_variable(self._rounding_seed.state)
+
+    def add_variable_from_reference(self, reference_variable, name=None, **kwargs):
+        """Keras's slots, but float32 for a float16 / bfloat16 variable."""
+        if not rounding.is_half(reference_variable.dtype):
+            return super().add_variable_from_reference(
+                reference_variable, name, **kwargs
+            )
+        return self.add_variable(
+            shape=reference_variable.shape,
+            initializer=kwargs.get("initializer", "zeros"),
+            dtype="float32",
+            name=f"{reference_variable.path.replace('/', '_')}_{name or 'var'}",
+        )
 
     def update_step(self, gradient, variable, learning_rate):
-        if not backends.sparse.is_row_sparse(gradient):
+        half = rounding.is_half(variable.dtype)
+        sparse = backends.sparse.is_row_sparse(gradient)
+        if not sparse and not half:
             return super().update_step(gradient, variable, learning_rate)
-        if self._linear_in_gradient():
+        if self._linear_in_gradient() and not half:
             # `variable -= lr * gradient`: a scatter-add sums duplicate ids
             # itself, with no deduplication pass (a sort) first.
             backends.sparse.subtract_scaled(self, variable, gradient, learning_rate)
             return
-        ids, rows = backends.sparse.unique_rows(gradient)
-        dtype = variable.dtype
+        if sparse:
+            ids, rows = backends.sparse.unique_rows(gradient)
+        else:  # A half-precision variable's dense gradient: every row.
+            ids, rows = ops.arange(variable.shape[0], dtype="int32"), gradient
+        dtype = _state_dtype(variable)
         self._update_rows(
             ids,
             ops.cast(rows, dtype),
             variable,
             ops.cast(learning_rate, dtype),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["stochastic_rounding"] = self.stochastic_rounding
+        return config
+
+    def _subtract_rows(self, variable, ids, delta):
+        """`variable[ids] -= delta` (`ids` unique). A float16 / bfloat16
+        variable is updated in float32 and stored with stochastic rounding
+        (round-to-nearest with `stochastic_rounding=False`)."""
+        if not rounding.is_half(variable.dtype):
+            backends.sparse.scatter(self, variable, ids, delta, "sub")
+            return
+        old = ops.cast(backends.sparse.gather_rows(variable, ids), "float32")
+        new = ops.subtract(old, ops.cast(delta, "float32"))
+        if self.stochastic_rounding:
+            new = rounding.stochastic_round(new, variable.dtype, self._rounding_seed)
+        backends.sparse.scatter(
+            self, variable, ids, ops.cast(new, variable.dtype), "update"
         )
 
     def apply(self, grads, trainable_variables=None):
@@ -168,7 +230,8 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
     momentum of a row absent from a batch is not decayed and the row does not
     move (dense `SGD` keeps moving it): lazy momentum.
 
-    Takes the arguments of `keras.optimizers.SGD`.
+    Takes the arguments of `keras.optimizers.SGD`, and `stochastic_rounding`
+    (default True: how a float16 / bfloat16 variable stores its updates).
 
     Example:
 
@@ -184,10 +247,10 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
     def _update_rows(self, ids, gradient, variable, learning_rate):
         step = ops.multiply(gradient, learning_rate)
         if self.momentum == 0:
-            backends.sparse.scatter(self, variable, ids, step, "sub")
+            self._subtract_rows(variable, ids, step)
             return
         m = self._slot("momentums", variable)
-        momentum = ops.cast(self.momentum, variable.dtype)
+        momentum = ops.cast(self.momentum, _state_dtype(variable))
         m_rows = ops.subtract(
             ops.multiply(backends.sparse.gather_rows(m, ids), momentum), step
         )
@@ -196,7 +259,7 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
             delta = ops.subtract(ops.multiply(m_rows, momentum), step)
         else:
             delta = m_rows
-        backends.sparse.scatter(self, variable, ids, ops.negative(delta), "sub")
+        self._subtract_rows(variable, ids, ops.negative(delta))
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -211,7 +274,8 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
     exactly `keras.optimizers.Adam`. Lazy updates often train large embeddings
     as well as Adam, at a cost independent of the vocabulary.
 
-    Takes the arguments of `keras.optimizers.Adam`.
+    Takes the arguments of `keras.optimizers.Adam`, and `stochastic_rounding`
+    (default True: how a float16 / bfloat16 variable stores its updates).
 
     Example:
 
@@ -223,7 +287,7 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
         return tuple(slots + [("_velocity_hats", 0.0)] if self.amsgrad else slots)
 
     def _update_rows(self, ids, gradient, variable, learning_rate):
-        dtype = variable.dtype
+        dtype = _state_dtype(variable)
         local_step = ops.cast(self.iterations + 1, dtype)
         beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
@@ -246,15 +310,13 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
             v_hat = self._slot("_velocity_hats", variable)
             v_rows = ops.maximum(backends.sparse.gather_rows(v_hat, ids), v_rows)
             backends.sparse.scatter(self, v_hat, ids, v_rows, "update")
-        backends.sparse.scatter(
-            self,
+        self._subtract_rows(
             variable,
             ids,
             ops.divide(
                 ops.multiply(m_rows, alpha),
                 ops.add(ops.sqrt(v_rows), self.epsilon),
             ),
-            "sub",
         )
 
 
@@ -266,7 +328,8 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
     dense `keras.optimizers.Adagrad` exactly (up to float rounding), at a cost
     independent of the vocabulary.
 
-    Takes the arguments of `keras.optimizers.Adagrad`.
+    Takes the arguments of `keras.optimizers.Adagrad`, and `stochastic_rounding`
+    (default True: how a float16 / bfloat16 variable stores its updates).
 
     Example:
 
@@ -282,15 +345,13 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
             backends.sparse.gather_rows(accumulator, ids), ops.square(gradient)
         )
         backends.sparse.scatter(self, accumulator, ids, rows, "update")
-        backends.sparse.scatter(
-            self,
+        self._subtract_rows(
             variable,
             ids,
             ops.divide(
                 ops.multiply(learning_rate, gradient),
                 ops.sqrt(ops.add(rows, self.epsilon)),
             ),
-            "sub",
         )
 
 
@@ -316,6 +377,9 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
         learning_rate: A float, a schedule, or a callable (as Keras's).
         initial_accumulator_value: Float >= 0: the accumulators' start.
         epsilon: Float > 0, added to the accumulator's square root.
+        stochastic_rounding: Boolean, default True: a float16 / bfloat16
+            table stores its updates with stochastic rounding (False: round
+            to nearest).
         **kwargs: The base optimizer's (`clipnorm`, `global_clipnorm`, ...).
 
     Example:
@@ -328,10 +392,16 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
         learning_rate: Any = 0.001,
         initial_accumulator_value: float = 0.0,
         epsilon: float = 1e-8,
+        stochastic_rounding: bool = True,
         name: str = "lazy_rowwise_adagrad",
         **kwargs: Any,
     ) -> None:
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        super().__init__(
+            learning_rate=learning_rate,
+            stochastic_rounding=stochastic_rounding,
+            name=name,
+            **kwargs,
+        )
         if not initial_accumulator_value >= 0:
             raise ValueError(
                 "`initial_accumulator_value` must be >= 0. Received: "
@@ -351,7 +421,7 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
             self.add_variable(
                 shape=_rowwise_shape(variable),
                 initializer=initial,
-                dtype=variable.dtype,
+                dtype=_state_dtype(variable),
                 name=f"{variable.path.replace('/', '_')}_rowwise_accumulator",
             )
             for variable in var_list
@@ -361,7 +431,7 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
         return (("_accumulators", self.initial_accumulator_value),)
 
     def update_step(self, gradient, variable, learning_rate):
-        if backends.sparse.is_row_sparse(gradient):
+        if backends.sparse.is_row_sparse(gradient) or rounding.is_half(variable.dtype):
             return super().update_step(gradient, variable, learning_rate)
         lr = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
@@ -377,12 +447,10 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
         )
         backends.sparse.scatter(self, accumulator, ids, rows, "update")
         scale = _per_row(ops.sqrt(rows) + self.epsilon, gradient)
-        backends.sparse.scatter(
-            self,
+        self._subtract_rows(
             variable,
             ids,
             ops.divide(ops.multiply(learning_rate, gradient), scale),
-            "sub",
         )
 
     def get_config(self):
@@ -392,6 +460,12 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
             epsilon=self.epsilon,
         )
         return config
+
+
+def _state_dtype(variable):
+    """The dtype of the update and the slots: float32 for a float16 /
+    bfloat16 variable, else the variable's."""
+    return "float32" if rounding.is_half(variable.dtype) else variable.dtype
 
 
 def _rowwise_shape(variable):

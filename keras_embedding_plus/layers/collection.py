@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embedding_plus import backends
+from keras_embedding_plus import backends, rounding
 from keras_embedding_plus.layers import arguments as _args
 from keras_embedding_plus.layers.collection_config import (
     COMBINERS,
@@ -139,16 +139,16 @@ class EmbeddingCollection(keras.layers.Layer):
         self._structure = _Frozen(feature_configs)
         self._features = tuple(features)  # (path, feature name, table name)
         self._tables = {name: check_table(table) for name, table in tables.items()}
-        # Stacks: the tables of one width, in the order first met.
-        by_dim: dict[int, list[str]] = {}
-        for name, (_, _, dim, _, _) in self._tables.items():
-            by_dim.setdefault(dim, []).append(name)
-        self._stack_tables = tuple(tuple(names) for names in by_dim.values())
+        # Stacks: the tables of one width and dtype, in the order first met.
+        by_kind: dict[tuple, list[str]] = {}
+        for name, (_, _, dim, _, _, dtype) in self._tables.items():
+            by_kind.setdefault((dim, dtype), []).append(name)
+        self._stack_tables = tuple(tuple(names) for names in by_kind.values())
         self._slots = {}
         for index, names in enumerate(self._stack_tables):
             offset = 0
             for name in names:
-                _, rows, _, _, combiner = self._tables[name]
+                _, rows, _, _, combiner, _ = self._tables[name]
                 self._slots[name] = _Slot(index, offset, rows, combiner)
                 offset += rows
 
@@ -159,12 +159,13 @@ class EmbeddingCollection(keras.layers.Layer):
             return
         self._stacks, self._lookups = [], []
         for index, names in enumerate(self._stack_tables):
-            dim = self._tables[names[0]][2]
+            dim, dtype = self._tables[names[0]][2], self._tables[names[0]][5]
             rows = sum(self._tables[name][1] for name in names)
             parts = [(self._tables[name][3], self._tables[name][1]) for name in names]
             variable = self.add_weight(
                 shape=(rows, dim),
                 initializer=_StackedInitializer(parts),
+                dtype=dtype or self.variable_dtype,
                 name=f"stack_{index}",
             )
             self._stacks.append(variable)
@@ -339,14 +340,17 @@ class EmbeddingCollection(keras.layers.Layer):
         values = stack_pooling.concatenate([p["values"] for p in ordered])
         keep = stack_pooling.concatenate([p["keep"] for p in ordered])
         dtype = backends.core.value_of(lookup.storage.table).dtype
+        half = rounding.is_half(dtype)
+        if half:  # Half-precision rows are pooled in float32.
+            dtype = "float32"
         w = stack_pooling.concatenate([p["weights"] for p in ordered])
         w = ops.where(keep, ops.cast(w, dtype), ops.zeros((), dtype))
         # Where the backend has a fused gather-and-sum (PyTorch's
         # `embedding_bag`), dense groups never form their rows.
-        fused = stack_pooling.fusable(lookup)
+        fused = stack_pooling.fusable(lookup) and not half
         # Invalid ids are 0 now, and ids that do not count have weight 0: the
         # rows need no zeroing pass of their own.
-        rows = None if fused else lookup.rows(values, None, training)[0]
+        rows = None if fused else self._rows(lookup, values, training, half)
         out, start = {}, 0
         whole = len(groups) == 1  # One group: no slice (a copy on TensorFlow).
         for key, group in groups.items():
@@ -360,7 +364,7 @@ class EmbeddingCollection(keras.layers.Layer):
                 )
             else:
                 if rows is None:
-                    piece = lookup.rows(ids, None, training)[0]
+                    piece = self._rows(lookup, ids, training, half)
                 else:
                     piece = rows if whole else rows[start:stop]
                 if key is None:
@@ -371,6 +375,11 @@ class EmbeddingCollection(keras.layers.Layer):
             for part, value in zip(group, pooled, strict=True):
                 out[part["path"]] = ops.cast(value, self.compute_dtype)
         return out
+
+    @staticmethod
+    def _rows(lookup, ids, training, half):
+        rows = lookup.rows(ids, None, training)[0]
+        return ops.cast(rows, "float32") if half else rows
 
     def compute_output_spec(self, inputs, weights=None, training=None):
         inputs = self._by_path(inputs, "inputs")
@@ -391,9 +400,14 @@ class EmbeddingCollection(keras.layers.Layer):
         config = super().get_config()
         tables = {}
         for _, _, name in self._features:
-            _, rows, dim, initializer, combiner = self._tables[name]
+            _, rows, dim, initializer, combiner, dtype = self._tables[name]
             tables[name] = TableConfig(
-                name, rows, dim, initializer=initializer, combiner=combiner
+                name,
+                rows,
+                dim,
+                initializer=initializer,
+                combiner=combiner,
+                dtype=dtype,
             ).get_config()
 
         def feature(f):
@@ -422,6 +436,7 @@ class EmbeddingCollection(keras.layers.Layer):
                 initializer=keras.initializers.deserialize(t["initializer"]),
                 combiner=t["combiner"],
                 placement=t["placement"],
+                dtype=t.get("dtype"),
             )
             for name, t in config.pop("tables").items()
         }

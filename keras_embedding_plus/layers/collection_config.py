@@ -15,6 +15,7 @@ from keras_embedding_plus.layers import arguments as _args
 # each, as `pooling.Combiner.weight_norm` (1: sum of weights, 2: their L2 norm).
 COMBINERS = {"sum": 0, "mean": 1, "sqrtn": 2}
 PLACEMENTS = ("auto", "default_device")
+TABLE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _default_initializer():
@@ -38,6 +39,11 @@ class TableConfig:
         combiner: `"mean"` (default), `"sum"` or `"sqrtn"`: how a feature's ids
             in one sample are pooled.
         placement: `"auto"` or `"default_device"` (no SparseCore here).
+        dtype: The stored values' dtype: `None` (default: the layer's
+            variable dtype), `"float32"`, or half precision, `"float16"` /
+            `"bfloat16"` (half the memory; looked up and pooled in float32;
+            this package's optimizers keep its state in float32 and store
+            updates with stochastic rounding). Not a keras-rs field.
     """
 
     name: str
@@ -47,6 +53,7 @@ class TableConfig:
     optimizer: Any = None
     combiner: str = "mean"
     placement: str = "auto"
+    dtype: Any = None
 
     def __post_init__(self):
         if self.optimizer is not None:
@@ -69,6 +76,7 @@ class TableConfig:
             ),
             "combiner": self.combiner,
             "placement": self.placement,
+            "dtype": self.dtype,
         }
 
 
@@ -94,7 +102,8 @@ def is_feature(x):
 
 
 def check_table(table):
-    """The table's fields, checked: `(name, rows, dim, initializer, combiner)`."""
+    """The table's fields, checked: `(name, rows, dim, initializer, combiner,
+    dtype)` (`dtype` None: the layer's)."""
     name = getattr(table, "name", None)
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(
@@ -115,5 +124,13 @@ def check_table(table):
             f"Table {name!r}: `placement` must be one of {PLACEMENTS} (no "
             f"SparseCore on this device). Received: placement={placement!r}."
         )
+    dtype = getattr(table, "dtype", None)
+    if dtype is not None:
+        dtype = keras.backend.standardize_dtype(dtype)
+        if dtype not in TABLE_DTYPES:
+            raise ValueError(
+                f"Table {name!r}: `dtype` must be None or one of {TABLE_DTYPES}. "
+                f"Received: dtype={table.dtype!r}."
+            )
     initializer = keras.initializers.get(table.initializer or _default_initializer())
-    return name, rows, dim, initializer, combiner
+    return name, rows, dim, initializer, combiner, dtype

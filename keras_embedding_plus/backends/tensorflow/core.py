@@ -4,8 +4,11 @@ import tensorflow as tf
 
 
 def value_of(variable):
-    """The `tf.Variable` of a `keras.Variable` (or `variable` itself)."""
-    return getattr(variable, "value", variable)
+    """The `tf.Variable` of a `keras.Variable` (or `variable` itself: a
+    `tf.Variable`, whose `value` is a method, as Keras's TensorFlow optimizer
+    hands its update step)."""
+    value = getattr(variable, "value", variable)
+    return variable if callable(value) else value
 
 
 def add_matmul(rows, a, b):
