@@ -22,7 +22,13 @@ from keras_embedding_plus.layers.collection_config import (
     check_table,
     is_feature,
 )
-from keras_embedding_plus.lookup import index_policy, pipeline, pooling, stack_pooling
+from keras_embedding_plus.lookup import (
+    index_policy,
+    invalid_ids,
+    pipeline,
+    pooling,
+    stack_pooling,
+)
 from keras_embedding_plus.lookup.spec import LookupSpec
 
 
@@ -151,6 +157,14 @@ class EmbeddingCollection(keras.layers.Layer):
                 _, rows, _, _, combiner, _ = self._tables[name]
                 self._slots[name] = _Slot(index, offset, rows, combiner)
                 offset += rows
+        # Per table, the invalid ids met in compiled calls (`fit` / `evaluate`
+        # logs: "<layer>_<table>_invalid_ids"), as `Embedding`'s.
+        self.invalid_ids_counts = {
+            name: invalid_ids.InvalidIdsCount(
+                f"{self.name}_{name}", self._tables[name][1]
+            )
+            for name in self._tables
+        }
 
     # ---- variables ----------------------------------------------------------
 
@@ -169,6 +183,8 @@ class EmbeddingCollection(keras.layers.Layer):
                 name=f"stack_{index}",
             )
             self._stacks.append(variable)
+            for name in names:
+                self.invalid_ids_counts[name].mark_steps_by(variable)
             spec = LookupSpec(
                 input_dim=rows, output_dim=dim, stored=(variable,), sparse=self.sparse
             )
@@ -314,7 +330,9 @@ class EmbeddingCollection(keras.layers.Layer):
         for path, _, table in members:
             slot = self._slots[table]
             part = self._bags(path, inputs[path], weights.get(path), slot.combiner)
-            values, valid = index_policy.prepare_ids(part["values"], slot.rows)
+            values, valid = index_policy.prepare_ids(
+                part["values"], slot.rows, report=self.invalid_ids_counts[table]
+            )
             keep = ops.ones(ops.shape(values), "bool") if valid is None else valid
             if part["in_a_bag"] is not None:
                 keep = ops.logical_and(keep, part["in_a_bag"])

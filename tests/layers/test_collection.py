@@ -318,3 +318,37 @@ def test_ragged_and_sparse_features_equal_keras_rs():
         )
     # Bag 1 of the sparse feature has no id: zeros, as keras-rs.
     np.testing.assert_array_equal(got["s"].numpy()[1], 0.0)
+
+
+def test_invalid_ids_are_counted_per_table():
+    """Compiled `fit`: each table's invalid ids in the logs under
+    `<layer>_<table>_invalid_ids` (NumPy's count per epoch; features sharing a
+    table add up). PyTorch's `fit` runs eagerly, where an invalid id raises."""
+    shared = TableConfig("shared", 10, 4, combiner="sum")
+    clean = TableConfig("clean", 10, 4, combiner="sum")
+    features = {
+        "x": FeatureConfig("x", shared),
+        "y": FeatureConfig("y", shared),
+        "z": FeatureConfig("z", clean),
+    }
+    inputs = {n: keras.Input((3,), dtype="int32", name=n) for n in features}
+    out = EmbeddingCollection(features, name="emb")(inputs)
+    model = keras.Model(inputs, keras.layers.Concatenate()([out[n] for n in "xyz"]))
+    model.compile("sgd", "mse")
+    rng = np.random.default_rng(0)
+    x = {
+        "x": rng.integers(0, 14, (32, 3)).astype("int32"),
+        "y": rng.integers(0, 12, (32, 3)).astype("int32"),
+        "z": rng.integers(0, 10, (32, 3)).astype("int32"),
+    }
+    y = np.zeros((32, 12), "float32")
+    if keras.backend.backend() == "torch":
+        with pytest.raises(ValueError, match="10"):
+            model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        return
+    expected = int((x["x"] >= 10).sum() + (x["y"] >= 10).sum())
+    assert expected > 0
+    with pytest.warns(UserWarning, match="invalid embedding ids"):
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history
+    assert history["emb_shared_invalid_ids"] == [expected, expected]
+    assert history["emb_clean_invalid_ids"] == [0, 0]
