@@ -292,7 +292,9 @@ class EmbeddingCollection(keras.layers.Layer):
                 "values": bags.values,
                 "weights": bags.weights,
                 "bags": bags.num_segments,
-                "segments": bags.segments,
+                "segments": lambda: bags.segments,  # Read where needed.
+                # Bag starts, where every value is in a bag (a fused kernel's).
+                "offsets": bags.offsets if bags.end is None else None,
                 "outer": tuple(bags.outer_shape),
                 "in_a_bag": bags.in_a_bag(),
                 "grid": None,
@@ -316,7 +318,10 @@ class EmbeddingCollection(keras.layers.Layer):
             "values": values,
             "weights": None if weights is None else ops.reshape(weights, (-1,)),
             "bags": batch,
-            "segments": ops.arange(ops.shape(values)[0], dtype="int32") // length,
+            "segments": lambda: (
+                ops.arange(ops.shape(values)[0], dtype="int32") // length
+            ),
+            "offsets": None,
             "outer": (batch,),
             "in_a_bag": None,
             "grid": grid,
@@ -379,6 +384,10 @@ class EmbeddingCollection(keras.layers.Layer):
             if key is not None and fused:
                 pooled = stack_pooling.pool_fused(
                     lookup, ids, weights_, group, key, self.sparse
+                )
+            elif fused and all(p["offsets"] is not None for p in group):
+                pooled = stack_pooling.pool_flat_fused(
+                    lookup, ids, weights_, group, self.sparse
                 )
             else:
                 if rows is None:

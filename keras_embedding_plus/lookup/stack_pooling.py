@@ -4,7 +4,8 @@ combiner (a denominator per bag: 1, the sum of the weights, or their L2 norm).
 
 Each feature is a dict (`EmbeddingCollection._bags`): `values`, `weights`,
 `bags` (its number of outputs), `outer` (their leading shape), `norm`
-(`COMBINERS[combiner]`) and, for flat bags, `segments`.
+(`COMBINERS[combiner]`), `segments` (a function giving each value's bag) and
+`offsets` (the bags' starts where known and every value is in a bag, else None).
 """
 
 from keras import ops
@@ -39,26 +40,60 @@ def pool_fused(lookup, ids, w, group, length, sparse):
 
 def pool_flat(rows, w, group):
     """Flat bags (and dense ids of unknown `L`): one segment sum."""
-    segments, norms, start = [], [], 0
-    for part in group:
-        segments.append(ops.cast(part["segments"], "int32") + start)
-        bags = _count(part["bags"])
-        norms.append(ops.full((bags,), part["norm"], dtype="int32"))
-        start = start + bags
-    segments = concatenate(segments)
+    segments, bags = _segments(group)
     total = backends.pooling.segment(
-        rows * ops.expand_dims(w, -1), segments, start, "sum", False
+        rows * ops.expand_dims(w, -1), segments, bags, "sum", False
+    )
+    return _split(_flat_divided(total, w, group, segments, bags), group)
+
+
+def pool_flat_fused(lookup, ids, w, group, sparse):
+    """Flat bags with known starts (`(values, offsets)`), every value in a bag,
+    by the backend's fused kernel (`fusable`): the starts of each feature's
+    bags shifted past the values of the features before it."""
+    offsets, start = [], 0
+    for part in group:
+        offsets.append(ops.cast(part["offsets"], "int32") + start)
+        start = start + ops.shape(part["values"])[0]
+    total = backends.pooling.embedding_bag(
+        lookup.storage.table,
+        ids,
+        concatenate(offsets),
+        w,
+        mode="sum",
+        weight_norm=None,
+        pad=None,
+        sparse=sparse,
+    )
+    if all(part["norm"] == 0 for part in group):  # Sums: no denominator.
+        return _split(total, group)
+    segments, bags = _segments(group)
+    return _split(_flat_divided(total, w, group, segments, bags), group)
+
+
+def _segments(group):
+    """The group's bag of each value, and its number of bags."""
+    segments, start = [], 0
+    for part in group:
+        segments.append(ops.cast(part["segments"](), "int32") + start)
+        start = start + _count(part["bags"])
+    return concatenate(segments), start
+
+
+def _flat_divided(total, w, group, segments, bags):
+    """`total` divided per bag by its combiner's denominator, from the flat
+    weights `w` and each value's bag."""
+    norms = concatenate(
+        [ops.full((_count(p["bags"]),), p["norm"], dtype="int32") for p in group]
     )
     stacked = ops.stack([w, ops.square(w)], axis=-1)
-    sums = backends.pooling.segment(stacked, segments, start, "sum", False)
-    norms = concatenate(norms)
+    sums = backends.pooling.segment(stacked, segments, bags, "sum", False)
     denominator = ops.where(
         norms == 1,
         sums[:, 0],
         ops.where(norms == 2, ops.sqrt(sums[:, 1]), ops.ones_like(sums[:, 0])),
     )
-    pooled = pooling.safe_divide(total, ops.expand_dims(denominator, -1))
-    return _split(pooled, group)
+    return pooling.safe_divide(total, ops.expand_dims(denominator, -1))
 
 
 def fusable(lookup):

@@ -8,6 +8,7 @@ import pytest
 from keras import ops
 
 from keras_embedding_plus import EmbeddingCollection, FeatureConfig, TableConfig
+from keras_embedding_plus.testing import forward_and_gradients, to_numpy
 
 keras_rs = pytest.importorskip("keras_rs")
 
@@ -352,3 +353,84 @@ def test_invalid_ids_are_counted_per_table():
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history
     assert history["emb_shared_invalid_ids"] == [expected, expected]
     assert history["emb_clean_invalid_ids"] == [0, 0]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_offsets_bags_pool_and_train_as_numpy(sparse):
+    """Features given as `(values, offsets)` only (on PyTorch: one fused
+    `embedding_bag` for the stack): outputs equal NumPy's weighted pooling per
+    combiner, and one SGD step moves the tables as the same bags given dense
+    and padded with weight 0 do."""
+    rng = np.random.default_rng(3)
+    tables = {
+        "s": TableConfig("s", 12, 4, combiner="sum"),
+        "m": TableConfig("m", 9, 4, combiner="mean"),
+        "q": TableConfig("q", 7, 4, combiner="sqrtn"),
+    }
+    features = {n: FeatureConfig(n, t) for n, t in tables.items()}
+    lengths = {n: rng.integers(1, 4, BATCH) for n in tables}
+    values = {
+        n: rng.integers(0, t.vocabulary_size, lengths[n].sum()).astype("int32")
+        for n, t in tables.items()
+    }
+    weights = {
+        n: rng.uniform(0.5, 2.0, v.shape).astype("float32") for n, v in values.items()
+    }
+    offsets = {n: np.concatenate([[0], np.cumsum(lengths[n])[:-1]]) for n in tables}
+    flat = {n: (values[n], offsets[n].astype("int32")) for n in tables}
+    dense, dense_w = {}, {}
+    for n in tables:
+        ids = np.zeros((BATCH, 3), "int32")
+        w = np.zeros((BATCH, 3), "float32")
+        for b, (start, length) in enumerate(zip(offsets[n], lengths[n], strict=True)):
+            ids[b, :length] = values[n][start : start + length]
+            w[b, :length] = weights[n][start : start + length]
+        dense[n], dense_w[n] = ids, w
+
+    def model():
+        layer = EmbeddingCollection(features, sparse=sparse, name="emb")
+        layer.build()
+        for stack in layer.stacks:
+            stack.assign(np.arange(np.prod(stack.shape)).reshape(stack.shape) / 50.0)
+        return layer
+
+    layer = model()
+    out = layer(flat, weights)
+    got_tables = {
+        k: ops.convert_to_numpy(v) for k, v in layer.get_embedding_tables().items()
+    }
+    for n, t in tables.items():
+        rows = got_tables[n][dense[n]] * dense_w[n][..., None]
+        total = rows.sum(1)
+        if t.combiner == "mean":
+            total /= dense_w[n].sum(1, keepdims=True)
+        elif t.combiner == "sqrtn":
+            total /= np.sqrt((dense_w[n] ** 2).sum(1, keepdims=True))
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(out[n]), total, rtol=1e-5, atol=1e-6
+        )
+
+    # The gradients of the flat and the padded dense form agree.
+    upstream = rng.normal(size=(BATCH, 12)).astype("float32")
+    grads = [
+        forward_and_gradients(_Concatenated(model()), x, upstream, weights=w)[1]
+        for x, w in ((flat, weights), (dense, dense_w))
+    ]
+    for name in grads[0]:
+        np.testing.assert_allclose(
+            to_numpy(grads[0][name]), to_numpy(grads[1][name]), rtol=1e-5, atol=1e-6
+        )
+
+
+class _Concatenated(keras.layers.Layer):
+    """A collection's outputs, concatenated in name order (one tensor, for
+    `forward_and_gradients`)."""
+
+    def __init__(self, collection):
+        super().__init__()
+        self.collection = collection
+        self.built = collection.built
+
+    def call(self, inputs, weights=None, training=None):
+        out = self.collection(inputs, weights)
+        return ops.concatenate([out[n] for n in sorted(out)], axis=-1)
