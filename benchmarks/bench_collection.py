@@ -61,6 +61,8 @@ FULL = {"rows": ROWS, "batch": BATCH, "repeats": (5, 50)}
 QUICK = {"rows": 1_000, "batch": 64, "repeats": (3, 5)}
 # What the peers' rows add to the note (`_peers_collection.py`).
 PEER_NOTES = {
+    "ours_flat": "; ours called on the real bags as (values, offsets), no padding "
+    "(one fused embedding_bag a stack), with the head, outside Keras's predict",
     "fbgemm_tbe": "; FBGEMM CPU TBE, FP32, row-wise Adagrad fused in backward, "
     "real bags (values + offsets, no padding)",
     "torch_26_embedding_bag": "; 26 nn.EmbeddingBag(sparse=True) + "
@@ -170,11 +172,13 @@ def run_backend(budget_s, sizes=FULL):
         f"Poisson({MEAN_IDS}) ids a bag, sum; ratio: time vs ours"
     )
     forward = {n: m for n, m in models.items() if n != "ours_sparse"}
+    flat = _flat_forward(backend, models["ours"], ids, weights)
     for case, fns in (
         (
             "forward",
             {
                 **{n: (lambda m=m: m.predict_on_batch(x)) for n, m in forward.items()},
+                **flat,
                 **{n: p.forward for n, p in peers.items()},
             },
         ),
@@ -204,6 +208,34 @@ def run_backend(budget_s, sizes=FULL):
                 }
             )
     return rows
+
+
+def _flat_forward(backend, model, ids, weights):
+    """On PyTorch (eager, as Keras runs it there): `{"ours_flat": fn}`, our
+    collection called directly on the real bags as `(values, offsets)` (no
+    padding: the peers' input), with the head, without grad. Else `{}`."""
+    if backend != "torch":
+        return {}
+    import numpy as np
+    import torch
+
+    from keras_embedding_plus import EmbeddingCollection
+
+    layer = next(lay for lay in model.layers if isinstance(lay, EmbeddingCollection))
+    head = model.layers[-1]
+    flat, flat_w = {}, {}
+    for name in ids:
+        keep = np.asarray(weights[name]) > 0
+        offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]])
+        flat[name] = (ids[name][keep].astype("int32"), offsets.astype("int32"))
+        flat_w[name] = weights[name][keep]
+
+    def forward():
+        with torch.no_grad():
+            out = layer(flat, flat_w)
+            return head(torch.cat([out[n] for n in sorted(out)], dim=-1))
+
+    return {"ours_flat": forward}
 
 
 def _peers(backend, ids, weights, rows):
