@@ -27,10 +27,29 @@ nothing else yet) in place. Loading takes the array Keras reads (on CPU, JAX
 adopts it without a copy): a new array filled by blocks measured worse.
 """
 
+import contextlib
+import contextvars
+
 import keras
 import numpy as np
 
 from keras_embedding_plus import backends
+
+# Set while a model is loaded from a file (`loading.load_model`): its big
+# tables are built as zeros and not drawn, as the file's values replace them.
+_LOADING = contextvars.ContextVar("keras_embedding_plus_loading", default=False)
+
+
+@contextlib.contextmanager
+def values_come_from_a_file():
+    """Within: big tables are built as zeros, not drawn by `initialize` (the
+    caller loads every table's values next; Keras fails a load that lacks
+    them)."""
+    token = _LOADING.set(True)
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
 
 # Tables of at least this many elements are built and loaded by blocks.
 MIN_ELEMENTS = 2**25
@@ -95,7 +114,7 @@ def initialize(variable, initializer, padding_idx=None):
     (`blockwise` said yes); row `padding_idx` stays zeros."""
     initializer = keras.initializers.get(initializer)
     shape, dtype = tuple(variable.shape), variable.dtype
-    if isinstance(initializer, keras.initializers.Zeros):
+    if isinstance(initializer, keras.initializers.Zeros) or _LOADING.get():
         return
     for index, (start, stop) in enumerate(_blocks(shape)):
         block = _block_initializer(initializer, index)(

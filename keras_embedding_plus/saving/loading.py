@@ -120,9 +120,14 @@ def load_model(
 
     check_file(path, "a model", check_config=check_config)
     try:
-        return keras.models.load_model(
-            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-        )
+        # Big tables are not drawn before the file's values replace them.
+        with _chunks.values_come_from_a_file():
+            return keras.models.load_model(
+                path,
+                custom_objects=custom_objects,
+                compile=compile,
+                safe_mode=safe_mode,
+            )
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
         raise ValueError(
             f"Cannot load a model from '{path}': the file is truncated or "

@@ -225,3 +225,31 @@ def test_computed_embeddings_not_listed_for_keras_saving():
     layer.enable_lora(2)
     assert "embeddings" not in dir(layer)
     assert tuple(layer.embeddings.shape) == (ROWS, DIM)
+
+
+def test_load_model_draws_no_big_table_it_replaces(small_blocks, monkeypatch, tmp_path):
+    """`load_model` builds big tables as zeros and does not draw them (the
+    file's values replace them: less time, and on JAX less peak memory); a
+    plain build draws them. The loaded values are the saved ones."""
+    from keras_embedding_plus import load_model
+
+    draws = []
+    block_initializer = _chunks._block_initializer
+
+    def counted(initializer, index):
+        draws.append(index)
+        return block_initializer(initializer, index)
+
+    monkeypatch.setattr(_chunks, "_block_initializer", counted)
+    inputs = keras.Input((4,), dtype="int32")
+    model = keras.Model(inputs, Embedding(ROWS, DIM, name="emb")(inputs))
+    assert draws  # The plain build drew its blocks.
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    del draws[:]
+    loaded = load_model(path)
+    assert draws == []
+    ids = np.arange(ROWS, dtype="int32").reshape(-1, 4)
+    np.testing.assert_array_equal(
+        loaded.predict(ids, verbose=0), model.predict(ids, verbose=0)
+    )
