@@ -105,6 +105,14 @@ class _LazyMixin:
         config["stochastic_rounding"] = self.stochastic_rounding
         return config
 
+    def save_own_variables(self, store):
+        """Keras's, but a slot whose rows are sharded over several processes
+        (JAX, `keras.distribution`) is gathered first: a collective, so every
+        process saves."""
+        for i, variable in enumerate(self.variables):
+            value = backends.blocks.gathered(variable)
+            store[str(i)] = ops.convert_to_numpy(value)
+
     def _subtract_rows(self, variable, ids, delta):
         """`variable[ids] -= delta` (`ids` unique). A float16 / bfloat16
         variable is updated in float32 and stored with stochastic rounding

@@ -5,7 +5,7 @@ Also what the layer saves: its stored variables, LoRA merged in, a big table
 by blocks.
 """
 
-from keras_embedding_plus import compat
+from keras_embedding_plus import backends, compat
 from keras_embedding_plus.lookup import lora, padding, placement, quantization
 from keras_embedding_plus.saving import blocks
 
@@ -91,4 +91,6 @@ def saved_values(stored, shape, *, by_blocks, mode, block, lora_merge):
             stored = [blocks.saved(stored[0], merged_rows), *stored[1:]]
         else:
             stored = quantization.merged(float_table(), stored, mode, block)
+    # Rows sharded over several processes are gathered first (JAX).
+    stored = [backends.blocks.gathered(value) for value in stored]
     return [blocks.saved(value) if by_blocks else value for value in stored]

@@ -51,6 +51,7 @@ def values_come_from_a_file():
     finally:
         _LOADING.reset(token)
 
+
 # Tables of at least this many elements are built and loaded by blocks.
 MIN_ELEMENTS = 2**25
 # About this many elements per block (16 MB of float32).

@@ -47,3 +47,18 @@ def fill_rows(variable, start, rows):
     array (held by nothing else yet) is donated to the update."""
     value = value_of(variable)
     variable.assign(_update_rows(value, jnp.asarray(rows, value.dtype), start))
+
+
+def gathered(value):
+    """`value` (a variable or array), whole on this process: a table whose
+    rows are sharded over several processes (`keras.distribution` over
+    `jax.distributed`) is gathered from all of them, as NumPy (every process
+    must call this: it is a collective); anything else is returned as is."""
+    array = value_of(value)
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
+        return value
+    if array.is_fully_replicated:
+        return value
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(array, tiled=True)
