@@ -10,6 +10,9 @@ backend unless a marker on the line before it says otherwise:
 * `<!-- backend: jax -->` (or the first line `# Big tables recipe (jax): ...`):
   only under that backend; elsewhere it skips, "this block needs the jax backend".
 
+A block whose first line is `# Scaling out recipe (jax, processes)` runs in
+several processes: `test_jax_processes.py` runs it.
+
 The charts the docs show are copies of `benchmarks/results/*.png`: checked equal.
 """
 
@@ -32,6 +35,9 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _MARKER = re.compile(r"<!--\s*backend:\s*([\w ,]+?)\s*-->")
 _RECIPE = re.compile(r"# Big tables recipe \(([\w ]+)\):")
+# A recipe of several processes (the Scaling out page), run by
+# integration_tests/test_jax_processes.py, not here.
+SCALING_OUT_RECIPE = "# Scaling out recipe (jax, processes)"
 # A page's blocks, each run as a reader runs it: the longest any took here is
 # under a minute (a recipe that trains on 8 virtual devices).
 _TIMEOUT_S = 300
@@ -43,6 +49,8 @@ def _blocks(page):
     found = []
     for match in _FENCE.finditer(text):
         code = match.group(1)
+        if code.startswith(SCALING_OUT_RECIPE):
+            continue  # Several processes: test_jax_processes.py runs it.
         backends = None
         # The marker: the HTML comment line right above the fence.
         before = text[: match.start()].rstrip("\n").split("\n")[-1]

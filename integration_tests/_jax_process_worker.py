@@ -1,0 +1,134 @@
+"""One process of a multi-process JAX run (`test_jax_processes.py`).
+
+Usage: `python _jax_process_worker.py RANK WORLD PORT SPEC OUT`; SPEC is a
+JSON file: the layout ("model_parallel": the table's rows sharded over the
+processes; "data_parallel": the batch split, the table replicated), whether
+the table is `sparse=True` (then `SparseTrainer` + `LazyAdam`, else Keras's
+`Adam`), the sizes, and the initial weights and data (`.npz`). Writes the
+trained weights (process 0), this process's share of the table and how far
+its resident memory rose to OUT (`.npz`); with `"load"`, loads a weights file
+first; with `"save"`, saves `OUT` as `.weights.h5` too.
+
+The recipe is the Scaling out page's: gloo CPU collectives, then
+`keras.distribution.initialize` on 127.0.0.1, then a `ModelParallel` whose
+`LayoutMap` shards `embeddings` by rows.
+"""
+
+import json
+import os
+import sys
+
+
+def _status_bytes(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss():
+    """The resident memory now; the peak (`VmHWM`) restarts from it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_bytes("VmRSS")
+
+
+def main(rank, world, port, spec_path, out):
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    import keras
+
+    keras.config.disable_traceback_filtering()  # Whole tracebacks in the log.
+    keras.distribution.initialize(
+        job_addresses=f"127.0.0.1:{port}",
+        num_processes=world,
+        process_id=rank,
+    )
+    import numpy as np
+
+    from keras_embedding_plus import Embedding
+    from keras_embedding_plus.optimizers import LazyAdam
+    from keras_embedding_plus.training import SparseTrainer
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    devices = keras.distribution.list_devices()
+    assert len(devices) == world, devices
+    if spec["layout"] == "model_parallel":
+        mesh = keras.distribution.DeviceMesh((1, world), ("batch", "model"), devices)
+        layout_map = keras.distribution.LayoutMap(mesh)
+        layout_map[".*embedding/embeddings"] = ("model", None)
+        distribution = keras.distribution.ModelParallel(
+            layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False
+        )
+    else:
+        distribution = keras.distribution.DataParallel(
+            devices=devices, auto_shard_dataset=False
+        )
+    keras.distribution.set_distribution(distribution)
+    data = np.load(spec["data"])
+    x, y = data["x"], data["y"]
+    if spec["layout"] == "data_parallel":
+        # Each process feeds its share of every global batch, in rank order.
+        def share(a):
+            a = a.reshape(-1, world, spec["batch"] // world, *a.shape[1:])
+            return a[:, rank].reshape(-1, *a.shape[3:])
+
+        x, y = share(x), share(y)
+
+    class Model(SparseTrainer, keras.Model):
+        pass
+
+    baseline = reset_peak_rss()
+    inputs = keras.Input((x.shape[1],), dtype="int32")
+    table = Embedding(
+        spec["vocab"], spec["dim"], sparse=spec["sparse"], name="embedding"
+    )
+    pooled = keras.layers.GlobalAveragePooling1D()(table(inputs))
+    model = Model(inputs, keras.layers.Dense(1, name="dense")(pooled))
+    model.compile(
+        LazyAdam(0.01) if spec["sparse"] else keras.optimizers.Adam(0.01), "mse"
+    )
+    if "weights" in spec:
+        with np.load(spec["weights"]) as saved:
+            model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    if "load" in spec:  # A file saved by one process, into the sharded model.
+        model.load_weights(spec["load"])
+    model.fit(
+        x,
+        y,
+        batch_size=spec["batch"] // (world if spec["layout"] == "data_parallel" else 1),
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+    )
+    value = table.embeddings.value
+    local = [s.data for s in value.addressable_shards]
+    result = {
+        "local_rows": np.asarray(sum(int(s.shape[0]) for s in local)),
+        # How far this process's memory rose while it built and trained.
+        "rise": np.asarray(_status_bytes("VmHWM") - baseline),
+    }
+    if spec.get("save"):
+        # Every process saves (the sharded rows are gathered: a collective),
+        # each to its own file.
+        model.save_weights(out[: -len(".npz")] + ".weights.h5")
+    if spec.get("gather", True):
+        # The whole trained weights, gathered to every process.
+        from jax.experimental import multihost_utils
+
+        weights = [
+            np.asarray(multihost_utils.process_allgather(v.value, tiled=True))
+            for v in model.weights
+        ]
+        if rank == 0:
+            result.update({f"w{i}": w for i, w in enumerate(weights)})
+    np.savez(out, **result)
+
+
+if __name__ == "__main__":
+    rank, world, port = (int(a) for a in sys.argv[1:4])
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    main(rank, world, port, sys.argv[4], sys.argv[5])

@@ -1,0 +1,251 @@
+"""Past one process, JAX (issue 24, item 1): real processes on 127.0.0.1,
+`jax.distributed` through `keras.distribution.initialize`, gloo CPU
+collectives, bounded timeouts (`_jax_process_worker.py` is one process).
+
+* `ModelParallel` with a `LayoutMap` sharding the table's rows over 2 and 4
+  processes, and `DataParallel` over 2: 20 training steps equal the same
+  training in one process to 1e-6, with Keras's `Adam` and with
+  `sparse=True` + `SparseTrainer` + `LazyAdam`.
+* Each process holds only its rows: its resident memory rises by about its
+  share of the table and of the optimizer's slots, not the whole.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from keras_embedding_plus import Embedding
+from keras_embedding_plus.optimizers import LazyAdam
+from keras_embedding_plus.training import SparseTrainer
+
+pytestmark = pytest.mark.slow
+
+BACKEND = keras.backend.backend()
+JAX_ONLY = (
+    "Keras's distribution API (keras.distribution.initialize, ModelParallel) "
+    "is implemented for JAX only"
+)
+WORKER = Path(__file__).with_name("_jax_process_worker.py")
+TIMEOUT_S = 240  # The whole run; a process that hangs fails the test.
+VOCAB, DIM, LENGTH, BATCH, STEPS = 64, 8, 5, 16, 20
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(world, spec, tmp_path):
+    """Run `world` worker processes; their results, by rank."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # One CPU device a process.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(root), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    port = _free_port()
+    outs = [tmp_path / f"rank{r}.npz" for r in range(world)]
+    logs = [open(tmp_path / f"rank{r}.log", "w+") for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), str(world), str(port)]
+            + [str(spec_path), str(outs[r])],
+            env=env,
+            stdout=logs[r],
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(world)
+    ]
+    try:
+        for proc in procs:
+            proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    failed = []
+    for r, (proc, log) in enumerate(zip(procs, logs, strict=True)):
+        log.seek(0)
+        if proc.returncode != 0:
+            failed.append(f"rank {r} (exit {proc.returncode}):\n{log.read()[-3000:]}")
+        log.close()
+    assert not failed, "\n".join(failed)
+    return [dict(np.load(out)) for out in outs]
+
+
+def _data(tmp_path, vocab=VOCAB):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, size=(STEPS * BATCH, LENGTH)).astype("int32")
+    y = rng.normal(size=(STEPS * BATCH, 1)).astype("float32")
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y)
+    return x, y, str(path)
+
+
+def _spec(data, layout="model_parallel", sparse=True, vocab=VOCAB, dim=DIM, **extra):
+    """What `_jax_process_worker.py` runs (see its docstring)."""
+    return dict(
+        layout=layout,
+        sparse=sparse,
+        vocab=vocab,
+        dim=dim,
+        batch=BATCH,
+        data=data,
+        **extra,
+    )
+
+
+def _model(sparse, vocab=VOCAB):
+    class Model(SparseTrainer, keras.Model):
+        pass
+
+    inputs = keras.Input((LENGTH,), dtype="int32")
+    table = Embedding(vocab, DIM, sparse=sparse, name="embedding")
+    pooled = keras.layers.GlobalAveragePooling1D()(table(inputs))
+    model = Model(inputs, keras.layers.Dense(1, name="dense")(pooled))
+    model.compile(LazyAdam(0.01) if sparse else keras.optimizers.Adam(0.01), "mse")
+    return model
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+@pytest.mark.parametrize(
+    "world, layout, sparse",
+    [
+        (2, "model_parallel", False),
+        (2, "model_parallel", True),
+        (4, "model_parallel", True),
+        (2, "data_parallel", False),
+    ],
+    ids=["2-rows-adam", "2-rows-sparse", "4-rows-sparse", "2-batch-adam"],
+)
+def test_processes_train_as_one(tmp_path, world, layout, sparse):
+    x, y, data = _data(tmp_path)
+    model = _model(sparse)
+    weights = tmp_path / "weights.npz"
+    np.savez(weights, *model.get_weights())
+    spec = _spec(data, layout=layout, sparse=sparse, weights=str(weights))
+    results = _run(world, spec, tmp_path)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    expected = model.get_weights()
+    got = [results[0][f"w{i}"] for i in range(len(expected))]
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got[0], np.load(weights)["arr_0"])  # It trained.
+    rows = [int(r["local_rows"]) for r in results]
+    if layout == "model_parallel":
+        assert rows == [VOCAB // world] * world
+    else:
+        assert rows == [VOCAB] * world
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+def test_each_process_holds_its_rows_only(tmp_path):
+    """A 2M x 32 table (256 MB) and `LazyAdam`'s two slots (512 MB more) over
+    2 processes: each process's memory rises by less than 0.75 of that state
+    (its half, plus the batch's rows and the runtime), where one process would
+    hold it all."""
+    vocab = 2_000_000
+    _, _, data = _data(tmp_path, vocab)
+    spec = _spec(data, vocab=vocab, dim=32, gather=False)
+    state = 3 * vocab * 32 * 4  # The table, the two moments.
+    results = _run(2, spec, tmp_path)
+    rises = [int(r["rise"]) for r in results]
+    assert [int(r["local_rows"]) for r in results] == [vocab // 2] * 2
+    assert all(rise < 0.75 * state for rise in rises), (rises, state)
+    assert all(rise > 0.4 * state for rise in rises), (rises, state)  # Its half.
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+def test_weights_files_move_between_one_process_and_several(tmp_path):
+    """A `.weights.h5` saved by one process loads into the model sharded over
+    2 processes; after 20 steps there (`LazyAdam`), the file each process
+    saves (the table's rows and its slots gathered from both) loads into one
+    process with the trained weights and optimizer state, which equal 20 steps
+    in one process."""
+    x, y, data = _data(tmp_path)
+    model = _model(sparse=True)
+    start = str(tmp_path / "one.weights.h5")
+    model.save_weights(start)
+    spec = _spec(data, load=start, save=True)
+    results = _run(2, spec, tmp_path)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    for rank in range(2):
+        loaded = _model(sparse=True)
+        loaded.optimizer.build(loaded.trainable_variables)
+        loaded.load_weights(str(tmp_path / f"rank{rank}.weights.h5"))
+        # The optimizer's state too (its slots of the table were sharded).
+        for got, expected in zip(
+            loaded.optimizer.variables, model.optimizer.variables, strict=True
+        ):
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(got),
+                keras.ops.convert_to_numpy(expected),
+                rtol=1e-6,
+                atol=1e-6,
+            )
+        for got, gathered, expected in zip(
+            loaded.get_weights(),
+            [results[0][f"w{i}"] for i in range(len(loaded.weights))],
+            model.get_weights(),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got, gathered)
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+SCALING_OUT = Path(__file__).resolve().parents[1] / "docs" / "scaling-out.md"
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+def test_scaling_out_recipe_runs_as_written(tmp_path):
+    """The Scaling out page's recipe, as written, in 2 processes launched as
+    the page launches them (COORDINATOR, WORLD_SIZE, RANK): each holds half
+    of the rows."""
+    text = SCALING_OUT.read_text()
+    start = text.index("```python\n# Scaling out recipe (jax, processes)")
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    script = tmp_path / "train.py"
+    script.write_text(code)
+    root = Path(__file__).resolve().parents[1]
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+        env.pop("XLA_FLAGS", None)
+        env.update(COORDINATOR=f"127.0.0.1:{port}", WORLD_SIZE="2", RANK=str(rank))
+        env["PYTHONPATH"] = str(root)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for rank, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert proc.returncode == 0, out[-3000:]
+        assert f"process {rank} holds 500000 of 1000000 rows" in out, out[-3000:]
