@@ -211,6 +211,9 @@ import sys
 import torch.multiprocessing
 
 VOCAB, DIM, LENGTH, BATCH = {sizes}
+# sparse=True: row-sparse table gradients (all-reduced as sparse by DDP over
+# gloo) and this package's LazyAdam; else Keras's dense table and torch's SGD.
+SPARSE = {sparse}
 
 
 def model_and_data():
@@ -222,7 +225,7 @@ def model_and_data():
 
     keras.utils.set_random_seed(1337)
     model = keras.Sequential(
-        [keras.Input((LENGTH,), dtype="int32"), Embedding(VOCAB, DIM),
+        [keras.Input((LENGTH,), dtype="int32"), Embedding(VOCAB, DIM, sparse=SPARSE),
          keras.layers.Dense(2)]
     )
     rng = np.random.default_rng(0)
@@ -231,14 +234,45 @@ def model_and_data():
     return model, torch.as_tensor(x), torch.as_tensor(y)
 
 
-def train(module, x, y):
+def train(module, x, y, model=None, world=None):
+    # 3 steps; returns the bytes of the table's gradient each step (what DDP
+    # all-reduces for it: a sparse one's ids and rows, or the dense table).
     import torch
 
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    model = module if model is None else model
+    if not SPARSE:
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    else:
+        from keras_embedding_plus.optimizers import LazyAdam
+
+        optimizer = LazyAdam(0.05)
+    sent = []
     for _ in range(3):
-        optimizer.zero_grad()
+        for v in model.trainable_variables:
+            v.value.grad = None
         torch.nn.functional.mse_loss(module(x), y).backward()
-        optimizer.step()
+        grad = model.trainable_variables[0].value.grad
+        assert grad.is_sparse == SPARSE, grad.layout
+        if SPARSE:
+            grad = grad.coalesce()
+            sent.append(grad.indices().nbytes + grad.values().nbytes)
+        else:
+            sent.append(grad.nbytes)
+        if world is not None:  # The processes' mean gradient.
+            import torch.distributed as dist
+
+            for v in model.trainable_variables:
+                grad = v.value.grad
+                grad = grad.coalesce() if grad.is_sparse else grad
+                dist.all_reduce(grad)
+                v.value.grad = grad / world
+        if SPARSE:
+            grads = [v.value.grad for v in model.trainable_variables]
+            with torch.no_grad():
+                optimizer.apply(grads, model.trainable_variables)
+        else:
+            optimizer.step()
+    return sent
 
 
 def worker(rank, world, store, out):
@@ -253,9 +287,17 @@ def worker(rank, world, store, out):
     )
     model, x, y = model_and_data()
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-    train(DistributedDataParallel(model), x[part], y[part])
+    if SPARSE:
+        # DDP takes a parameter's gradient as sparse only where its module is
+        # a torch.nn.Embedding(sparse=True) (it fails on ours: "Cannot access
+        # storage of SparseTensorImpl"): the gradients are all-reduced here,
+        # the table's as a sparse tensor (gloo's sparse all-reduce).
+        module = model
+    else:
+        module = DistributedDataParallel(model)
+    sent = train(module, x[part], y[part], model, world if SPARSE else None)
     if rank == 0:
-        np.savez(out, *model.get_weights())
+        np.savez(out, *model.get_weights(), sent=np.asarray(sent))
     # Both ranks done, then leave without tearing gloo down: its teardown at
     # exit aborted a worker ("terminate called without an active exception",
     # SIGABRT) about once in four runs next to other tests, after the result
@@ -270,14 +312,19 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
-def test_torch_ddp_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-sgd", "sparse-lazyadam"])
+def test_torch_ddp_two_processes_match_one(tmp_path, sparse):
+    """DDP over 2 processes (gloo) equals one process on the whole batch. With
+    `sparse=True` the table's gradient stays row-sparse through DDP's
+    all-reduce and `LazyAdam` applies it; what it sends for the table is its
+    rows, not the table."""
     import os
     import subprocess
     import sys
 
     import keras_embedding_plus
 
-    script = _DDP_SCRIPT.format(sizes=(VOCAB, DIM, LENGTH, BATCH))
+    script = _DDP_SCRIPT.format(sizes=(VOCAB, DIM, LENGTH, BATCH), sparse=sparse)
     path = tmp_path / "ddp.py"
     path.write_text(script)
     root = os.path.dirname(os.path.dirname(keras_embedding_plus.__file__))
@@ -296,10 +343,19 @@ def test_torch_ddp_two_processes_match_one(tmp_path):
     initial = model.get_weights()
     namespace["train"](model, x, y)
     with np.load(out) as saved:
-        ddp = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        ddp = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+        sent = saved["sent"]
     for got, expected in zip(ddp, model.get_weights(), strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert not np.allclose(model.get_weights()[0], initial[0])  # it trained
+    table_bytes = VOCAB * DIM * 4
+    if sparse:
+        # A process's half batch: at most BATCH // 2 * LENGTH distinct rows,
+        # each with its int64 id.
+        assert (sent <= BATCH // 2 * LENGTH * (DIM * 4 + 8)).all(), sent
+        assert (sent < table_bytes).all(), (sent, table_bytes)
+    else:
+        assert (sent == table_bytes).all(), sent
 
 
 # --- The Big tables page's recipes -----------------------------------------
