@@ -7,7 +7,9 @@ the table is `sparse=True` (then `SparseTrainer` + `LazyAdam`, else Keras's
 `Adam`), the sizes, and the initial weights and data (`.npz`). Writes the
 trained weights (process 0), this process's share of the table and how far
 its resident memory rose to OUT (`.npz`); with `"load"`, loads a weights file
-first; with `"save"`, saves `OUT` as `.weights.h5` too.
+first; with `"save"`, saves `OUT` as `.weights.h5` too; with `"die": r`,
+process `r` exits (code 3) after 5 steps; `"heartbeat_s"`: JAX's heartbeat
+timeout.
 
 The recipe is the Scaling out page's: gloo CPU collectives, then
 `keras.distribution.initialize` on 127.0.0.1, then a `ModelParallel` whose
@@ -41,19 +43,31 @@ def main(rank, world, port, spec_path, out):
     import keras
 
     keras.config.disable_traceback_filtering()  # Whole tracebacks in the log.
-    keras.distribution.initialize(
-        job_addresses=f"127.0.0.1:{port}",
-        num_processes=world,
-        process_id=rank,
-    )
+    with open(spec_path) as f:
+        spec = json.load(f)
+    if "heartbeat_s" in spec:
+        # `jax.distributed` itself, to set how soon a silent process counts
+        # as dead (Keras's `initialize` keeps JAX's 100 s); the same seed on
+        # every process, as Keras's `initialize` sets it.
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}",
+            num_processes=world,
+            process_id=rank,
+            heartbeat_timeout_seconds=spec["heartbeat_s"],
+        )
+        keras.utils.set_random_seed(0)
+    else:
+        keras.distribution.initialize(
+            job_addresses=f"127.0.0.1:{port}",
+            num_processes=world,
+            process_id=rank,
+        )
     import numpy as np
 
     from keras_embedding_plus import Embedding
     from keras_embedding_plus.optimizers import LazyAdam
     from keras_embedding_plus.training import SparseTrainer
 
-    with open(spec_path) as f:
-        spec = json.load(f)
     devices = keras.distribution.list_devices()
     assert len(devices) == world, devices
     if spec["layout"] == "model_parallel":
@@ -96,6 +110,15 @@ def main(rank, world, port, spec_path, out):
             model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
     if "load" in spec:  # A file saved by one process, into the sharded model.
         model.load_weights(spec["load"])
+    callbacks = []
+    if spec.get("die") == rank:  # This process dies after 5 steps.
+
+        class Die(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 4:
+                    os._exit(3)
+
+        callbacks.append(Die())
     model.fit(
         x,
         y,
@@ -103,6 +126,7 @@ def main(rank, world, port, spec_path, out):
         epochs=1,
         shuffle=False,
         verbose=0,
+        callbacks=callbacks,
     )
     value = table.embeddings.value
     local = [s.data for s in value.addressable_shards]

@@ -45,6 +45,18 @@ def _free_port():
 
 def _run(world, spec, tmp_path):
     """Run `world` worker processes; their results, by rank."""
+    procs, logs = _finish(*_start(world, spec, tmp_path))
+    failed = [
+        f"rank {r} (exit {proc.returncode}):\n{log[-3000:]}"
+        for r, (proc, log) in enumerate(zip(procs, logs, strict=True))
+        if proc.returncode != 0
+    ]
+    assert not failed, "\n".join(failed)
+    return [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(world)]
+
+
+def _start(world, spec, tmp_path):
+    """`world` worker processes, started; and their log files."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     root = Path(__file__).resolve().parents[1]
@@ -66,24 +78,31 @@ def _run(world, spec, tmp_path):
         )
         for r in range(world)
     ]
+    return procs, logs
+
+
+def _finish(procs, logs, timeout=TIMEOUT_S):
+    """Wait for the processes (killed past `timeout`: a hang fails the
+    test); `(procs, texts of their logs)`."""
+    hung = []
     try:
         for proc in procs:
-            proc.wait(timeout=TIMEOUT_S)
+            proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         pass
     finally:
-        for proc in procs:
+        for r, proc in enumerate(procs):
             if proc.poll() is None:
+                hung.append(r)
                 proc.kill()
                 proc.wait()
-    failed = []
-    for r, (proc, log) in enumerate(zip(procs, logs, strict=True)):
+    texts = []
+    for log in logs:
         log.seek(0)
-        if proc.returncode != 0:
-            failed.append(f"rank {r} (exit {proc.returncode}):\n{log.read()[-3000:]}")
+        texts.append(log.read())
         log.close()
-    assert not failed, "\n".join(failed)
-    return [dict(np.load(out)) for out in outs]
+    assert not hung, f"ranks {hung} still ran after {timeout} s"
+    return procs, texts
 
 
 def _data(tmp_path, vocab=VOCAB):
@@ -249,3 +268,20 @@ def test_scaling_out_recipe_runs_as_written(tmp_path):
     for rank, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0, out[-3000:]
         assert f"process {rank} holds 500000 of 1000000 rows" in out, out[-3000:]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
+def test_a_dead_process_stops_the_others_naming_it(tmp_path):
+    """Process 1 of 2 dies after 5 steps: process 0 does not hang. Its next
+    step fails (gloo: the connection to its peer reset or closed), and JAX's
+    coordination service stops it within its heartbeat timeout (10 s here),
+    naming task 1."""
+    _, _, data = _data(tmp_path)
+    spec = _spec(data, die=1, heartbeat_s=10, gather=False)
+    procs, logs = _finish(*_start(2, spec, tmp_path), timeout=120)
+    assert procs[1].returncode == 3, logs[1][-3000:]
+    assert procs[0].returncode != 0, logs[0][-3000:]
+    # "Connection reset by peer" or "Connection closed by peer".
+    assert "Gloo all-reduce failed" in logs[0], logs[0][-3000:]
+    assert "by peer" in logs[0], logs[0][-3000:]
+    assert "Task 1 heartbeat timeout" in logs[0], logs[0][-3000:]
