@@ -28,7 +28,8 @@ class SparseTrainer:
 
     Put it before the Keras model class; everything else about the model stays
     the same (`compile`, `fit`, `evaluate`, saving). On JAX, the tables of
-    `keras_embedding_plus.Embedding(sparse=True)` layers are differentiated
+    `keras_embedding_plus.Embedding(sparse=True)` layers (and the stacks of
+    an `EmbeddingCollection(sparse=True)`) are differentiated
     through their looked-up rows; with `LazySGD`, `LazyAdam` or `LazyAdagrad` a
     training step then costs the same at any vocabulary size. With any other
     optimizer, or with `gradient_accumulation_steps`, the row gradient is
@@ -68,16 +69,17 @@ def sparse_tables(model):
     Those a `sparse=True` layer's lookup reads by id (its table, or LoRA's `A`
     when the table is frozen under LoRA), unless a regularizer reads them whole.
     """
+    from keras_embedding_plus.layers.collection import EmbeddingCollection
     from keras_embedding_plus.layers.dynamic import DynamicEmbedding
     from keras_embedding_plus.layers.embedding import Embedding
 
     tables = []
     for layer in compat.flatten_layers(model):
         if (
-            isinstance(layer, Embedding | DynamicEmbedding)
+            isinstance(layer, Embedding | DynamicEmbedding | EmbeddingCollection)
             and layer.built
             and layer.trainable
-            and layer.embeddings_regularizer is None
+            and getattr(layer, "embeddings_regularizer", None) is None
         ):
             tables.extend(layer.sparse_variables)
     return tables

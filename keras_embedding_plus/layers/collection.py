@@ -23,6 +23,7 @@ from keras_embedding_plus.layers.collection_config import (
     is_feature,
 )
 from keras_embedding_plus.lookup import (
+    gather,
     index_policy,
     invalid_ids,
     pipeline,
@@ -142,6 +143,7 @@ class EmbeddingCollection(keras.layers.Layer):
                 UserWarning,
                 stacklevel=2,
             )
+        self._warned_dense_training = False
         self._structure = _Frozen(feature_configs)
         self._features = tuple(features)  # (path, feature name, table name)
         self._tables = {name: check_table(table) for name, table in tables.items()}
@@ -271,6 +273,16 @@ class EmbeddingCollection(keras.layers.Layer):
         return out
 
     def call(self, inputs, weights=None, training=None):
+        if (
+            self.sparse
+            and training is True
+            and self.trainable
+            and not self._warned_dense_training
+            and any(backends.sparse.trains_densely(v) for v in self.sparse_variables)
+        ):
+            # JAX without `SparseTrainer`: as `Embedding`, warn once.
+            self._warned_dense_training = True
+            gather.warn_dense_training(self.name)
         inputs = self._by_path(inputs, "inputs")
         weights = None if weights is None else self._by_path(weights, "weights")
         outputs = {}

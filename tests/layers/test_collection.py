@@ -434,3 +434,45 @@ class _Concatenated(keras.layers.Layer):
     def call(self, inputs, weights=None, training=None):
         out = self.collection(inputs, weights)
         return ops.concatenate([out[n] for n in sorted(out)], axis=-1)
+
+
+def test_sparse_stacks_train_row_sparse_as_dense_adagrad():
+    """`sparse=True` in a `SparseTrainer` model: the stacks are trained by
+    their rows (on JAX too: `sparse_tables` lists them), and `LazyAdagrad`
+    gives the result of the dense gradient (`sparse=False`)."""
+    from keras_embedding_plus.optimizers import LazyAdagrad
+    from keras_embedding_plus.training import SparseTrainer, sparse_tables
+
+    class Model(SparseTrainer, keras.Model):
+        pass
+
+    rng = np.random.default_rng(5)
+    x = {
+        "a": rng.integers(0, 10, (32, 3)).astype("int32"),
+        "b": rng.integers(0, 6, (32, 2)).astype("int32"),
+    }
+    y = rng.normal(size=(32, 1)).astype("float32")
+    tables = []
+    for sparse in (False, True):
+        features = {
+            "a": FeatureConfig("a", TableConfig("a", 10, 4, combiner="sum")),
+            "b": FeatureConfig("b", TableConfig("b", 6, 4)),
+        }
+        inputs = {n: keras.Input(x[n].shape[1:], dtype="int32", name=n) for n in x}
+        layer = EmbeddingCollection(features, sparse=sparse, name="emb")
+        out = layer(inputs)
+        model = Model(
+            inputs,
+            keras.layers.Dense(1, kernel_initializer="ones")(
+                keras.layers.Concatenate()([out["a"], out["b"]])
+            ),
+        )
+        layer.stacks[0].assign(np.linspace(-1, 1, 64).reshape(16, 4))
+        # The same optimizer both ways: on a dense gradient it is Keras's
+        # Adagrad (Keras's own, on TensorFlow, squares each duplicate id's
+        # row of a gather's IndexedSlices apart: not the dense result).
+        model.compile(LazyAdagrad(0.1), "mse")
+        assert sparse_tables(model) == (layer.stacks if sparse else [])
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        tables.append(ops.convert_to_numpy(layer.stacks[0]))
+    np.testing.assert_allclose(tables[1], tables[0], rtol=1e-5, atol=1e-6)
