@@ -36,6 +36,53 @@ def reset_peak_rss():
     return _status_bytes("VmRSS")
 
 
+def build_model(spec, length):
+    """The model of `spec` (also built by the test, in one process) and its
+    table variable: `spec["layer"]` "embedding" (default) then pooled,
+    "bag" (`EmbeddingBag`, mean) or "collection" (`EmbeddingCollection`, two
+    tables of half the vocabulary in one stack); then `Dense(1)`, MSE,
+    `LazyAdam` with `sparse=True` in a `SparseTrainer` model, else `Adam`."""
+    import keras
+
+    from keras_embedding_plus import (
+        Embedding,
+        EmbeddingBag,
+        EmbeddingCollection,
+        FeatureConfig,
+        TableConfig,
+    )
+    from keras_embedding_plus.optimizers import LazyAdam
+    from keras_embedding_plus.training import SparseTrainer
+
+    class Model(SparseTrainer, keras.Model):
+        pass
+
+    vocab, dim, sparse = spec["vocab"], spec["dim"], spec["sparse"]
+    kind = spec.get("layer", "embedding")
+    inputs = keras.Input((length,), dtype="int32")
+    if kind == "embedding":
+        layer = Embedding(vocab, dim, sparse=sparse, name="embedding")
+        pooled = keras.layers.GlobalAveragePooling1D()(layer(inputs))
+        variable = layer.embeddings
+    elif kind == "bag":
+        layer = EmbeddingBag(vocab, dim, sparse=sparse, name="embedding")
+        pooled = layer(inputs)
+        variable = layer.embeddings
+    else:
+        half = vocab // 2
+        features = {
+            n: FeatureConfig(n, TableConfig(n, half, dim, combiner="sum"))
+            for n in ("a", "b")
+        }
+        layer = EmbeddingCollection(features, sparse=sparse, name="embedding")
+        out = layer({"a": inputs % half, "b": inputs // 2})
+        pooled = keras.layers.Concatenate()([out["a"], out["b"]])
+        variable = layer.stacks[0]
+    model = Model(inputs, keras.layers.Dense(1, name="dense")(pooled))
+    model.compile(LazyAdam(0.01) if sparse else keras.optimizers.Adam(0.01), "mse")
+    return model, variable
+
+
 def main(rank, world, port, spec_path, out):
     import jax
 
@@ -64,16 +111,14 @@ def main(rank, world, port, spec_path, out):
         )
     import numpy as np
 
-    from keras_embedding_plus import Embedding
-    from keras_embedding_plus.optimizers import LazyAdam
-    from keras_embedding_plus.training import SparseTrainer
-
     devices = keras.distribution.list_devices()
     assert len(devices) == world, devices
     if spec["layout"] == "model_parallel":
         mesh = keras.distribution.DeviceMesh((1, world), ("batch", "model"), devices)
         layout_map = keras.distribution.LayoutMap(mesh)
-        layout_map[".*embedding/embeddings"] = ("model", None)
+        # `Embedding` / `EmbeddingBag`: embeddings; `EmbeddingCollection`:
+        # its stack of one width.
+        layout_map[".*embedding/(embeddings|stack_0)"] = ("model", None)
         distribution = keras.distribution.ModelParallel(
             layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False
         )
@@ -92,19 +137,8 @@ def main(rank, world, port, spec_path, out):
 
         x, y = share(x), share(y)
 
-    class Model(SparseTrainer, keras.Model):
-        pass
-
     baseline = reset_peak_rss()
-    inputs = keras.Input((x.shape[1],), dtype="int32")
-    table = Embedding(
-        spec["vocab"], spec["dim"], sparse=spec["sparse"], name="embedding"
-    )
-    pooled = keras.layers.GlobalAveragePooling1D()(table(inputs))
-    model = Model(inputs, keras.layers.Dense(1, name="dense")(pooled))
-    model.compile(
-        LazyAdam(0.01) if spec["sparse"] else keras.optimizers.Adam(0.01), "mse"
-    )
+    model, variable = build_model(spec, x.shape[1])
     if "weights" in spec:
         with np.load(spec["weights"]) as saved:
             model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
@@ -128,7 +162,7 @@ def main(rank, world, port, spec_path, out):
         verbose=0,
         callbacks=callbacks,
     )
-    value = table.embeddings.value
+    value = variable.value
     local = [s.data for s in value.addressable_shards]
     result = {
         "local_rows": np.asarray(sum(int(s.shape[0]) for s in local)),

@@ -10,6 +10,7 @@ collectives, bounded timeouts (`_jax_process_worker.py` is one process).
   share of the table and of the optimizer's slots, not the whole.
 """
 
+import importlib.util
 import json
 import os
 import socket
@@ -20,10 +21,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
-from keras_embedding_plus import Embedding
-from keras_embedding_plus.optimizers import LazyAdam
-from keras_embedding_plus.training import SparseTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -127,35 +124,45 @@ def _spec(data, layout="model_parallel", sparse=True, vocab=VOCAB, dim=DIM, **ex
     )
 
 
-def _model(sparse, vocab=VOCAB):
-    class Model(SparseTrainer, keras.Model):
-        pass
+def _worker():
+    """`_jax_process_worker.py` as a module: its `build_model`."""
+    module_spec = importlib.util.spec_from_file_location("_jax_worker", WORKER)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
-    inputs = keras.Input((LENGTH,), dtype="int32")
-    table = Embedding(vocab, DIM, sparse=sparse, name="embedding")
-    pooled = keras.layers.GlobalAveragePooling1D()(table(inputs))
-    model = Model(inputs, keras.layers.Dense(1, name="dense")(pooled))
-    model.compile(LazyAdam(0.01) if sparse else keras.optimizers.Adam(0.01), "mse")
-    return model
+
+def _model(sparse, layer="embedding"):
+    spec = {"vocab": VOCAB, "dim": DIM, "sparse": sparse, "layer": layer}
+    return _worker().build_model(spec, LENGTH)[0]
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
 @pytest.mark.parametrize(
-    "world, layout, sparse",
+    "world, layout, sparse, layer",
     [
-        (2, "model_parallel", False),
-        (2, "model_parallel", True),
-        (4, "model_parallel", True),
-        (2, "data_parallel", False),
+        (2, "model_parallel", False, "embedding"),
+        (2, "model_parallel", True, "embedding"),
+        (4, "model_parallel", True, "embedding"),
+        (2, "data_parallel", False, "embedding"),
+        (2, "model_parallel", True, "bag"),
+        (2, "model_parallel", True, "collection"),
     ],
-    ids=["2-rows-adam", "2-rows-sparse", "4-rows-sparse", "2-batch-adam"],
+    ids=[
+        "2-rows-adam",
+        "2-rows-sparse",
+        "4-rows-sparse",
+        "2-batch-adam",
+        "bag-2-rows-sparse",
+        "collection-2-rows-sparse",
+    ],
 )
-def test_processes_train_as_one(tmp_path, world, layout, sparse):
+def test_processes_train_as_one(tmp_path, world, layout, sparse, layer):
     x, y, data = _data(tmp_path)
-    model = _model(sparse)
+    model = _model(sparse, layer)
     weights = tmp_path / "weights.npz"
     np.savez(weights, *model.get_weights())
-    spec = _spec(data, layout=layout, sparse=sparse, weights=str(weights))
+    spec = _spec(data, layout=layout, sparse=sparse, weights=str(weights), layer=layer)
     results = _run(world, spec, tmp_path)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     expected = model.get_weights()
