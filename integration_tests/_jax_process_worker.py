@@ -4,7 +4,7 @@ Usage: `python _jax_process_worker.py RANK WORLD PORT SPEC OUT`; SPEC is a
 JSON file: the layout ("model_parallel": the table's rows sharded over the
 processes; "data_parallel": the batch split, the table replicated), whether
 the table is `sparse=True` (then `SparseTrainer` + `LazyAdam`, else Keras's
-`Adam`), the sizes, and the initial weights and data (`.npz`). Writes the
+`Adam`), the sizes and the data (`.npz`). Writes the
 trained weights (process 0), this process's share of the table and how far
 its resident memory rose to OUT (`.npz`); with `"load"`, loads a weights file
 first; with `"save"`, saves `OUT` as `.weights.h5` too; with `"die": r`,
@@ -139,9 +139,6 @@ def main(rank, world, port, spec_path, out):
 
     baseline = reset_peak_rss()
     model, variable = build_model(spec, x.shape[1])
-    if "weights" in spec:
-        with np.load(spec["weights"]) as saved:
-            model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
     if "load" in spec:  # A file saved by one process, into the sharded model.
         model.load_weights(spec["load"])
     callbacks = []

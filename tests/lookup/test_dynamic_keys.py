@@ -87,7 +87,7 @@ KEYS = st.one_of(
 STREAMS = st.lists(st.lists(KEYS, min_size=1, max_size=9), min_size=1, max_size=5)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     stream=STREAMS,
     capacity=st.integers(1, 6),
