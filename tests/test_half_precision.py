@@ -77,18 +77,18 @@ def _model(dtype, sparse):
     return Model(inputs, head)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_tables_train_within_half_a_percent_of_float32(dtype):
+def test_half_tables_train_within_half_a_percent_of_float32():
     """The same model, data and initial values (the half tables rounded from
     the float32 ones): after 40 steps of `LazyRowwiseAdagrad` on row-sparse
-    gradients, the losses differ by less than 0.5%."""
+    gradients, the bfloat16 and float16 runs' losses are within 0.5% of the
+    float32 run's."""
     rng = np.random.default_rng(0)
     x = {f"t{i}": rng.integers(0, 200, (512, 4)).astype("int32") for i in range(3)}
     truth = rng.normal(size=(3, 200))
     y = sum(truth[i][x[f"t{i}"]].sum(1) for i in range(3))[:, None].astype("float32")
     losses = {}
     reference = None
-    for table_dtype in ("float32", dtype):
+    for table_dtype in ("float32", "bfloat16", "float16"):
         model = _model(table_dtype, sparse=True)
         if reference is None:
             reference = [ops.convert_to_numpy(w) for w in model.get_weights()]
@@ -100,7 +100,8 @@ def test_half_tables_train_within_half_a_percent_of_float32(dtype):
         assert str(stack.dtype) == table_dtype
     first, last = losses["float32"][0], losses["float32"][-1]
     assert last < 0.5 * first, losses  # It learned.
-    assert abs(losses[dtype][-1] - last) / last < 5e-3, losses
+    for dtype in ("bfloat16", "float16"):
+        assert abs(losses[dtype][-1] - last) / last < 5e-3, losses
 
 
 def test_half_tables_stack_apart_save_and_load(tmp_path):
