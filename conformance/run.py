@@ -4,12 +4,18 @@ Downloads the source distribution of exactly the installed Keras version from th
 package index, extracts `embedding_test.py` and `reversible_embedding_test.py`, and
 runs them with `conftest.py` (beside this file) replacing Keras's `Embedding` and
 `ReversibleEmbedding` by ours. Usage: `python conformance/run.py [WORKDIR]`.
+
+`python conformance/run.py WORKDIR --while COMMAND...` runs them while COMMAND
+runs (tox: the package's own tests), and prints their output after COMMAND's:
+they run in one process, as alone, on the core the other command leaves idle
+at times. The exit status is the first nonzero of the two.
 """
 
 import pathlib
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import keras
 
@@ -46,13 +52,31 @@ def fetch_tests(version, workdir):
 
 
 def main(argv):
+    alongside = []
+    if "--while" in argv:
+        at = argv.index("--while")
+        argv, alongside = argv[:at], argv[at + 1 :]
     workdir = pathlib.Path(argv[1] if len(argv) > 1 else HERE / ".cache").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}")
     paths = fetch_tests(keras.__version__, workdir)
     cmd = [sys.executable, "-m", "pytest", "-c", str(HERE / "pytest.ini")]
     cmd += ["--rootdir", str(HERE), "-p", "no:cacheprovider", *map(str, paths)]
-    return subprocess.call(cmd + argv[2:], cwd=HERE)
+    title = f"Keras's own Embedding tests: Keras {keras.__version__}, backend "
+    title += keras.backend.backend()
+    if not alongside:
+        print(title, flush=True)
+        return subprocess.call(cmd + argv[2:], cwd=HERE)
+    with tempfile.TemporaryFile("w+") as log:
+        conformance = subprocess.Popen(
+            cmd + argv[2:], cwd=HERE, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            other = subprocess.call(alongside)
+        finally:
+            status = conformance.wait()
+        log.seek(0)
+        print(f"\n{title}\n{log.read()}", flush=True)
+    return other or status
 
 
 if __name__ == "__main__":

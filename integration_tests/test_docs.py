@@ -1,11 +1,14 @@
 """Every Python code block of README.md and docs/*.md, run as a user runs it.
 
-Each page's blocks run in a fresh Python process, with none of the test suite's
-setup (no virtual devices, no seeds, no conftest): in order, in one namespace (a
-page may build on its earlier blocks) and in one temporary directory. A recipe
-(a block whose first line is `# Big tables recipe (...)`) runs alone in its own
-process, as a reader pastes it: it carries its own setup. A block runs on every
-backend unless a marker on the line before it says otherwise:
+Each page's blocks run with none of the test suite's setup (no virtual devices,
+no seeds, no conftest): in order, in one namespace (a page may build on its
+earlier blocks) and in one temporary directory of their own. The pages share one
+fresh Python process (one import of Keras and the backend, not one a page),
+Keras's session cleared between them; a page that sets `os.environ` (which must
+come before the imports) gets a fresh process of its own. A recipe (a block
+whose first line is `# Big tables recipe (...)`) runs alone in its own process,
+as a reader pastes it: it carries its own setup. A block runs on every backend
+unless a marker on the line before it says otherwise:
 
 * `<!-- backend: jax -->` (or the first line `# Big tables recipe (jax): ...`):
   only under that backend; elsewhere it skips, "this block needs the jax backend".
@@ -66,7 +69,7 @@ def _blocks(page):
 
 
 def _runs(page):
-    """The page's processes: its recipes one each, its other blocks together."""
+    """The page's runs: its recipes one each, its other blocks together."""
     together, runs = [], []
     for line, code, backends, alone in _blocks(page):
         if alone:
@@ -76,27 +79,47 @@ def _runs(page):
     return ([together] if together else []) + runs
 
 
-RUNS = [
-    pytest.param(page, blocks, id=f"{page.name}:{blocks[0][0]}")
-    for page in PAGES
-    for blocks in _runs(page)
+def _own_process(blocks):
+    """Whether a page's run needs a fresh process: a recipe, or blocks that
+    set `os.environ` (before their imports)."""
+    return (
+        len(blocks) == 1
+        and _RECIPE.match(blocks[0][1])
+        or any("os.environ" in code for _, code, _ in blocks)
+    )
+
+
+_ALONE = [(page, blocks) for page in PAGES for blocks in _runs(page)]
+_SHARED = [(page, blocks) for page, blocks in _ALONE if not _own_process(blocks)]
+RUNS = [pytest.param(_SHARED, id="pages")] + [
+    pytest.param([(page, blocks)], id=f"{page.name}:{blocks[0][0]}")
+    for page, blocks in _ALONE
+    if _own_process(blocks)
 ]
 
-# Runs the blocks of argv[1] (a JSON list of [path, line, code]) in order, in
-# one namespace; line numbers in tracebacks are those of the page.
+# Runs the pages of argv[1] (a JSON list of [path, [[line, code], ...]]): each
+# page's blocks in order, in one namespace and a folder of its own, Keras's
+# session cleared after it; line numbers in tracebacks are those of the page.
 _RUNNER = """
-import json, sys
-namespace = {"__name__": "__main__"}
-for path, line, code in json.load(open(sys.argv[1], encoding="utf-8")):
-    exec(compile("\\n" * (line - 1) + code, path, "exec"), namespace)
+import json, os, sys
+pages = json.load(open(sys.argv[1], encoding="utf-8"))
+for index, (path, blocks) in enumerate(pages):
+    folder = os.path.abspath(str(index))
+    os.makedirs(folder)
+    os.chdir(folder)
+    print("page", path, file=sys.stderr, flush=True)
+    namespace = {"__name__": "__main__"}
+    for line, code in blocks:
+        exec(compile("\\n" * (line - 1) + code, path, "exec"), namespace)
+    if len(pages) > 1:
+        import keras
+        keras.backend.clear_session()
 """
 
 
 def test_the_docs_have_code_blocks():
-    assert sum(len(blocks) for blocks in RUNS_BLOCKS) >= 15, RUNS_BLOCKS
-
-
-RUNS_BLOCKS = [blocks for page in PAGES for blocks in _runs(page)]
+    assert sum(len(blocks) for _, blocks in _ALONE) >= 15, _ALONE
+    assert len(_SHARED) >= 8, "most pages share one process"
 
 
 def _runs_here(backends):
@@ -111,16 +134,17 @@ def _user_environment():
     return env
 
 
-@pytest.mark.parametrize("page, blocks", RUNS)
-def test_code_blocks(page, blocks, tmp_path):
-    blocks = [(line, code) for line, code, backends in blocks if _runs_here(backends)]
-    if not blocks:
+@pytest.mark.parametrize("pages", RUNS)
+def test_code_blocks(pages, tmp_path):
+    pages = [
+        (str(page), [(line, code) for line, code, b in blocks if _runs_here(b)])
+        for page, blocks in pages
+    ]
+    pages = [(page, blocks) for page, blocks in pages if blocks]
+    if not pages:
         pytest.skip(f"these blocks need another backend than {BACKEND}")
     script = tmp_path / "blocks.json"
-    script.write_text(
-        json.dumps([(str(page), line, code) for line, code in blocks]),
-        encoding="utf-8",
-    )
+    script.write_text(json.dumps(pages), encoding="utf-8")
     workdir = tmp_path / "work"
     workdir.mkdir()
     result = subprocess.run(
@@ -132,8 +156,8 @@ def test_code_blocks(page, blocks, tmp_path):
         timeout=_TIMEOUT_S,
     )
     assert result.returncode == 0, (
-        f"{page.name}, blocks at lines {[line for line, _ in blocks]} failed:\n"
-        + result.stderr[-6000:]
+        f"{[Path(page).name for page, _ in pages]} failed (the last 'page' line "
+        "below names the page):\n" + result.stderr[-6000:]
     )
 
 
