@@ -83,12 +83,16 @@ def _data(rng, rows=ROWS, batch=BATCH):
     return ids, weights
 
 
-def _models(ids, rows=ROWS):
+def _models(ids, rows=ROWS, only=None):
+    """`{contender: compiled model}` (`only`: that one alone)."""
     import keras
 
     from keras_embedding_plus import EmbeddingCollection
-    from keras_embedding_plus.optimizers import LazyAdagrad
+    from keras_embedding_plus.optimizers import LazyAdagrad, LazyRowwiseAdagrad
     from keras_embedding_plus.training import SparseTrainer
+
+    def wanted(name):
+        return only is None or name == only
 
     batch, width = ids["f0"].shape
     names = sorted(ids)
@@ -103,12 +107,16 @@ def _models(ids, rows=ROWS):
         pooled = keras.layers.Concatenate()([outputs[n] for n in names])
         return keras.Model([x, w], keras.layers.Dense(1)(pooled))
 
-    def features(module):
+    def features(module, **table):
         return {
             n: module.FeatureConfig(
                 name=n,
                 table=module.TableConfig(
-                    name=n, vocabulary_size=rows, embedding_dim=DIM, combiner="sum"
+                    name=n,
+                    vocabulary_size=rows,
+                    embedding_dim=DIM,
+                    combiner="sum",
+                    **table,
                 ),
                 input_shape=(batch, width),
                 output_shape=(batch, DIM),
@@ -119,24 +127,38 @@ def _models(ids, rows=ROWS):
     import keras_embedding_plus as kep
 
     models = {}
-    x, w = inputs()
-    models["ours"] = head(x, w, EmbeddingCollection(features(kep))(x, w))
-    models["ours"].compile(keras.optimizers.Adagrad(0.01), "mse")
+    if wanted("ours"):
+        x, w = inputs()
+        models["ours"] = head(x, w, EmbeddingCollection(features(kep))(x, w))
+        models["ours"].compile(keras.optimizers.Adagrad(0.01), "mse")
 
     class Sparse(SparseTrainer, keras.Model):
         pass
 
-    x, w = inputs()
-    out = EmbeddingCollection(features(kep), sparse=True)(x, w)
-    pooled = keras.layers.Concatenate()([out[n] for n in names])
-    models["ours_sparse"] = Sparse([x, w], keras.layers.Dense(1)(pooled))
-    models["ours_sparse"].compile(LazyAdagrad(0.01), "mse")
+    if wanted("ours_sparse"):
+        x, w = inputs()
+        out = EmbeddingCollection(features(kep), sparse=True)(x, w)
+        pooled = keras.layers.Concatenate()([out[n] for n in names])
+        models["ours_sparse"] = Sparse([x, w], keras.layers.Dense(1)(pooled))
+        models["ours_sparse"].compile(LazyAdagrad(0.01), "mse")
 
-    try:
-        import keras_rs
-    except ImportError:
-        print("keras_rs is not importable here: no keras_rs rows", flush=True)
-    else:
+    if wanted("ours_table_rowwise"):
+        # FBGEMM's setup: each table's own row-wise Adagrad, applied in the
+        # lookup's backward pass; the model's Adagrad trains the head.
+        x, w = inputs()
+        table = {"optimizer": LazyRowwiseAdagrad(0.01)}
+        out = EmbeddingCollection(features(kep, **table))(x, w)
+        pooled = keras.layers.Concatenate()([out[n] for n in names])
+        models["ours_table_rowwise"] = Sparse([x, w], keras.layers.Dense(1)(pooled))
+        models["ours_table_rowwise"].compile(keras.optimizers.Adagrad(0.01), "mse")
+
+    keras_rs = None
+    if wanted("keras_rs"):
+        try:
+            import keras_rs
+        except ImportError:
+            print("keras_rs is not importable here: no keras_rs rows", flush=True)
+    if keras_rs is not None:
         x, w = inputs()
         import warnings
 
@@ -146,13 +168,16 @@ def _models(ids, rows=ROWS):
         models["keras_rs"] = head(x, w, rs(x, w))
         models["keras_rs"].compile(keras.optimizers.Adagrad(0.01), "mse")
 
-    x, w = inputs()
-    outputs = {}
-    for n in names:
-        looked_up = keras.layers.Embedding(rows, DIM, name=f"emb_{n}")(x[n])
-        outputs[n] = keras.ops.sum(looked_up * keras.ops.expand_dims(w[n], -1), axis=1)
-    models["keras_26"] = head(x, w, outputs)
-    models["keras_26"].compile(keras.optimizers.Adagrad(0.01), "mse")
+    if wanted("keras_26"):
+        x, w = inputs()
+        outputs = {}
+        for n in names:
+            looked_up = keras.layers.Embedding(rows, DIM, name=f"emb_{n}")(x[n])
+            outputs[n] = keras.ops.sum(
+                looked_up * keras.ops.expand_dims(w[n], -1), axis=1
+            )
+        models["keras_26"] = head(x, w, outputs)
+        models["keras_26"].compile(keras.optimizers.Adagrad(0.01), "mse")
     return models
 
 
@@ -171,7 +196,8 @@ def run_backend(budget_s, sizes=FULL):
         f"{TABLES} tables of {sizes['rows']:,} x {DIM}, batch {sizes['batch']}, "
         f"Poisson({MEAN_IDS}) ids a bag, sum; ratio: time vs ours"
     )
-    forward = {n: m for n, m in models.items() if n != "ours_sparse"}
+    trained_only = ("ours_sparse", "ours_table_rowwise")
+    forward = {n: m for n, m in models.items() if n not in trained_only}
     flat = _flat_forward(backend, models["ours"], ids, weights)
     for case, fns in (
         (
@@ -207,6 +233,68 @@ def run_backend(budget_s, sizes=FULL):
                     "note": note + PEER_NOTES.get(name, ""),
                 }
             )
+    return rows
+
+
+MEMORY_CONTENDERS = ("ours", "ours_sparse", "ours_table_rowwise", "keras_26")
+
+
+def _memory_one(name, sizes=FULL):
+    """In this process: the rise of resident memory over the resident memory
+    before, at its peak during 3 train steps of `name` (after 2 warm-up
+    steps), in MB. Linux: the peak (`VmHWM`) is reset by writing 5 to
+    `/proc/self/clear_refs`."""
+    bench.start_backend()
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids, weights = _data(rng, sizes["rows"], sizes["batch"])
+    y = rng.normal(size=(sizes["batch"], 1)).astype("float32")
+    model = _models(ids, sizes["rows"], only=name)[name]
+    for _ in range(2):
+        model.train_on_batch([ids, weights], y)
+
+    def status(field):
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith(field + ":"))
+        return int(line.split()[1]) / 1024  # kB -> MB
+
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(3):
+        model.train_on_batch([ids, weights], y)
+    print(f"PEAK_MB {status('VmHWM') - before:.1f}", flush=True)
+
+
+def run_memory(backend, sizes=FULL):
+    """One fresh process per contender (`_memory_one`): the peak extra
+    memory of a train step, against the tables' size."""
+    table_mb = TABLES * sizes["rows"] * DIM * 4 / 2**20
+    rows = []
+    for name in MEMORY_CONTENDERS:
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        args = [sys.executable, __file__, "--memory-one", name]
+        if sizes is QUICK:
+            args.append("--quick")
+        out = subprocess.run(
+            args, env=env, check=True, capture_output=True, text=True
+        ).stdout
+        peak = float(
+            next(x for x in out.splitlines() if x.startswith("PEAK_MB")).split()[1]
+        )
+        rows.append(
+            {
+                "backend": backend,
+                "case": "train_peak",
+                "contender": name,
+                "value": f"{peak:.0f}",
+                "unit": "MB",
+                "ratio": f"{peak / table_mb:.2f}",
+                "note": f"peak resident memory a train step adds; ratio: vs the "
+                f"{TABLES} tables ({table_mb:.0f} MB)",
+            }
+        )
     return rows
 
 
@@ -284,7 +372,29 @@ def main():
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: small sizes, no CSV"
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="the peak memory a train step adds, one process a contender",
+    )
+    parser.add_argument("--memory-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_one:
+        _memory_one(args.memory_one, QUICK if args.quick else FULL)
+        return
+    if args.memory:
+        backend = os.environ.get("KERAS_BACKEND", "jax")
+        rows = run_memory(backend, QUICK if args.quick else FULL)
+        if not args.quick:
+            bench.update_csv(
+                CSV_PATH,
+                FIELDS,
+                rows,
+                lambda r: r["backend"] == backend and r["case"] == "train_peak",
+            )
+        for row in rows:
+            print(f"  {row['contender']:22} {row['value']:>8} MB {row['ratio']:>6}")
+        return
     if args.all:
         extra = ["--quick"] if args.quick else []
         bench.run_each_backend(__file__, ["--budget", str(args.budget), *extra])
@@ -296,7 +406,13 @@ def main():
         rows = run_backend(min(args.budget, 1.0), QUICK)
     else:
         rows = run_backend(args.budget)
-        bench.replace_backend_rows(CSV_PATH, FIELDS, rows, rows[0]["backend"])
+        backend = rows[0]["backend"]
+        bench.update_csv(  # The timings; `--memory`'s rows stay.
+            CSV_PATH,
+            FIELDS,
+            rows,
+            lambda r: r["backend"] == backend and r["case"] != "train_peak",
+        )
     for row in rows:
         print(
             f"  {row['case']:8} {row['contender']:22} {row['value']:>8} "

@@ -395,6 +395,10 @@ class LazyRowwiseAdagrad(_LazyMixin, keras.optimizers.Optimizer):
     >>> model.compile(optimizer=LazyRowwiseAdagrad(0.05), loss="mse")
     """
 
+    # One accumulator per row: `TableConfig(optimizer=LazyRowwiseAdagrad(...))`
+    # is trained row-wise (`lookup.table_optimizers`).
+    ROW_WISE = True
+
     def __init__(
         self,
         learning_rate: Any = 0.001,

@@ -85,6 +85,19 @@ def sparse_tables(model):
     return tables
 
 
+def table_optimized_stacks(model):
+    """`(layer, stack)` of the `EmbeddingCollection` stacks trained by their
+    tables' own optimizers (`TableConfig.optimizer`)."""
+    from keras_embedding_plus.layers.collection import EmbeddingCollection
+
+    return [
+        (layer, stack)
+        for layer in compat.flatten_layers(model)
+        if isinstance(layer, EmbeddingCollection) and layer.trainable
+        for stack in layer.optimized_stacks
+    ]
+
+
 def sparse_train_step(
     model: keras.Model,
     state: tuple,
@@ -116,7 +129,8 @@ def sparse_train_step(
     IndexedRows, RowCapture = backends.sparse.IndexedRows, backends.sparse.RowCapture
 
     tables = sparse_tables(model)
-    if not tables:
+    fused = table_optimized_stacks(model)
+    if not tables and not fused:
         fallback = fallback or (lambda s, d: keras.Model.train_step(model, s, d))
         return fallback(state, data)
     trainable, non_trainable, optimizer_values, metrics_values = state
@@ -141,7 +155,8 @@ def sparse_train_step(
 
     dense_values = [trainable[i] for i in dense_index]
     # The shapes of the looked-up rows, without computing anything.
-    record = RowCapture(tables)
+    captured = tables + [stack for _, stack in fused]
+    record = RowCapture(captured)
     # The batch is an argument, so that it is traced even when the step runs
     # eagerly (`run_eagerly=True`).
     jax.eval_shape(
@@ -156,7 +171,7 @@ def sparse_train_step(
             metric.discard_pending()
 
     def loss_fn(dense_values, deltas):
-        capture = RowCapture(tables, deltas)
+        capture = RowCapture(captured, deltas)
         loss, aux = forward(dense_values, capture)
         return loss, (aux, capture.ids)
 
@@ -182,6 +197,31 @@ def sparse_train_step(
             table.shape,
         )
         grads[i] = gradient if keep_sparse else gradient.to_dense()
+
+    if fused:
+        # The tables' own optimizers: their stacks and state are the layer's
+        # non-trainable variables, updated at the captured rows.
+        held = model.non_trainable_variables
+        mapping = list(zip(held, non_trainable, strict=True))
+        with keras.StatelessScope(state_mapping=mapping) as s:
+            for layer, stack in fused:
+                calls = [k for k, t in enumerate(record.tables) if t is stack]
+                if not calls:
+                    continue
+                gradient = IndexedRows(
+                    jnp.concatenate([ids[k].reshape(-1) for k in calls]),
+                    jnp.concatenate(
+                        [row_grads[k].reshape(-1, stack.shape[-1]) for k in calls]
+                    ),
+                    stack.shape,
+                )
+                layer.apply_table_gradient(
+                    stack, *backends.sparse.unique_rows(gradient)
+                )
+        non_trainable = [
+            value if s.get_current_value(v) is None else s.get_current_value(v)
+            for v, value in zip(held, non_trainable, strict=True)
+        ]
 
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable

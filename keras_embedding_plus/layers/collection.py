@@ -21,6 +21,7 @@ from keras_embedding_plus.layers.collection_config import (
     TableConfig,
     check_table,
     is_feature,
+    table_optimizer,
 )
 from keras_embedding_plus.lookup import (
     gather,
@@ -62,6 +63,59 @@ class _Slot:
     offset: int
     rows: int
     combiner: str
+
+
+class _TableState:
+    """The state of a stack trained by its tables' own optimizer: its slots,
+    its step count, and `anchor`, a trainable zero-size variable (the
+    model's optimizer sees it, not the stack: a gradient reaching it is what
+    makes the backward pass run the update)."""
+
+    def __init__(self, optimizer, slots, iterations, anchor):
+        self.optimizer = optimizer
+        self.slots = slots  # {slot name: variable}
+        self.iterations = iterations
+        self.anchor = anchor
+
+    @classmethod
+    def build(cls, layer, index, optimizer, shape):
+        slots = {
+            name: layer.add_weight(
+                shape=shape[:1] if per_row else shape,
+                initializer=keras.initializers.Constant(initial),
+                dtype="float32",
+                trainable=False,
+                name=f"stack_{index}_{name}",
+            )
+            for name, per_row, initial in optimizer.slots()
+        }
+        iterations = layer.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name=f"stack_{index}_iterations",
+        )
+        anchor = layer.add_weight(
+            shape=(0,), initializer="zeros", name=f"stack_{index}_anchor"
+        )
+        return cls(optimizer, slots, iterations, anchor)
+
+    def apply(self, stack, ids, gradient):
+        """Gather the rows and slot rows of `ids`, step, scatter them back.
+        Returns the writes (TensorFlow's gradient waits for them)."""
+        sparse = backends.sparse
+        step = self.iterations.value + 1
+        rows = ops.cast(sparse.gather_rows(stack, ids), "float32")
+        slots = [sparse.gather_rows(v, ids) for v in self.slots.values()]
+        rows, slots = self.optimizer.update(
+            step, rows, slots, ops.cast(gradient, "float32")
+        )
+        writes = [sparse.set_rows(stack, ids, rows)]
+        for variable, value in zip(self.slots.values(), slots, strict=True):
+            writes.append(sparse.set_rows(variable, ids, value))
+        self.iterations.assign(step)
+        return [w for w in writes if w is not None]
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -147,11 +201,24 @@ class EmbeddingCollection(keras.layers.Layer):
         self._structure = _Frozen(feature_configs)
         self._features = tuple(features)  # (path, feature name, table name)
         self._tables = {name: check_table(table) for name, table in tables.items()}
-        # Stacks: the tables of one width and dtype, in the order first met.
+        # This package's `TableConfig.optimizer` (keras-rs's is not applied:
+        # see the warning above). The user's objects, for `get_config`.
+        self._table_optimizers = {
+            name: table.optimizer
+            for name, table in tables.items()
+            if isinstance(table, TableConfig) and table.optimizer is not None
+        }
+        optimizers = {
+            name: table_optimizer(tables[name]) for name in self._table_optimizers
+        }
+        # Stacks: the tables of one width, dtype and optimizer, in the order
+        # first met.
         by_kind: dict[tuple, list[str]] = {}
         for name, (_, _, dim, _, _, dtype) in self._tables.items():
-            by_kind.setdefault((dim, dtype), []).append(name)
+            key = (dim, dtype, optimizers.get(name))
+            by_kind.setdefault(key, []).append(name)
         self._stack_tables = tuple(tuple(names) for names in by_kind.values())
+        self._stack_optimizers = tuple(key[2] for key in by_kind)
         self._slots = {}
         for index, names in enumerate(self._stack_tables):
             offset = 0
@@ -173,18 +240,27 @@ class EmbeddingCollection(keras.layers.Layer):
     def build(self, input_shape: Any = None) -> None:
         if self.built:
             return
-        self._stacks, self._lookups = [], []
+        self._stacks, self._lookups, self._table_states = [], [], []
         for index, names in enumerate(self._stack_tables):
             dim, dtype = self._tables[names[0]][2], self._tables[names[0]][5]
             rows = sum(self._tables[name][1] for name in names)
             parts = [(self._tables[name][3], self._tables[name][1]) for name in names]
+            optimizer = self._stack_optimizers[index]
             variable = self.add_weight(
                 shape=(rows, dim),
                 initializer=_StackedInitializer(parts),
                 dtype=dtype or self.variable_dtype,
+                # A stack with its own optimizer is updated in its lookup's
+                # backward pass, not by the model's optimizer.
+                trainable=optimizer is None,
                 name=f"stack_{index}",
             )
             self._stacks.append(variable)
+            self._table_states.append(
+                None
+                if optimizer is None
+                else _TableState.build(self, index, optimizer, (rows, dim))
+            )
             for name in names:
                 self.invalid_ids_counts[name].mark_steps_by(variable)
             spec = LookupSpec(
@@ -192,6 +268,23 @@ class EmbeddingCollection(keras.layers.Layer):
             )
             self._lookups.append(pipeline.compose(spec))
         self.built = True
+
+    @property
+    def optimized_stacks(self) -> list:
+        """The stacks trained by their tables' own optimizers
+        (`TableConfig.optimizer`), in their lookups' backward pass."""
+        if not self.built:
+            return []
+        states = zip(self._stacks, self._table_states, strict=True)
+        return [v for v, s in states if s is not None]
+
+    def apply_table_gradient(self, stack: Any, ids: Any, gradient: Any) -> None:
+        """One step of a stack's table optimizer: `ids` (unique; on JAX,
+        out-of-range ids are padding and dropped) and their summed row
+        gradients. The lookup's backward pass calls it (on JAX,
+        `SparseTrainer`)."""
+        index = next(i for i, v in enumerate(self._stacks) if v is stack)
+        return self._table_states[index].apply(stack, ids, gradient)
 
     @property
     def stacks(self) -> list:
@@ -203,7 +296,13 @@ class EmbeddingCollection(keras.layers.Layer):
         """The variables trained with row-sparse gradients (`sparse=True`)."""
         if not self.built:
             return []
-        return [v for lookup in self._lookups for v in lookup.sparse_variables]
+        optimized = {id(v) for v in self.optimized_stacks}
+        return [
+            v
+            for lookup in self._lookups
+            for v in lookup.sparse_variables
+            if id(v) not in optimized
+        ]
 
     def table_placement(self) -> dict:
         """`{table name: (stack index, first row, rows)}`."""
@@ -222,10 +321,31 @@ class EmbeddingCollection(keras.layers.Layer):
             for name, slot in self._slots.items()
         }
 
+    def _table_state_values(self):
+        """`{entry: value}` of the tables' own optimizers' state, per table:
+        `"<table>:<slot>"` (its rows of the slot) and `"<table>:iterations"`."""
+        out = {}
+        for name, slot in self._slots.items():
+            state = self._table_states[slot.stack]
+            if state is None:
+                continue
+            for slot_name, variable in state.slots.items():
+                out[f"{name}:{slot_name}"] = (
+                    variable,
+                    slice(slot.offset, slot.offset + slot.rows),
+                )
+            out[f"{name}:iterations"] = (state.iterations, None)
+        return out
+
     def save_own_variables(self, store: Any) -> None:
-        """One entry per table, under its name."""
+        """One entry per table, under its name; a table with its own
+        optimizer also writes its rows of each slot (`"<table>:<slot>"`) and
+        its step count (`"<table>:iterations"`)."""
         for name, value in self.get_embedding_tables().items():
             store[name] = ops.convert_to_numpy(value)
+        for entry, (variable, rows) in self._table_state_values().items():
+            value = ops.convert_to_numpy(variable.value)
+            store[entry] = value if rows is None else value[rows]
 
     def load_own_variables(self, store: Any) -> None:
         """Reads what `save_own_variables` wrote: every table is checked before
@@ -245,9 +365,34 @@ class EmbeddingCollection(keras.layers.Layer):
                     f"holds it as {(slot.rows, dim)}."
                 )
             values[name] = value
+        states = self._table_state_values()
+        for entry, (variable, rows) in states.items():
+            if entry not in store:
+                raise ValueError(
+                    f"The saved collection has no entry {entry!r} (the state of "
+                    "its table's own optimizer). Saved entries: "
+                    f"{sorted(store.keys())}."
+                )
+            values[entry] = np.asarray(store[entry])
+            expected = tuple(variable.shape)
+            if rows is not None:
+                expected = (rows.stop - rows.start, *expected[1:])
+            if values[entry].shape != expected:
+                raise ValueError(
+                    f"Entry {entry!r} was saved with shape {values[entry].shape}; "
+                    f"this layer holds it as {expected}."
+                )
         for index, names in enumerate(self._stack_tables):
             stacked = np.concatenate([values[name] for name in names], axis=0)
             self._stacks[index].assign(stacked)
+            state = self._table_states[index]
+            if state is None:
+                continue
+            for slot_name, variable in state.slots.items():
+                variable.assign(
+                    np.concatenate([values[f"{n}:{slot_name}"] for n in names])
+                )
+            state.iterations.assign(values[f"{names[0]}:iterations"])
 
     # ---- the call -------------------------------------------------------------
 
@@ -382,10 +527,14 @@ class EmbeddingCollection(keras.layers.Layer):
         w = ops.where(keep, ops.cast(w, dtype), ops.zeros((), dtype))
         # Where the backend has a fused gather-and-sum (PyTorch's
         # `embedding_bag`), dense groups never form their rows.
-        fused = stack_pooling.fusable(lookup) and not half
+        state = self._table_states[self._lookups.index(lookup)]
+        fused = stack_pooling.fusable(lookup) and not half and state is None
         # Invalid ids are 0 now, and ids that do not count have weight 0: the
         # rows need no zeroing pass of their own.
-        rows = None if fused else self._rows(lookup, values, training, half)
+        if state is not None:
+            rows = self._optimized_rows(lookup, values, training)
+        else:
+            rows = None if fused else self._rows(lookup, values, training, half)
         out, start = {}, 0
         whole = len(groups) == 1  # One group: no slice (a copy on TensorFlow).
         for key, group in groups.items():
@@ -414,6 +563,27 @@ class EmbeddingCollection(keras.layers.Layer):
             for part, value in zip(group, pooled, strict=True):
                 out[part["path"]] = ops.cast(value, self.compute_dtype)
         return out
+
+    def _optimized_rows(self, lookup, ids, training):
+        """The rows of a stack with its own optimizer: the backward pass
+        updates the stack (`apply_table_gradient`)."""
+        index = self._lookups.index(lookup)
+        stack = self._stacks[index]
+        if not self.trainable:
+            return backends.sparse.gather_rows(stack, ids)
+        if training is True and backends.sparse.trains_densely(stack):
+            raise ValueError(
+                f"EmbeddingCollection {self.name!r}: tables with their own "
+                "`optimizer` train on JAX only in a model with `SparseTrainer` "
+                "(`class Model(SparseTrainer, keras.Model)`): JAX's gradients "
+                "cannot update a variable themselves."
+            )
+
+        def update(unique, gradient):
+            return self.apply_table_gradient(stack, unique, gradient)
+
+        state = self._table_states[index]
+        return backends.sparse.fused_take(stack, ids, state.anchor, update)
 
     @staticmethod
     def _rows(lookup, ids, training, half):
@@ -447,6 +617,7 @@ class EmbeddingCollection(keras.layers.Layer):
                 initializer=initializer,
                 combiner=combiner,
                 dtype=dtype,
+                optimizer=self._table_optimizers.get(name),
             ).get_config()
 
         def feature(f):
@@ -476,6 +647,7 @@ class EmbeddingCollection(keras.layers.Layer):
                 combiner=t["combiner"],
                 placement=t["placement"],
                 dtype=t.get("dtype"),
+                optimizer=_optimizer(t.get("optimizer")),
             )
             for name, t in config.pop("tables").items()
         }
@@ -504,3 +676,9 @@ class EmbeddingCollection(keras.layers.Layer):
 
 def _listed(shape):
     return None if shape is None else [None if d is None else int(d) for d in shape]
+
+
+def _optimizer(config):
+    if config is None or isinstance(config, str):
+        return config
+    return keras.optimizers.deserialize(config)

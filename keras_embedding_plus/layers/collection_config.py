@@ -10,6 +10,7 @@ from typing import Any
 import keras
 
 from keras_embedding_plus.layers import arguments as _args
+from keras_embedding_plus.lookup import table_optimizers
 
 # keras-rs's combiners (`keras_rs.layers.EmbedReduce`): the denominator of
 # each, as `pooling.Combiner.weight_norm` (1: sum of weights, 2: their L2 norm).
@@ -34,8 +35,13 @@ class TableConfig:
         embedding_dim: Its width.
         initializer: Initializer of its rows; default keras-rs's,
             `VarianceScaling(mode="fan_out")`.
-        optimizer: Must stay `None`: the model's optimizer trains every table
-            (per-table optimizers are not built yet).
+        optimizer: `None` (default: the model's optimizer trains the
+            table), or the table's own optimizer, applied in the lookup's
+            backward pass to the looked-up rows only: a Keras `SGD`,
+            `Adagrad`, `Adam` or `Ftrl` (or its name), or
+            `LazyRowwiseAdagrad`, with a float learning rate. The options
+            keras-rs refuses (`SGD` momentum, `amsgrad`, clipping, ...) are
+            refused. On JAX, the model needs `SparseTrainer`.
         combiner: `"mean"` (default), `"sum"` or `"sqrtn"`: how a feature's ids
             in one sample are pooled.
         placement: `"auto"` or `"default_device"` (no SparseCore here).
@@ -56,13 +62,7 @@ class TableConfig:
     dtype: Any = None
 
     def __post_init__(self):
-        if self.optimizer is not None:
-            raise ValueError(
-                "`TableConfig.optimizer` must be None: the model's optimizer "
-                "trains every table of an `EmbeddingCollection` (per-table "
-                f"optimizers are not built yet). Received: optimizer="
-                f"{self.optimizer!r} for table {self.name!r}."
-            )
+        table_optimizer(self)  # Refused where it is set.
         if self.initializer is None:
             self.initializer = _default_initializer()
 
@@ -77,6 +77,9 @@ class TableConfig:
             "combiner": self.combiner,
             "placement": self.placement,
             "dtype": self.dtype,
+            "optimizer": None
+            if self.optimizer is None
+            else keras.optimizers.serialize(keras.optimizers.get(self.optimizer)),
         }
 
 
@@ -134,3 +137,20 @@ def check_table(table):
             )
     initializer = keras.initializers.get(table.initializer or _default_initializer())
     return name, rows, dim, initializer, combiner, dtype
+
+
+def table_optimizer(table):
+    """The row math of this package's `TableConfig.optimizer`, checked (None
+    where the model's optimizer trains the table)."""
+    name = getattr(table, "name", None)
+    spec = table_optimizers.from_optimizer(table.optimizer, name)
+    dtype = getattr(table, "dtype", None)
+    if spec is not None and dtype is not None:
+        if keras.backend.standardize_dtype(dtype) != "float32":
+            raise ValueError(
+                f"Table {name!r}: a half-precision table (`dtype={dtype!r}`) "
+                "with its own `optimizer` is not supported: train it with the "
+                "model's optimizer (optimizer=None), whose lazy optimizers "
+                "round stochastically."
+            )
+    return spec

@@ -264,8 +264,6 @@ def test_bad_tables_are_refused(table, match):
 
 
 def test_refusals_name_what_is_wrong():
-    with pytest.raises(ValueError, match="optimizer"):
-        TableConfig("t", 4, 4, optimizer="adam")
     with pytest.raises(ValueError, match="named 't'"):
         EmbeddingCollection(
             [

@@ -179,3 +179,19 @@ def scale_gradient(gradient, factor):
 
 def with_rows(gradient, ids, values):
     return IndexedRows(ids, values, gradient.shape)
+
+
+def set_rows(variable, ids, rows):
+    """`variable[ids] = rows` (`ids` unique; out-of-range ids, the padding of
+    `unique_rows`, are dropped)."""
+    value = value_of(variable)
+    variable.assign(value.at[ids].set(rows.astype(value.dtype), mode="drop"))
+
+
+def fused_take(table, ids, anchor, update):
+    """`table[ids]`. JAX's gradients are values, not side effects: the rows'
+    gradient reaches the table's `update` through `SparseTrainer`, which
+    captures the rows (`RowCapture`) and calls the owner's update; `anchor`
+    and `update` are not used here."""
+    del anchor, update
+    return sparse_take(table, ids)

@@ -70,3 +70,37 @@ def scale_gradient(gradient, factor):
 
 def with_rows(gradient, ids, values):
     return tf.IndexedSlices(values, ids, gradient.dense_shape)
+
+
+def set_rows(variable, ids, rows):
+    """`variable[ids] = rows` (`ids` unique): a resource scatter."""
+    target = value_of(variable)
+    return target.scatter_update(tf.IndexedSlices(tf.cast(rows, target.dtype), ids))
+
+
+def fused_take(table, ids, anchor, update):
+    """`table[ids]`, whose gradient calls `update(unique ids, summed row
+    gradients)` (which scatters into the table) and gives `anchor` (a
+    trainable zero-size variable: what makes the tape run the gradient) a
+    zero gradient. No gradient of the table's size exists."""
+    target = value_of(table)
+
+    @tf.custom_gradient
+    def take(anchor_value):
+        rows = tf.gather(target, ids)
+
+        def gradient(dy, variables=None):
+            flat = tf.reshape(ids, [-1])
+            dy = tf.reshape(tf.convert_to_tensor(dy), [tf.shape(flat)[0], -1])
+            unique, position = tf.unique(flat)
+            summed = tf.math.unsorted_segment_sum(dy, position, tf.shape(unique)[0])
+            writes = update(unique, summed)
+            with tf.control_dependencies(writes):
+                zero = tf.zeros_like(anchor_value)
+            if variables is None:
+                return zero
+            return zero, [None] * len(variables)
+
+        return rows, gradient
+
+    return take(tf.convert_to_tensor(value_of(anchor)))

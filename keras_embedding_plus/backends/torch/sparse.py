@@ -79,3 +79,41 @@ def with_rows(gradient, ids, values):
         is_coalesced=True,
         check_invariants=False,
     )
+
+
+def set_rows(variable, ids, rows):
+    """`variable[ids] = rows` in place (`ids` unique)."""
+    with torch.no_grad():
+        value = value_of(variable)
+        value.index_copy_(0, ids.long(), rows.to(value.dtype))
+
+
+def fused_take(table, ids, anchor, update):
+    """`table[ids]`, whose backward pass calls `update(unique ids, summed
+    row gradients)` (which writes the table in place) and gives `anchor` (a
+    trainable zero-size variable: what makes autograd run the backward) a
+    zero gradient. No gradient of the table's size exists."""
+    return torch.compiler.disable(_FusedTake.apply)(
+        value_of(anchor), value_of(table), ids, update
+    )
+
+
+class _FusedTake(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, anchor, table, ids, update):
+        ctx.save_for_backward(ids)
+        ctx.update = update
+        ctx.anchor_shape = anchor.shape
+        flat = ids.reshape(-1).long()
+        return table.index_select(0, flat).reshape(*ids.shape, table.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        flat = ids.reshape(-1).long()
+        grad = grad.reshape(flat.shape[0], -1)
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        summed = grad.new_zeros((unique.shape[0], grad.shape[1]))
+        summed.index_add_(0, inverse, grad)
+        ctx.update(unique, summed)
+        return grad.new_zeros(ctx.anchor_shape), None, None, None
