@@ -63,6 +63,9 @@ QUICK = {"rows": 1_000, "batch": 64, "repeats": (3, 5)}
 PEER_NOTES = {
     "ours_flat": "; ours called on the real bags as (values, offsets), no padding "
     "(one fused embedding_bag a stack), with the head, outside Keras's predict",
+    "ours_table_rowwise_flat": "; ours with each table's own row-wise Adagrad, "
+    "called on the real bags as (values, offsets), no padding, with the head, "
+    "MSE and backward, outside Keras's train_on_batch",
     "fbgemm_tbe": "; FBGEMM CPU TBE, FP32, row-wise Adagrad fused in backward, "
     "real bags (values + offsets, no padding)",
     "torch_26_embedding_bag": "; 26 nn.EmbeddingBag(sparse=True) + "
@@ -199,6 +202,7 @@ def run_backend(budget_s, sizes=FULL):
     trained_only = ("ours_sparse", "ours_table_rowwise")
     forward = {n: m for n, m in models.items() if n not in trained_only}
     flat = _flat_forward(backend, models["ours"], ids, weights)
+    flat_train = _flat_train(backend, models["ours_table_rowwise"], ids, weights, y)
     for case, fns in (
         (
             "forward",
@@ -212,6 +216,7 @@ def run_backend(budget_s, sizes=FULL):
             "train",
             {
                 **{n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
+                **flat_train,
                 **{n: (lambda p=p: p.train_step(y)) for n, p in peers.items()},
             },
         ),
@@ -298,25 +303,63 @@ def run_memory(backend, sizes=FULL):
     return rows
 
 
-def _flat_forward(backend, model, ids, weights):
-    """On PyTorch (eager, as Keras runs it there): `{"ours_flat": fn}`, our
-    collection called directly on the real bags as `(values, offsets)` (no
-    padding: the peers' input), with the head, without grad. Else `{}`."""
-    if backend != "torch":
-        return {}
+def _real_bags(ids, weights):
+    """Per feature, the real bags as `(values, offsets)` (no padding) and
+    their weights."""
     import numpy as np
-    import torch
 
-    from keras_embedding_plus import EmbeddingCollection
-
-    layer = next(lay for lay in model.layers if isinstance(lay, EmbeddingCollection))
-    head = model.layers[-1]
     flat, flat_w = {}, {}
     for name in ids:
         keep = np.asarray(weights[name]) > 0
         offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]])
         flat[name] = (ids[name][keep].astype("int32"), offsets.astype("int32"))
         flat_w[name] = weights[name][keep]
+    return flat, flat_w
+
+
+def _flat_train(backend, model, ids, weights, y):
+    """On PyTorch: `{"ours_table_rowwise_flat": fn}`, one train step of the
+    `ours_table_rowwise` model on the real bags as `(values, offsets)` (the
+    peers' input): the collection called directly, the head, MSE,
+    `backward()` (which updates the tables), the model's optimizer on the
+    head; what Keras's PyTorch train step does, without its data handling.
+    Else `{}`."""
+    if backend != "torch":
+        return {}
+    import torch
+
+    from keras_embedding_plus import EmbeddingCollection
+
+    layer = next(lay for lay in model.layers if isinstance(lay, EmbeddingCollection))
+    head = model.layers[-1]
+    flat, flat_w = _real_bags(ids, weights)
+    target = torch.as_tensor(y)
+    variables = model.trainable_variables
+
+    def step():
+        for v in variables:
+            v.value.grad = None
+        out = layer(flat, flat_w, training=True)
+        pooled = head(torch.cat([out[n] for n in sorted(out)], dim=-1))
+        torch.mean((pooled - target) ** 2).backward()
+        model.optimizer.apply([v.value.grad for v in variables], variables)
+
+    return {"ours_table_rowwise_flat": step}
+
+
+def _flat_forward(backend, model, ids, weights):
+    """On PyTorch (eager, as Keras runs it there): `{"ours_flat": fn}`, our
+    collection called directly on the real bags as `(values, offsets)` (no
+    padding: the peers' input), with the head, without grad. Else `{}`."""
+    if backend != "torch":
+        return {}
+    import torch
+
+    from keras_embedding_plus import EmbeddingCollection
+
+    layer = next(lay for lay in model.layers if isinstance(lay, EmbeddingCollection))
+    head = model.layers[-1]
+    flat, flat_w = _real_bags(ids, weights)
 
     def forward():
         with torch.no_grad():

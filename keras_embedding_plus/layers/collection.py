@@ -528,10 +528,16 @@ class EmbeddingCollection(keras.layers.Layer):
         # Where the backend has a fused gather-and-sum (PyTorch's
         # `embedding_bag`), dense groups never form their rows.
         state = self._table_states[self._lookups.index(lookup)]
-        fused = stack_pooling.fusable(lookup) and not half and state is None
+        # A stack with its own optimizer: where the backend has a fused bag
+        # kernel whose backward pass runs the update, that; else its rows.
+        bag = self._optimized_bag(lookup) if state is not None else None
+        if state is None:
+            fused = stack_pooling.fusable(lookup) and not half
+        else:
+            fused = bag is not None
         # Invalid ids are 0 now, and ids that do not count have weight 0: the
         # rows need no zeroing pass of their own.
-        if state is not None:
+        if state is not None and not fused:
             rows = self._optimized_rows(lookup, values, training)
         else:
             rows = None if fused else self._rows(lookup, values, training, half)
@@ -544,14 +550,16 @@ class EmbeddingCollection(keras.layers.Layer):
             )
             if key is not None and fused:
                 pooled = stack_pooling.pool_fused(
-                    lookup, ids, weights_, group, key, self.sparse
+                    lookup, ids, weights_, group, key, self.sparse, bag
                 )
             elif fused and all(p["offsets"] is not None for p in group):
                 pooled = stack_pooling.pool_flat_fused(
-                    lookup, ids, weights_, group, self.sparse
+                    lookup, ids, weights_, group, self.sparse, bag
                 )
             else:
-                if rows is None:
+                if rows is None and state is not None:
+                    piece = self._optimized_rows(lookup, ids, training)
+                elif rows is None:
                     piece = self._rows(lookup, ids, training, half)
                 else:
                     piece = rows if whole else rows[start:stop]
@@ -563,6 +571,26 @@ class EmbeddingCollection(keras.layers.Layer):
             for part, value in zip(group, pooled, strict=True):
                 out[part["path"]] = ops.cast(value, self.compute_dtype)
         return out
+
+    def _optimized_bag(self, lookup):
+        """`bag(ids, offsets, w)`: the weighted sums over bags of a stack with
+        its own optimizer, by the backend's fused kernel whose backward pass
+        runs the update (`backends.sparse.fused_bag`); None where the backend
+        has none, or where the layer is frozen."""
+        if backends.sparse.fused_bag is None or not self.trainable:
+            return None
+        index = self._lookups.index(lookup)
+        stack, state = self._stacks[index], self._table_states[index]
+
+        def update(unique, gradient):
+            return self.apply_table_gradient(stack, unique, gradient)
+
+        def bag(ids, offsets, w):
+            return backends.sparse.fused_bag(
+                stack, ids, offsets, w, state.anchor, update
+            )
+
+        return bag
 
     def _optimized_rows(self, lookup, ids, training):
         """The rows of a stack with its own optimizer: the backward pass

@@ -22,20 +22,30 @@ def pool_dense(rows, w, group, length):
     return _split(_divided(total, w, group), group)
 
 
-def pool_fused(lookup, ids, w, group, length, sparse):
-    """Dense features of one `L` by the backend's fused kernel (`fusable`)."""
+def pool_fused(lookup, ids, w, group, length, sparse, bag=None):
+    """Dense features of one `L` by the backend's fused kernel (`fusable`), or
+    by `bag(ids, offsets, w)` (a stack with its own optimizer)."""
     offsets = ops.arange(0, ops.shape(ids)[0], length, dtype="int32")
-    total = backends.pooling.embedding_bag(
-        lookup.storage.table,
-        ids,
-        offsets,
-        w,
-        mode="sum",
-        weight_norm=None,
-        pad=None,
-        sparse=sparse,
-    )
+    total = (bag or _kernel(lookup, sparse))(ids, offsets, w)
     return _split(_divided(total, ops.reshape(w, (-1, length)), group), group)
+
+
+def _kernel(lookup, sparse):
+    """The backend's fused weighted sum over bags of the lookup's table."""
+
+    def bag(ids, offsets, w):
+        return backends.pooling.embedding_bag(
+            lookup.storage.table,
+            ids,
+            offsets,
+            w,
+            mode="sum",
+            weight_norm=None,
+            pad=None,
+            sparse=sparse,
+        )
+
+    return bag
 
 
 def pool_flat(rows, w, group):
@@ -47,24 +57,16 @@ def pool_flat(rows, w, group):
     return _split(_flat_divided(total, w, group, segments, bags), group)
 
 
-def pool_flat_fused(lookup, ids, w, group, sparse):
+def pool_flat_fused(lookup, ids, w, group, sparse, bag=None):
     """Flat bags with known starts (`(values, offsets)`), every value in a bag,
-    by the backend's fused kernel (`fusable`): the starts of each feature's
-    bags shifted past the values of the features before it."""
+    by the backend's fused kernel (`fusable`) or `bag` (as `pool_fused`'s):
+    the starts of each feature's bags shifted past the values of the features
+    before it."""
     offsets, start = [], 0
     for part in group:
         offsets.append(ops.cast(part["offsets"], "int32") + start)
         start = start + ops.shape(part["values"])[0]
-    total = backends.pooling.embedding_bag(
-        lookup.storage.table,
-        ids,
-        concatenate(offsets),
-        w,
-        mode="sum",
-        weight_norm=None,
-        pad=None,
-        sparse=sparse,
-    )
+    total = (bag or _kernel(lookup, sparse))(ids, concatenate(offsets), w)
     if all(part["norm"] == 0 for part in group):  # Sums: no denominator.
         return _split(total, group)
     segments, bags = _segments(group)

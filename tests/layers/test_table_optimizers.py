@@ -9,7 +9,7 @@ import pytest
 
 from keras_embedding_plus import EmbeddingCollection, FeatureConfig, TableConfig
 from keras_embedding_plus.optimizers import LazyRowwiseAdagrad
-from keras_embedding_plus.testing import to_numpy
+from keras_embedding_plus.testing import forward_and_gradients, to_numpy
 from keras_embedding_plus.training import SparseTrainer
 
 BATCH, SAMPLES, DIM = 8, 16, 4
@@ -208,3 +208,43 @@ def test_without_sparse_trainer_jax_refuses_and_the_others_train():
         return
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     assert np.abs(to_numpy(layer.get_embedding_tables()["t"]) - before).max() > 1e-3
+
+
+class _Feature(keras.layers.Layer):
+    """A collection's one feature "a", as a layer of one input."""
+
+    def __init__(self, collection):
+        super().__init__()
+        self.collection = collection
+
+    def call(self, ids, training=None):
+        return self.collection({"a": ids}, training=training)["a"]
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="JAX: a gradient cannot write a variable; a table's own optimizer "
+    "runs in SparseTrainer's fit (tested above)",
+)
+def test_bags_as_values_and_offsets_update_as_dense_ids():
+    """PyTorch pools `(values, offsets)` and dense ids by its fused bag kernel
+    (and TensorFlow by the rows): the same backward update either way."""
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, USED, (6, 3)).astype("int32")
+    flat = (ids.reshape(-1), np.arange(0, ids.size, 3, dtype="int32"))
+    upstream = rng.normal(size=(6, DIM)).astype("float32")
+    layers = []
+    for _ in range(2):
+        table = TableConfig(
+            "t", ROWS, DIM, optimizer=keras.optimizers.Adagrad(0.3), combiner="sum"
+        )
+        layers.append(_Feature(EmbeddingCollection({"a": FeatureConfig("a", table)})))
+        layers[-1](ids)
+    layers[1].collection.set_weights(layers[0].collection.get_weights())
+    before = to_numpy(layers[0].collection.get_embedding_tables()["t"])
+    for layer, inputs in zip(layers, (ids, flat), strict=True):
+        inputs = keras.tree.map_structure(keras.ops.convert_to_tensor, inputs)
+        forward_and_gradients(layer, inputs, upstream, training=True)
+    after = [to_numpy(lay.collection.get_embedding_tables()["t"]) for lay in layers]
+    np.testing.assert_allclose(after[1], after[0], rtol=1e-6, atol=1e-7)
+    assert np.abs(after[0] - before).max() > 1e-3

@@ -195,3 +195,8 @@ def fused_take(table, ids, anchor, update):
     and `update` are not used here."""
     del anchor, update
     return sparse_take(table, ids)
+
+
+# No fused kernel of bags (`pooling.embedding_bag` is None): a stack with its
+# own optimizer gathers its rows with `fused_take`, then pools them.
+fused_bag = None

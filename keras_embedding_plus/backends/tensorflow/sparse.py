@@ -104,3 +104,8 @@ def fused_take(table, ids, anchor, update):
         return rows, gradient
 
     return take(tf.convert_to_tensor(value_of(anchor)))
+
+
+# No fused kernel of bags (`pooling.embedding_bag` is None): a stack with its
+# own optimizer gathers its rows with `fused_take`, then pools them.
+fused_bag = None

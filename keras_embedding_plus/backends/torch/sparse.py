@@ -117,3 +117,46 @@ class _FusedTake(torch.autograd.Function):
         summed.index_add_(0, inverse, grad)
         ctx.update(unique, summed)
         return grad.new_zeros(ctx.anchor_shape), None, None, None
+
+
+def fused_bag(table, ids, offsets, weights, anchor, update):
+    """The weighted sums of `table`'s rows over bags (1-D `ids`, the bags'
+    starts `offsets`, one weight an id): one `embedding_bag`, never forming
+    the rows. Its backward pass sums each id's gradient (its bag's gradient
+    times its weight) with one more `embedding_bag` over the ids sorted, so
+    that no row gradient of each id is formed either, then calls
+    `update(unique ids, summed row gradients)`; `anchor` as `fused_take`'s."""
+    return torch.compiler.disable(_FusedBag.apply)(
+        value_of(anchor), value_of(table), ids, offsets, weights, update
+    )
+
+
+class _FusedBag(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, anchor, table, ids, offsets, weights, update):
+        ids, offsets = ids.long(), offsets.long()
+        weights = weights.to(table.dtype)
+        ctx.save_for_backward(ids, offsets, weights)
+        ctx.update = update
+        ctx.anchor_shape = anchor.shape
+        return torch.nn.functional.embedding_bag(
+            ids, table, offsets, mode="sum", per_sample_weights=weights
+        )
+
+    @staticmethod
+    def backward(ctx, grad):
+        ids, offsets, weights = ctx.saved_tensors
+        positions = torch.arange(ids.shape[0], device=ids.device)
+        bag = torch.bucketize(positions, offsets, right=True) - 1
+        sorted_ids, order = torch.sort(ids)
+        unique, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        summed = torch.nn.functional.embedding_bag(
+            bag[order],
+            grad.contiguous(),
+            starts,
+            mode="sum",
+            per_sample_weights=weights[order].to(grad.dtype),
+        )
+        ctx.update(unique, summed)
+        return grad.new_zeros(ctx.anchor_shape), None, None, None, None, None
