@@ -7,7 +7,7 @@ the table is `sparse=True` (then `SparseTrainer` + `LazyAdam`, else Keras's
 `Adam`), the sizes and the data (`.npz`). Writes the
 trained weights (process 0), this process's share of the table and how far
 its resident memory rose to OUT (`.npz`); with `"load"`, loads a weights file
-first; with `"save"`, saves `OUT` as `.weights.h5` too; with `"die": r`,
+first; with `"save"`, saves `OUT` as `.weights.h5` and as `.keras` too; with `"die": r`,
 process `r` exits (code 3) after 5 steps; `"heartbeat_s"`: JAX's heartbeat
 timeout.
 
@@ -36,15 +36,30 @@ def reset_peak_rss():
     return _status_bytes("VmRSS")
 
 
+def model_class():
+    """The model class: Keras's functional `Model` with `SparseTrainer`."""
+    import keras
+
+    from keras_embedding_plus.training import SparseTrainer
+
+    class Model(SparseTrainer, keras.Model):
+        pass
+
+    return Model
+
+
 def build_model(spec, length):
     """The model of `spec` (also built by the test, in one process) and its
     table variable: `spec["layer"]` "embedding" (default) then pooled,
-    "bag" (`EmbeddingBag`, mean) or "collection" (`EmbeddingCollection`, two
-    tables of half the vocabulary in one stack); then `Dense(1)`, MSE,
+    "bag" (`EmbeddingBag`, mean), "collection" (`EmbeddingCollection`, two
+    tables of half the vocabulary in one stack) or "dynamic"
+    (`DynamicEmbedding`, `capacity` the vocabulary, int32 keys, then
+    pooled); then `Dense(1)`, MSE,
     `LazyAdam` with `sparse=True` in a `SparseTrainer` model, else `Adam`."""
     import keras
 
     from keras_embedding_plus import (
+        DynamicEmbedding,
         Embedding,
         EmbeddingBag,
         EmbeddingCollection,
@@ -52,16 +67,18 @@ def build_model(spec, length):
         TableConfig,
     )
     from keras_embedding_plus.optimizers import LazyAdam
-    from keras_embedding_plus.training import SparseTrainer
-
-    class Model(SparseTrainer, keras.Model):
-        pass
 
     vocab, dim, sparse = spec["vocab"], spec["dim"], spec["sparse"]
     kind = spec.get("layer", "embedding")
     inputs = keras.Input((length,), dtype="int32")
     if kind == "embedding":
         layer = Embedding(vocab, dim, sparse=sparse, name="embedding")
+        pooled = keras.layers.GlobalAveragePooling1D()(layer(inputs))
+        variable = layer.embeddings
+    elif kind == "dynamic":
+        layer = DynamicEmbedding(
+            dim, capacity=vocab, key_dtype="int32", sparse=sparse, name="embedding"
+        )
         pooled = keras.layers.GlobalAveragePooling1D()(layer(inputs))
         variable = layer.embeddings
     elif kind == "bag":
@@ -78,7 +95,7 @@ def build_model(spec, length):
         out = layer({"a": inputs % half, "b": inputs // 2})
         pooled = keras.layers.Concatenate()([out["a"], out["b"]])
         variable = layer.stacks[0]
-    model = Model(inputs, keras.layers.Dense(1, name="dense")(pooled))
+    model = model_class()(inputs, keras.layers.Dense(1, name="dense")(pooled))
     model.compile(LazyAdam(0.01) if sparse else keras.optimizers.Adam(0.01), "mse")
     return model, variable
 
@@ -163,6 +180,7 @@ def main(rank, world, port, spec_path, out):
     local = [s.data for s in value.addressable_shards]
     result = {
         "local_rows": np.asarray(sum(int(s.shape[0]) for s in local)),
+        "rows": np.asarray(variable.shape[0]),
         # How far this process's memory rose while it built and trained.
         "rise": np.asarray(_status_bytes("VmHWM") - baseline),
     }
@@ -170,6 +188,7 @@ def main(rank, world, port, spec_path, out):
         # Every process saves (the sharded rows are gathered: a collective),
         # each to its own file.
         model.save_weights(out[: -len(".npz")] + ".weights.h5")
+        model.save(out[: -len(".npz")] + ".keras")
     if spec.get("gather", True):
         # The whole trained weights, gathered to every process.
         from jax.experimental import multihost_utils

@@ -13,6 +13,7 @@ collectives, bounded timeouts (`_jax_process_worker.py` is one process).
 """
 
 import importlib.util
+import itertools
 import json
 import os
 import socket
@@ -148,6 +149,8 @@ def _model(sparse, layer="embedding"):
         (2, "data_parallel", False, "embedding"),
         (2, "model_parallel", True, "bag"),
         (2, "model_parallel", True, "collection"),
+        (2, "model_parallel", False, "dynamic"),
+        (2, "data_parallel", False, "dynamic"),
     ],
     ids=[
         "2-rows-sparse",
@@ -155,14 +158,17 @@ def _model(sparse, layer="embedding"):
         "2-batch-adam",
         "bag-2-rows-sparse",
         "collection-2-rows-sparse",
+        "dynamic-2-rows-adam",
+        "dynamic-2-batch-adam",
     ],
 )
 def test_processes_train_as_one(tmp_path, world, layout, sparse, layer):
     """The processes load the one-process model's `.weights.h5`, train 20
     steps and equal the same 20 steps in one process. In the first case each
-    process also saves a `.weights.h5` (the table's rows and `LazyAdam`'s
-    slots gathered from both), which loads into one process with the trained
-    weights and optimizer state: files move from 1 process to 2 and back."""
+    process also saves a `.weights.h5` and a `.keras` file (the table's rows
+    and `LazyAdam`'s slots gathered from both), which load into one process
+    with the trained weights and optimizer state: files move from 1 process
+    to 2 and back."""
     x, y, data = _data(tmp_path)
     model = _model(sparse, layer)
     start = str(tmp_path / "one.weights.h5")
@@ -180,16 +186,24 @@ def test_processes_train_as_one(tmp_path, world, layout, sparse, layer):
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
     assert not np.allclose(got[0], initial)  # It trained.
     rows = [int(r["local_rows"]) for r in results]
+    total = int(results[0]["rows"])
     if layout == "model_parallel":
-        assert rows == [VOCAB // world] * world
+        assert rows == [total // world] * world
     else:
-        assert rows == [VOCAB] * world
+        assert rows == [total] * world
     if not files:
         return
-    for rank in range(world):
-        loaded = _model(sparse, layer)
-        loaded.optimizer.build(loaded.trainable_variables)
-        loaded.load_weights(str(tmp_path / f"rank{rank}.weights.h5"))
+    for rank, kind in itertools.product(range(world), (".weights.h5", ".keras")):
+        path = str(tmp_path / f"rank{rank}{kind}")
+        if kind == ".keras":
+            model_class = _worker().model_class()
+            loaded = keras.saving.load_model(
+                path, custom_objects={"Model": model_class}
+            )
+        else:
+            loaded = _model(sparse, layer)
+            loaded.optimizer.build(loaded.trainable_variables)
+            loaded.load_weights(path)
         for g, gathered in zip(loaded.get_weights(), got, strict=True):
             np.testing.assert_array_equal(g, gathered)
         # The optimizer's state too (its slots of the table were sharded).
