@@ -44,6 +44,7 @@ writes no CSV. A run replaces its backend's rows of
 """
 
 import argparse
+import ctypes
 import os
 import subprocess
 import sys
@@ -248,7 +249,8 @@ def _memory_one(name, sizes=FULL):
     """In this process: the rise of resident memory over the resident memory
     before, at its peak during 3 train steps of `name` (after 2 warm-up
     steps), in MB. Linux: the peak (`VmHWM`) is reset by writing 5 to
-    `/proc/self/clear_refs`."""
+    `/proc/self/clear_refs`, after glibc's `malloc_trim` gives freed memory
+    back."""
     bench.start_backend()
     import numpy as np
 
@@ -264,6 +266,9 @@ def _memory_one(name, sizes=FULL):
             line = next(x for x in f if x.startswith(field + ":"))
         return int(line.split()[1]) / 1024  # kB -> MB
 
+    # Freed memory that malloc keeps would hide a step's temporaries: give it
+    # back first (glibc), so that the peak counts them.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

@@ -106,14 +106,18 @@ class _TableState:
         Returns the writes (TensorFlow's gradient waits for them)."""
         sparse = backends.sparse
         step = self.iterations.value + 1
-        rows = ops.cast(sparse.gather_rows(stack, ids), "float32")
-        slots = [sparse.gather_rows(v, ids) for v in self.slots.values()]
-        rows, slots = self.optimizer.update(
-            step, rows, slots, ops.cast(gradient, "float32")
-        )
-        writes = [sparse.set_rows(stack, ids, rows)]
-        for variable, value in zip(self.slots.values(), slots, strict=True):
-            writes.append(sparse.set_rows(variable, ids, value))
+        writes = []
+        # Eager PyTorch steps the rows by pieces (`row_chunks`), so that the
+        # update's temporaries stay small.
+        for chunk, chunk_gradient in sparse.row_chunks(ids, gradient):
+            rows = ops.cast(sparse.gather_rows(stack, chunk), "float32")
+            slots = [sparse.gather_rows(v, chunk) for v in self.slots.values()]
+            rows, slots = self.optimizer.update(
+                step, rows, slots, ops.cast(chunk_gradient, "float32")
+            )
+            writes.append(sparse.set_rows(stack, chunk, rows))
+            for variable, value in zip(self.slots.values(), slots, strict=True):
+                writes.append(sparse.set_rows(variable, chunk, value))
         self.iterations.assign(step)
         return [w for w in writes if w is not None]
 

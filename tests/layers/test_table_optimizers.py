@@ -248,3 +248,32 @@ def test_bags_as_values_and_offsets_update_as_dense_ids():
     after = [to_numpy(lay.collection.get_embedding_tables()["t"]) for lay in layers]
     np.testing.assert_allclose(after[1], after[0], rtol=1e-6, atol=1e-7)
     assert np.abs(after[0] - before).max() > 1e-3
+
+
+def test_more_rows_than_a_piece_step_as_numpy():
+    """70,000 rows touched in one step (PyTorch steps them in pieces of
+    65,536): row-wise Adagrad as NumPy's."""
+    rows = 70_000
+    optimizer = LazyRowwiseAdagrad(0.3, initial_accumulator_value=0.1)
+    table = TableConfig("t", rows, 2, optimizer=optimizer, combiner="sum")
+    layer = EmbeddingCollection({"a": FeatureConfig("a", table)})
+    inputs = {"a": keras.Input((1,), dtype="int32", name="a")}
+    model = Model(inputs, layer(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    ids = np.random.default_rng(3).permutation(rows).astype("int32")[:, None]
+    before = to_numpy(layer.get_embedding_tables()["t"])
+    model.fit(
+        {"a": ids}, {"a": np.zeros((rows, 2), "float32")}, batch_size=rows, verbose=0
+    )
+    grad = np.zeros_like(before, dtype="float64")
+    grad[ids[:, 0]] = 2 * before[ids[:, 0]] / (rows * 2)
+    expected, _ = _numpy_step(
+        "rowwise_adagrad",
+        optimizer.get_config(),
+        1,
+        before.astype("float64"),
+        [np.full(rows, 0.1)],
+        grad,
+    )
+    after = to_numpy(layer.get_embedding_tables()["t"])
+    np.testing.assert_allclose(after, expected, rtol=1e-4, atol=1e-6)

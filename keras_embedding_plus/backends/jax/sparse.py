@@ -200,3 +200,8 @@ def fused_take(table, ids, anchor, update):
 # No fused kernel of bags (`pooling.embedding_bag` is None): a stack with its
 # own optimizer gathers its rows with `fused_take`, then pools them.
 fused_bag = None
+
+
+def row_chunks(ids, rows):
+    """`(ids, rows)` whole: a compiled step's shapes are fixed."""
+    yield ids, rows

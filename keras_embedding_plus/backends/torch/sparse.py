@@ -160,3 +160,14 @@ class _FusedBag(torch.autograd.Function):
         )
         ctx.update(unique, summed)
         return grad.new_zeros(ctx.anchor_shape), None, None, None, None, None
+
+
+# Rows a table's own optimizer steps at once: its temporaries (the rows, the
+# slot rows, the update's intermediates) stay this small whatever the batch.
+_ROW_CHUNK = 1 << 16
+
+
+def row_chunks(ids, rows):
+    """`(ids, rows)` in pieces of `_ROW_CHUNK` rows (eager PyTorch)."""
+    for start in range(0, ids.shape[0], _ROW_CHUNK):
+        yield ids[start : start + _ROW_CHUNK], rows[start : start + _ROW_CHUNK]
