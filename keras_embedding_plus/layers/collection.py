@@ -101,15 +101,17 @@ class _TableState:
         )
         return cls(optimizer, slots, iterations, anchor)
 
-    def apply(self, stack, ids, gradient):
-        """Gather the rows and slot rows of `ids`, step, scatter them back.
-        Returns the writes (TensorFlow's gradient waits for them)."""
+    def apply(self, stack, pieces):
+        """One step: for each `(ids, summed row gradients)` of `pieces` (the
+        ids unique across them), gather the rows and slot rows, step them,
+        scatter them back. Returns the writes (TensorFlow's gradient waits
+        for them)."""
         sparse = backends.sparse
         step = self.iterations.value + 1
         writes = []
         # Eager PyTorch steps the rows by pieces (`row_chunks`), so that the
         # update's temporaries stay small.
-        for chunk, chunk_gradient in sparse.row_chunks(ids, gradient):
+        for chunk, chunk_gradient in pieces:
             rows = ops.cast(sparse.gather_rows(stack, chunk), "float32")
             slots = [sparse.gather_rows(v, chunk) for v in self.slots.values()]
             rows, slots = self.optimizer.update(
@@ -288,7 +290,8 @@ class EmbeddingCollection(keras.layers.Layer):
         gradients. The lookup's backward pass calls it (on JAX,
         `SparseTrainer`)."""
         index = next(i for i, v in enumerate(self._stacks) if v is stack)
-        return self._table_states[index].apply(stack, ids, gradient)
+        pieces = backends.sparse.row_chunks(ids, gradient)
+        return self._table_states[index].apply(stack, pieces)
 
     @property
     def stacks(self) -> list:
@@ -586,8 +589,8 @@ class EmbeddingCollection(keras.layers.Layer):
         index = self._lookups.index(lookup)
         stack, state = self._stacks[index], self._table_states[index]
 
-        def update(unique, gradient):
-            return self.apply_table_gradient(stack, unique, gradient)
+        def update(pieces):
+            return state.apply(stack, pieces)
 
         def bag(ids, offsets, w):
             return backends.sparse.fused_bag(
@@ -611,10 +614,11 @@ class EmbeddingCollection(keras.layers.Layer):
                 "cannot update a variable themselves."
             )
 
-        def update(unique, gradient):
-            return self.apply_table_gradient(stack, unique, gradient)
-
         state = self._table_states[index]
+
+        def update(pieces):
+            return state.apply(stack, pieces)
+
         return backends.sparse.fused_take(stack, ids, state.anchor, update)
 
     @staticmethod

@@ -79,8 +79,8 @@ def set_rows(variable, ids, rows):
 
 
 def fused_take(table, ids, anchor, update):
-    """`table[ids]`, whose gradient calls `update(unique ids, summed row
-    gradients)` (which scatters into the table) and gives `anchor` (a
+    """`table[ids]`, whose gradient calls `update([(unique ids, summed row
+    gradients)])` (which scatters into the table) and gives `anchor` (a
     trainable zero-size variable: what makes the tape run the gradient) a
     zero gradient. No gradient of the table's size exists."""
     target = value_of(table)
@@ -94,7 +94,7 @@ def fused_take(table, ids, anchor, update):
             dy = tf.reshape(tf.convert_to_tensor(dy), [tf.shape(flat)[0], -1])
             unique, position = tf.unique(flat)
             summed = tf.math.unsorted_segment_sum(dy, position, tf.shape(unique)[0])
-            writes = update(unique, summed)
+            writes = update([(unique, summed)])
             with tf.control_dependencies(writes):
                 zero = tf.zeros_like(anchor_value)
             if variables is None:

@@ -89,8 +89,9 @@ def set_rows(variable, ids, rows):
 
 
 def fused_take(table, ids, anchor, update):
-    """`table[ids]`, whose backward pass calls `update(unique ids, summed
-    row gradients)` (which writes the table in place) and gives `anchor` (a
+    """`table[ids]`, whose backward pass calls `update(pieces)`, `pieces`
+    the `(unique ids, summed row gradients)` by `row_chunks` (`update` writes
+    the table in place) and gives `anchor` (a
     trainable zero-size variable: what makes autograd run the backward) a
     zero gradient. No gradient of the table's size exists."""
     return torch.compiler.disable(_FusedTake.apply)(
@@ -115,7 +116,7 @@ class _FusedTake(torch.autograd.Function):
         unique, inverse = torch.unique(flat, return_inverse=True)
         summed = grad.new_zeros((unique.shape[0], grad.shape[1]))
         summed.index_add_(0, inverse, grad)
-        ctx.update(unique, summed)
+        ctx.update(row_chunks(unique, summed))
         return grad.new_zeros(ctx.anchor_shape), None, None, None
 
 
@@ -124,8 +125,9 @@ def fused_bag(table, ids, offsets, weights, anchor, update):
     starts `offsets`, one weight an id): one `embedding_bag`, never forming
     the rows. Its backward pass sums each id's gradient (its bag's gradient
     times its weight) with one more `embedding_bag` over the ids sorted, so
-    that no row gradient of each id is formed either, then calls
-    `update(unique ids, summed row gradients)`; `anchor` as `fused_take`'s."""
+    that no row gradient of each id is formed either, a piece of
+    `_ROW_CHUNK` unique ids at a time, and calls `update(pieces)` with those
+    `(unique ids, summed row gradients)`; `anchor` as `fused_take`'s."""
     return torch.compiler.disable(_FusedBag.apply)(
         value_of(anchor), value_of(table), ids, offsets, weights, update
     )
@@ -150,15 +152,28 @@ class _FusedBag(torch.autograd.Function):
         bag = torch.bucketize(positions, offsets, right=True) - 1
         sorted_ids, order = torch.sort(ids)
         unique, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
-        starts = torch.cumsum(counts, 0) - counts
-        summed = torch.nn.functional.embedding_bag(
-            bag[order],
-            grad.contiguous(),
-            starts,
-            mode="sum",
-            per_sample_weights=weights[order].to(grad.dtype),
-        )
-        ctx.update(unique, summed)
+        ends = torch.cumsum(counts, 0)
+        bag, weights = bag[order], weights[order].to(grad.dtype)
+        grad = grad.contiguous()
+
+        def pieces():
+            # `_ROW_CHUNK` unique ids at a time: their ids' positions in the
+            # sorted order are one run, summed by one `embedding_bag`.
+            for first in range(0, unique.shape[0], _ROW_CHUNK):
+                last = min(first + _ROW_CHUNK, unique.shape[0])
+                begin = int(ends[first - 1]) if first else 0
+                end = int(ends[last - 1])
+                starts = torch.cat([ends.new_full((1,), begin), ends[first : last - 1]])
+                summed = torch.nn.functional.embedding_bag(
+                    bag[begin:end],
+                    grad,
+                    starts - begin,
+                    mode="sum",
+                    per_sample_weights=weights[begin:end],
+                )
+                yield unique[first:last], summed
+
+        ctx.update(pieces())
         return grad.new_zeros(ctx.anchor_shape), None, None, None, None, None
 
 
