@@ -284,11 +284,11 @@ class EmbeddingCollection(keras.layers.Layer):
         states = zip(self._stacks, self._table_states, strict=True)
         return [v for v, s in states if s is not None]
 
-    def apply_table_gradient(self, stack: Any, ids: Any, gradient: Any) -> None:
+    def apply_table_gradient(self, stack: Any, ids: Any, gradient: Any) -> list:
         """One step of a stack's table optimizer: `ids` (unique; on JAX,
         out-of-range ids are padding and dropped) and their summed row
         gradients. The lookup's backward pass calls it (on JAX,
-        `SparseTrainer`)."""
+        `SparseTrainer`). Returns the writes (TensorFlow: its ops)."""
         index = next(i for i, v in enumerate(self._stacks) if v is stack)
         pieces = backends.sparse.row_chunks(ids, gradient)
         return self._table_states[index].apply(stack, pieces)
