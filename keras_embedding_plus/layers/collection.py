@@ -10,11 +10,11 @@ import warnings
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_embedding_plus import backends, rounding
 from keras_embedding_plus.layers import arguments as _args
+from keras_embedding_plus.layers import collection_state
 from keras_embedding_plus.layers.collection_config import (
     COMBINERS,
     FeatureConfig,
@@ -63,65 +63,6 @@ class _Slot:
     offset: int
     rows: int
     combiner: str
-
-
-class _TableState:
-    """The state of a stack trained by its tables' own optimizer: its slots,
-    its step count, and `anchor`, a trainable zero-size variable (the
-    model's optimizer sees it, not the stack: a gradient reaching it is what
-    makes the backward pass run the update)."""
-
-    def __init__(self, optimizer, slots, iterations, anchor):
-        self.optimizer = optimizer
-        self.slots = slots  # {slot name: variable}
-        self.iterations = iterations
-        self.anchor = anchor
-
-    @classmethod
-    def build(cls, layer, index, optimizer, shape):
-        slots = {
-            name: layer.add_weight(
-                shape=shape[:1] if per_row else shape,
-                initializer=keras.initializers.Constant(initial),
-                dtype="float32",
-                trainable=False,
-                name=f"stack_{index}_{name}",
-            )
-            for name, per_row, initial in optimizer.slots()
-        }
-        iterations = layer.add_weight(
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name=f"stack_{index}_iterations",
-        )
-        anchor = layer.add_weight(
-            shape=(0,), initializer="zeros", name=f"stack_{index}_anchor"
-        )
-        return cls(optimizer, slots, iterations, anchor)
-
-    def apply(self, stack, pieces):
-        """One step: for each `(ids, summed row gradients)` of `pieces` (the
-        ids unique across them), gather the rows and slot rows, step them,
-        scatter them back. Returns the writes (TensorFlow's gradient waits
-        for them)."""
-        sparse = backends.sparse
-        step = self.iterations.value + 1
-        writes = []
-        # Eager PyTorch steps the rows by pieces (`row_chunks`), so that the
-        # update's temporaries stay small.
-        for chunk, chunk_gradient in pieces:
-            rows = ops.cast(sparse.gather_rows(stack, chunk), "float32")
-            slots = [sparse.gather_rows(v, chunk) for v in self.slots.values()]
-            rows, slots = self.optimizer.update(
-                step, rows, slots, ops.cast(chunk_gradient, "float32")
-            )
-            writes.append(sparse.set_rows(stack, chunk, rows))
-            for variable, value in zip(self.slots.values(), slots, strict=True):
-                writes.append(sparse.set_rows(variable, chunk, value))
-        self.iterations.assign(step)
-        return [w for w in writes if w is not None]
 
 
 @keras.saving.register_keras_serializable(package="keras_embedding_plus")
@@ -265,7 +206,9 @@ class EmbeddingCollection(keras.layers.Layer):
             self._table_states.append(
                 None
                 if optimizer is None
-                else _TableState.build(self, index, optimizer, (rows, dim))
+                else collection_state.TableState.build(
+                    self.add_weight, index, optimizer, (rows, dim)
+                )
             )
             for name in names:
                 self.invalid_ids_counts[name].mark_steps_by(variable)
@@ -328,78 +271,20 @@ class EmbeddingCollection(keras.layers.Layer):
             for name, slot in self._slots.items()
         }
 
-    def _table_state_values(self):
-        """`{entry: value}` of the tables' own optimizers' state, per table:
-        `"<table>:<slot>"` (its rows of the slot) and `"<table>:iterations"`."""
-        out = {}
-        for name, slot in self._slots.items():
-            state = self._table_states[slot.stack]
-            if state is None:
-                continue
-            for slot_name, variable in state.slots.items():
-                out[f"{name}:{slot_name}"] = (
-                    variable,
-                    slice(slot.offset, slot.offset + slot.rows),
-                )
-            out[f"{name}:iterations"] = (state.iterations, None)
-        return out
-
     def save_own_variables(self, store: Any) -> None:
         """One entry per table, under its name; a table with its own
         optimizer also writes its rows of each slot (`"<table>:<slot>"`) and
         its step count (`"<table>:iterations"`)."""
-        for name, value in self.get_embedding_tables().items():
-            store[name] = ops.convert_to_numpy(value)
-        for entry, (variable, rows) in self._table_state_values().items():
-            value = ops.convert_to_numpy(variable.value)
-            store[entry] = value if rows is None else value[rows]
+        collection_state.save(
+            store, self.get_embedding_tables(), self._slots, self._table_states
+        )
 
     def load_own_variables(self, store: Any) -> None:
-        """Reads what `save_own_variables` wrote: every table is checked before
+        """Reads what `save_own_variables` wrote: every entry is checked before
         any is written."""
-        values = {}
-        for name, slot in self._slots.items():
-            if name not in store:
-                raise ValueError(
-                    f"The saved collection has no table {name!r}. Saved tables: "
-                    f"{sorted(store.keys())}."
-                )
-            value = np.asarray(store[name])
-            dim = self._stacks[slot.stack].shape[-1]
-            if value.shape != (slot.rows, dim):
-                raise ValueError(
-                    f"Table {name!r} was saved with shape {value.shape}; this layer "
-                    f"holds it as {(slot.rows, dim)}."
-                )
-            values[name] = value
-        states = self._table_state_values()
-        for entry, (variable, rows) in states.items():
-            if entry not in store:
-                raise ValueError(
-                    f"The saved collection has no entry {entry!r} (the state of "
-                    "its table's own optimizer). Saved entries: "
-                    f"{sorted(store.keys())}."
-                )
-            values[entry] = np.asarray(store[entry])
-            expected = tuple(variable.shape)
-            if rows is not None:
-                expected = (rows.stop - rows.start, *expected[1:])
-            if values[entry].shape != expected:
-                raise ValueError(
-                    f"Entry {entry!r} was saved with shape {values[entry].shape}; "
-                    f"this layer holds it as {expected}."
-                )
-        for index, names in enumerate(self._stack_tables):
-            stacked = np.concatenate([values[name] for name in names], axis=0)
-            self._stacks[index].assign(stacked)
-            state = self._table_states[index]
-            if state is None:
-                continue
-            for slot_name, variable in state.slots.items():
-                variable.assign(
-                    np.concatenate([values[f"{n}:{slot_name}"] for n in names])
-                )
-            state.iterations.assign(values[f"{names[0]}:iterations"])
+        collection_state.load(
+            store, self._stacks, self._stack_tables, self._slots, self._table_states
+        )
 
     # ---- the call -------------------------------------------------------------
 
