@@ -323,9 +323,9 @@ class EmbeddingCollection(keras.layers.Layer):
         inputs = self._by_path(inputs, "inputs")
         weights = None if weights is None else self._by_path(weights, "weights")
         outputs = {}
-        for index, lookup in enumerate(self._lookups):
+        for index in range(len(self._lookups)):
             members = [f for f in self._features if self._slots[f[2]].stack == index]
-            pooled = self._stack_call(lookup, members, inputs, weights or {}, training)
+            pooled = self._stack_call(index, members, inputs, weights or {}, training)
             outputs.update(pooled)
         flat = [outputs[path] for path, _, _ in self._features]
         return keras.tree.pack_sequence_as(self._structure.value, flat)
@@ -376,10 +376,11 @@ class EmbeddingCollection(keras.layers.Layer):
             "grid": grid,
         }
 
-    def _stack_call(self, lookup, members, inputs, weights, training):
+    def _stack_call(self, index, members, inputs, weights, training):
         """One gather for the features on one stack, then one pooling for all
         its dense features of one `L` (a weighted sum) and one for all its
         flat bags (a segment sum)."""
+        lookup = self._lookups[index]
         parts = []
         for path, _, table in members:
             slot = self._slots[table]
@@ -419,10 +420,10 @@ class EmbeddingCollection(keras.layers.Layer):
         w = ops.where(keep, ops.cast(w, dtype), ops.zeros((), dtype))
         # Where the backend has a fused gather-and-sum (PyTorch's
         # `embedding_bag`), dense groups never form their rows.
-        state = self._table_states[self._lookups.index(lookup)]
+        state = self._table_states[index]
         # A stack with its own optimizer: where the backend has a fused bag
         # kernel whose backward pass runs the update, that; else its rows.
-        bag = self._optimized_bag(lookup) if state is not None else None
+        bag = self._optimized_bag(index) if state is not None else None
         if state is None:
             fused = stack_pooling.fusable(lookup) and not half
         else:
@@ -430,7 +431,7 @@ class EmbeddingCollection(keras.layers.Layer):
         # Invalid ids are 0 now, and ids that do not count have weight 0: the
         # rows need no zeroing pass of their own.
         if state is not None and not fused:
-            rows = self._optimized_rows(lookup, values, training)
+            rows = self._optimized_rows(index, values, training)
         else:
             rows = None if fused else self._rows(lookup, values, training, half)
         out, start = {}, 0
@@ -450,7 +451,7 @@ class EmbeddingCollection(keras.layers.Layer):
                 )
             else:
                 if rows is None and state is not None:
-                    piece = self._optimized_rows(lookup, ids, training)
+                    piece = self._optimized_rows(index, ids, training)
                 elif rows is None:
                     piece = self._rows(lookup, ids, training, half)
                 else:
@@ -464,14 +465,13 @@ class EmbeddingCollection(keras.layers.Layer):
                 out[part["path"]] = ops.cast(value, self.compute_dtype)
         return out
 
-    def _optimized_bag(self, lookup):
+    def _optimized_bag(self, index):
         """`bag(ids, offsets, w)`: the weighted sums over bags of a stack with
         its own optimizer, by the backend's fused kernel whose backward pass
         runs the update (`backends.sparse.fused_bag`); None where the backend
         has none, or where the layer is frozen."""
         if backends.sparse.fused_bag is None or not self.trainable:
             return None
-        index = self._lookups.index(lookup)
         stack, state = self._stacks[index], self._table_states[index]
 
         def update(pieces):
@@ -484,10 +484,9 @@ class EmbeddingCollection(keras.layers.Layer):
 
         return bag
 
-    def _optimized_rows(self, lookup, ids, training):
+    def _optimized_rows(self, index, ids, training):
         """The rows of a stack with its own optimizer: the backward pass
         updates the stack (`apply_table_gradient`)."""
-        index = self._lookups.index(lookup)
         stack = self._stacks[index]
         if not self.trainable:
             return backends.sparse.gather_rows(stack, ids)
