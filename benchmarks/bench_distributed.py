@@ -12,6 +12,11 @@ batch of 4096 x 8 ids:
 * PyTorch (`torch.distributed`, gloo), the batch split: ``sparse``, the
   row-sparse gradient all-reduced as a sparse tensor and `LazyAdam`, against
   ``dense``, a dense table whose gradient is all-reduced whole (torch's `SGD`).
+* TensorFlow (`tf.distribute.MultiWorkerMirroredStrategy` over `TF_CONFIG`,
+  the Scaling out page's training loop), the batch split: ``sparse``, the
+  table's `IndexedSlices` gradient all-gathered and `LazyAdam`, against
+  ``dense``, a dense table whose gradient is all-reduced whole (Keras's
+  `SGD`).
 
 Bytes: what went through the loopback interface during the timed steps
 (`/proc/net/dev`, ``lo``, sent bytes of the whole machine, so quiet it), per
@@ -20,8 +25,9 @@ processes share the 2 cores with each other.
 
 Usage::
 
-    python benchmarks/bench_distributed.py            # both backends
+    python benchmarks/bench_distributed.py            # every backend
     python benchmarks/bench_distributed.py --steps 5  # a quick check
+    python benchmarks/bench_distributed.py --backends tensorflow
 """
 
 import argparse
@@ -38,6 +44,16 @@ import _bench as bench
 CSV_PATH = bench.RESULTS / "bench_distributed.csv"
 FIELDS = ("backend", "case", "step_ms", "mb_per_step", "table_mb", "note")
 VOCAB, DIM, BATCH, LENGTH = 1_000_000, 64, 4096, 8
+ENGINES = {
+    "jax": "gloo",
+    "torch": "gloo",
+    "tensorflow": "MultiWorkerMirroredStrategy (gRPC)",
+}
+CASES = {
+    "jax": ("sharded", "replicated"),
+    "torch": ("sparse", "dense"),
+    "tensorflow": ("sparse", "dense"),
+}
 
 
 def _lo_sent_bytes():
@@ -153,6 +169,51 @@ def _torch_worker(rank, world, port, case, steps):
     return result
 
 
+def _tf_worker(rank, world, port, case, steps):
+    ports = [int(p) for p in str(port).split(",")]
+    os.environ["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": rank},
+        }
+    )
+    import keras
+    import tensorflow as tf
+
+    from keras_embedding_plus import Embedding
+    from keras_embedding_plus.optimizers import LazyAdam
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=300
+        )
+    )
+    sparse = case == "sparse"
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        inputs = keras.Input((LENGTH,), dtype="int32")
+        pooled = keras.layers.GlobalAveragePooling1D()(
+            Embedding(VOCAB, DIM, sparse=sparse, name="embedding")(inputs)
+        )
+        model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+        optimizer = LazyAdam(1e-3) if sparse else keras.optimizers.SGD(0.1)
+        optimizer.build(model.trainable_variables)
+    x, y = (tf.constant(a) for a in _data(rank, world, split=True))
+
+    @tf.function
+    def train_step(x, y):
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                error = keras.losses.mean_squared_error(y, model(x, training=True))
+                loss = tf.reduce_sum(error) / BATCH
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(gradients, model.trainable_variables)
+
+        strategy.run(replica_step, args=(x, y))
+
+    return _timed(lambda: train_step(x, y), steps)
+
+
 def _timed(step, steps):
     for _ in range(2):  # Compile / warm up.
         step()
@@ -164,10 +225,16 @@ def _timed(step, steps):
     return {"step_ms": statistics.median(times), "sent": _lo_sent_bytes() - sent}
 
 
-def _run_case(backend, case, steps):
+def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _run_case(backend, case, steps):
+    # TensorFlow: one port a worker; else the coordinator's.
+    ports = [_free_port() for _ in range(2 if backend == "tensorflow" else 1)]
+    port = ",".join(map(str, ports))
     python = bench.ROOT / ".tox" / backend / "bin" / "python"
     python = str(python) if python.exists() else sys.executable
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
@@ -194,7 +261,8 @@ def _run_case(backend, case, steps):
         "step_ms": f"{result['step_ms']:.1f}",
         "mb_per_step": f"{result['sent'] / steps / 1e6:.2f}",
         "table_mb": f"{VOCAB * DIM * 4 / 1e6:.0f}",
-        "note": f"2 processes, 127.0.0.1, gloo; global batch {BATCH} x {LENGTH}",
+        "note": f"2 processes, 127.0.0.1, {ENGINES[backend]}; global batch "
+        f"{BATCH} x {LENGTH}",
     }
 
 
@@ -202,25 +270,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument(
+        "--backends", default="jax,torch,tensorflow", help="comma-separated"
+    )
+    parser.add_argument(
         "--worker", nargs=4, metavar=("BACKEND", "CASE", "RANK", "PORT")
     )
     args = parser.parse_args()
     if args.worker:
         backend, case, rank, port = args.worker
-        worker = _jax_worker if backend == "jax" else _torch_worker
-        result = worker(int(rank), 2, int(port), case, args.steps)
+        worker = {"jax": _jax_worker, "torch": _torch_worker, "tensorflow": _tf_worker}
+        result = worker[backend](int(rank), 2, port, case, args.steps)
         print(json.dumps(result), flush=True)
         os._exit(0)  # No gloo teardown at exit (it can abort a process).
     rows = []
-    for backend, cases in (
-        ("jax", ("sharded", "replicated")),
-        ("torch", ("sparse", "dense")),
-    ):
-        for case in cases:
+    backends = args.backends.split(",")
+    for backend in backends:
+        for case in CASES[backend]:
             row = _run_case(backend, case, args.steps)
             print(row, flush=True)
             rows.append(row)
-    for backend in ("jax", "torch"):
+    for backend in backends:
         bench.replace_backend_rows(
             CSV_PATH, FIELDS, [r for r in rows if r["backend"] == backend], backend
         )

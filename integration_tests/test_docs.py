@@ -38,9 +38,9 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _MARKER = re.compile(r"<!--\s*backend:\s*([\w ,]+?)\s*-->")
 _RECIPE = re.compile(r"# Big tables recipe \(([\w ]+)\):")
-# A recipe of several processes (the Scaling out page), run by
-# integration_tests/test_jax_processes.py, not here.
-SCALING_OUT_RECIPE = "# Scaling out recipe (jax, processes)"
+# A recipe of several processes (the Scaling out page), run by its engine's
+# test (integration_tests/test_jax_processes.py, test_tf_workers.py), not here.
+SCALING_OUT_RECIPE = "# Scaling out recipe ("
 # A page's blocks, each run as a reader runs it: the longest any took here is
 # under a minute (a recipe that trains on 8 virtual devices).
 _TIMEOUT_S = 300
@@ -53,7 +53,7 @@ def _blocks(page):
     for match in _FENCE.finditer(text):
         code = match.group(1)
         if code.startswith(SCALING_OUT_RECIPE):
-            continue  # Several processes: test_jax_processes.py runs it.
+            continue  # Several processes: its engine's test runs it.
         backends = None
         # The marker: the HTML comment line right above the fence.
         before = text[: match.start()].rstrip("\n").split("\n")[-1]

@@ -16,7 +16,6 @@ import importlib.util
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
+from keras_embedding_plus.testing import processes
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +36,6 @@ JAX_ONLY = (
 WORKER = Path(__file__).with_name("_jax_process_worker.py")
 TIMEOUT_S = 240  # The whole run; a process that hangs fails the test.
 VOCAB, DIM, LENGTH, BATCH, STEPS = 64, 8, 5, 16, 20
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(world, spec, tmp_path):
@@ -65,7 +60,7 @@ def _start(world, spec, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(
         [str(root), *filter(None, [env.get("PYTHONPATH")])]
     )
-    port = _free_port()
+    (port,) = processes.free_ports()
     outs = [tmp_path / f"rank{r}.npz" for r in range(world)]
     logs = [open(tmp_path / f"rank{r}.log", "w+") for r in range(world)]
     procs = [
@@ -252,32 +247,15 @@ def test_scaling_out_recipe_runs_as_written(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(code)
     root = Path(__file__).resolve().parents[1]
-    port = _free_port()
-    procs = []
+    (port,) = processes.free_ports()
+    commands = []
     for rank in range(2):
         env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
         env.pop("XLA_FLAGS", None)
         env.update(COORDINATOR=f"127.0.0.1:{port}", WORLD_SIZE="2", RANK=str(rank))
         env["PYTHONPATH"] = str(root)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env=env,
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=TIMEOUT_S)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        commands.append(([sys.executable, str(script)], env))
+    procs, outputs = processes.run_together(commands, TIMEOUT_S, cwd=tmp_path)
     for rank, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0, out[-3000:]
         assert f"process {rank} holds 500000 of 1000000 rows" in out, out[-3000:]

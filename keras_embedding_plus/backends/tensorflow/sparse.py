@@ -33,9 +33,19 @@ def densify_gradient(gradient):
     return gradient
 
 
+def _rows_of(gradient):
+    """The rows of a row-sparse gradient, one an id. Their width can be
+    unknown when tracing: `MultiWorkerMirroredStrategy` all-gathers the
+    workers' `IndexedSlices` into rows of shape `(None, None)`."""
+    values = gradient.values
+    if values.shape[1:].is_fully_defined():
+        return tf.reshape(values, [-1, *values.shape[1:]])
+    return tf.reshape(values, tf.concat([[-1], tf.shape(values)[1:]], 0))
+
+
 def unique_rows(gradient):
     ids, position = tf.unique(tf.reshape(gradient.indices, [-1]))
-    values = tf.reshape(gradient.values, [-1, *gradient.values.shape[1:]])
+    values = _rows_of(gradient)
     summed = tf.math.unsorted_segment_sum(values, position, tf.shape(ids)[0])
     return ids, summed
 
@@ -54,7 +64,7 @@ def scatter(optimizer, variable, ids, rows, how):
 
 def subtract_scaled(optimizer, variable, gradient, factor):
     # A resource scatter-sub adds the rows of duplicate ids.
-    values = tf.reshape(gradient.values, [-1, *gradient.values.shape[1:]])
+    values = _rows_of(gradient)
     values = tf.cast(values, variable.dtype) * tf.cast(factor, variable.dtype)
     indices = tf.reshape(gradient.indices, [-1])
     optimizer.assign_sub(variable, tf.IndexedSlices(values, indices))
