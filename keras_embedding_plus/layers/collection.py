@@ -388,9 +388,10 @@ class EmbeddingCollection(keras.layers.Layer):
             values, valid = index_policy.prepare_ids(
                 part["values"], slot.rows, report=self.invalid_ids_counts[table]
             )
-            keep = ops.ones(ops.shape(values), "bool") if valid is None else valid
-            if part["in_a_bag"] is not None:
-                keep = ops.logical_and(keep, part["in_a_bag"])
+            # Which ids count; None: every one (known without a pass).
+            keep, in_a_bag = valid, part["in_a_bag"]
+            if in_a_bag is not None:
+                keep = in_a_bag if keep is None else ops.logical_and(keep, in_a_bag)
             w = part["weights"]
             w = ops.ones(ops.shape(values), "float32") if w is None else w
             part.update(
@@ -411,13 +412,21 @@ class EmbeddingCollection(keras.layers.Layer):
             groups[None] = flat  # Last: it takes the rest of the rows.
         ordered = [part for group in groups.values() for part in group]
         values = stack_pooling.concatenate([p["values"] for p in ordered])
-        keep = stack_pooling.concatenate([p["keep"] for p in ordered])
         dtype = backends.core.value_of(lookup.storage.table).dtype
         half = rounding.is_half(dtype)
         if half:  # Half-precision rows are pooled in float32.
             dtype = "float32"
-        w = stack_pooling.concatenate([p["weights"] for p in ordered])
-        w = ops.where(keep, ops.cast(w, dtype), ops.zeros((), dtype))
+        w = ops.cast(stack_pooling.concatenate([p["weights"] for p in ordered]), dtype)
+        if any(p["keep"] is not None for p in ordered):
+            keep = stack_pooling.concatenate(
+                [
+                    ops.ones(ops.shape(p["values"]), "bool")
+                    if p["keep"] is None
+                    else p["keep"]
+                    for p in ordered
+                ]
+            )
+            w = ops.where(keep, w, ops.zeros((), dtype))
         # Where the backend has a fused gather-and-sum (PyTorch's
         # `embedding_bag`), dense groups never form their rows.
         state = self._table_states[index]
