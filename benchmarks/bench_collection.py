@@ -37,6 +37,10 @@ Usage (the figures in the docs: PyTorch on one thread, as `bench_dynamic.py`)::
     OMP_NUM_THREADS=1 KERAS_BACKEND=torch python benchmarks/bench_collection.py
     python benchmarks/bench_collection.py --peers   # torch + FBGEMM, torchrec venv
     KERAS_BACKEND=jax python benchmarks/bench_collection.py --quick  # smoke test
+    KERAS_BACKEND=jax python benchmarks/bench_collection.py --memory
+    # 4x the rows a table, two contenders, timings and peak memory:
+    KERAS_BACKEND=jax python benchmarks/bench_collection.py --rows 400000 \
+        --only ours_table_rowwise,keras_26 [--memory]
 
 ``--quick`` (a smoke test: 26 tables of 1,000 rows, batch 64, a short timing)
 writes no CSV. A run replaces its backend's rows of
@@ -88,7 +92,7 @@ def _data(rng, rows=ROWS, batch=BATCH):
 
 
 def _models(ids, rows=ROWS, only=None):
-    """`{contender: compiled model}` (`only`: that one alone)."""
+    """`{contender: compiled model}` (`only`: those alone, a name or names)."""
     import keras
 
     from keras_embedding_plus import EmbeddingCollection
@@ -96,7 +100,7 @@ def _models(ids, rows=ROWS, only=None):
     from keras_embedding_plus.training import SparseTrainer
 
     def wanted(name):
-        return only is None or name == only
+        return only is None or name == only or name in only
 
     batch, width = ids["f0"].shape
     names = sorted(ids)
@@ -185,25 +189,30 @@ def _models(ids, rows=ROWS, only=None):
     return models
 
 
-def run_backend(budget_s, sizes=FULL):
+def run_backend(budget_s, sizes=FULL, only=None):
     backend = bench.start_backend()
     import numpy as np
 
     rng = np.random.default_rng(0)
     ids, weights = _data(rng, sizes["rows"], sizes["batch"])
     y = rng.normal(size=(sizes["batch"], 1)).astype("float32")
-    models = _models(ids, sizes["rows"])
-    peers = _peers(backend, ids, weights, sizes["rows"])
+    models = _models(ids, sizes["rows"], only=only)
+    peers = {} if only else _peers(backend, ids, weights, sizes["rows"])
     x = [ids, weights]
     rows = []
+    # Ratios against ours (or, with `--only`, the last of those named).
+    reference = "ours" if "ours" in models else sorted(models)[-1]
     note = (
         f"{TABLES} tables of {sizes['rows']:,} x {DIM}, batch {sizes['batch']}, "
-        f"Poisson({MEAN_IDS}) ids a bag, sum; ratio: time vs ours"
+        f"Poisson({MEAN_IDS}) ids a bag, sum; ratio: time vs {reference}"
     )
     trained_only = ("ours_sparse", "ours_table_rowwise")
     forward = {n: m for n, m in models.items() if n not in trained_only}
-    flat = _flat_forward(backend, models["ours"], ids, weights)
-    flat_train = _flat_train(backend, models["ours_table_rowwise"], ids, weights, y)
+    flat, flat_train = {}, {}
+    if "ours" in models:
+        flat = _flat_forward(backend, models["ours"], ids, weights)
+    if "ours_table_rowwise" in models:
+        flat_train = _flat_train(backend, models["ours_table_rowwise"], ids, weights, y)
     for case, fns in (
         (
             "forward",
@@ -222,20 +231,22 @@ def run_backend(budget_s, sizes=FULL):
             },
         ),
     ):
+        if reference not in fns:  # `--only` with no contender of this case
+            continue
         samples = {}
         stats = bench.time_interleaved(
             fns, budget_s, *sizes["repeats"], samples=samples
         )
         for name in fns:
-            ratio = bench.paired_ratio(samples, name, "ours")
+            ratio = bench.paired_ratio(samples, name, reference)
             rows.append(
                 {
                     "backend": backend,
-                    "case": case,
+                    "case": _case(case, sizes),
                     "contender": name,
                     "value": f"{stats[name][0]:.1f}",
                     "unit": "ms",
-                    "ratio": "" if name == "ours" else f"{ratio:.2f}",
+                    "ratio": "" if name == reference else f"{ratio:.2f}",
                     "note": note + PEER_NOTES.get(name, ""),
                 }
             )
@@ -243,6 +254,13 @@ def run_backend(budget_s, sizes=FULL):
 
 
 MEMORY_CONTENDERS = ("ours", "ours_sparse", "ours_table_rowwise", "keras_26")
+
+
+def _case(case, sizes):
+    """The CSV case: `case`, suffixed with the tables' rows when they are not
+    the issue's (`--rows`)."""
+    rows = sizes["rows"]
+    return case if rows in (ROWS, QUICK["rows"]) else f"{case}_{rows // 1000}k"
 
 
 def _memory_one(name, sizes=FULL):
@@ -257,7 +275,7 @@ def _memory_one(name, sizes=FULL):
     rng = np.random.default_rng(0)
     ids, weights = _data(rng, sizes["rows"], sizes["batch"])
     y = rng.normal(size=(sizes["batch"], 1)).astype("float32")
-    model = _models(ids, sizes["rows"], only=name)[name]
+    model = _models(ids, sizes["rows"], only=(name,))[name]
     for _ in range(2):
         model.train_on_batch([ids, weights], y)
 
@@ -277,16 +295,15 @@ def _memory_one(name, sizes=FULL):
     print(f"PEAK_MB {status('VmHWM') - before:.1f}", flush=True)
 
 
-def run_memory(backend, sizes=FULL):
+def run_memory(backend, sizes=FULL, only=None):
     """One fresh process per contender (`_memory_one`): the peak extra
     memory of a train step, against the tables' size."""
     table_mb = TABLES * sizes["rows"] * DIM * 4 / 2**20
     rows = []
-    for name in MEMORY_CONTENDERS:
+    for name in only or MEMORY_CONTENDERS:
         env = dict(os.environ, KERAS_BACKEND=backend)
         args = [sys.executable, __file__, "--memory-one", name]
-        if sizes is QUICK:
-            args.append("--quick")
+        args += ["--quick"] if sizes is QUICK else ["--rows", str(sizes["rows"])]
         out = subprocess.run(
             args, env=env, check=True, capture_output=True, text=True
         ).stdout
@@ -296,7 +313,7 @@ def run_memory(backend, sizes=FULL):
         rows.append(
             {
                 "backend": backend,
-                "case": "train_peak",
+                "case": _case("train_peak", sizes),
                 "contender": name,
                 "value": f"{peak:.0f}",
                 "unit": "MB",
@@ -425,20 +442,37 @@ def main():
         action="store_true",
         help="the peak memory a train step adds, one process a contender",
     )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=ROWS,
+        help="rows a table (the issue's: 100,000); other sizes get their own "
+        "CSV cases (`train_400k`, `train_peak_400k`)",
+    )
+    parser.add_argument(
+        "--only", help="these contenders alone, comma-separated (with --rows)"
+    )
     parser.add_argument("--memory-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sizes = QUICK if args.quick else dict(FULL, rows=args.rows)
+    only = tuple(args.only.split(",")) if args.only else None
     if args.memory_one:
-        _memory_one(args.memory_one, QUICK if args.quick else FULL)
+        _memory_one(args.memory_one, sizes)
         return
     if args.memory:
         backend = os.environ.get("KERAS_BACKEND", "jax")
-        rows = run_memory(backend, QUICK if args.quick else FULL)
+        rows = run_memory(backend, sizes, only)
         if not args.quick:
+            names = {r["contender"] for r in rows}
             bench.update_csv(
                 CSV_PATH,
                 FIELDS,
                 rows,
-                lambda r: r["backend"] == backend and r["case"] == "train_peak",
+                lambda r: (
+                    r["backend"] == backend
+                    and r["case"] == _case("train_peak", sizes)
+                    and r["contender"] in names
+                ),
             )
         for row in rows:
             print(f"  {row['contender']:22} {row['value']:>8} MB {row['ratio']:>6}")
@@ -453,13 +487,14 @@ def main():
     if args.quick:
         rows = run_backend(min(args.budget, 1.0), QUICK)
     else:
-        rows = run_backend(args.budget)
+        rows = run_backend(args.budget, sizes, only)
         backend = rows[0]["backend"]
-        bench.update_csv(  # The timings; `--memory`'s rows stay.
+        cases = {r["case"] for r in rows}
+        bench.update_csv(  # This run's timings; the others stay.
             CSV_PATH,
             FIELDS,
             rows,
-            lambda r: r["backend"] == backend and r["case"] != "train_peak",
+            lambda r: r["backend"] == backend and r["case"] in cases,
         )
     for row in rows:
         print(
