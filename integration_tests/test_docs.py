@@ -13,8 +13,9 @@ unless a marker on the line before it says otherwise:
 * `<!-- backend: jax -->` (or the first line `# Big tables recipe (jax): ...`):
   only under that backend; elsewhere it skips, "this block needs the jax backend".
 
-A block whose first line is `# Scaling out recipe (jax, processes)` runs in
-several processes: `test_jax_processes.py` runs it.
+A block whose first line is `# Scaling out recipe (jax, processes)` or
+`# Scaling out recipe (torch, processes)` runs in several processes:
+`test_jax_processes.py` and `test_distribution.py` run them.
 
 The charts the docs show are copies of `benchmarks/results/*.png`: checked equal.
 """
@@ -38,9 +39,12 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _MARKER = re.compile(r"<!--\s*backend:\s*([\w ,]+?)\s*-->")
 _RECIPE = re.compile(r"# Big tables recipe \(([\w ]+)\):")
-# A recipe of several processes (the Scaling out page), run by
-# integration_tests/test_jax_processes.py, not here.
-SCALING_OUT_RECIPE = "# Scaling out recipe (jax, processes)"
+# The recipes of several processes (the Scaling out page), run not here but
+# by integration_tests/test_jax_processes.py and test_distribution.py.
+SCALING_OUT_RECIPE = (
+    "# Scaling out recipe (jax, processes)",
+    "# Scaling out recipe (torch, processes)",
+)
 # A page's blocks, each run as a reader runs it: the longest any took here is
 # under a minute (a recipe that trains on 8 virtual devices).
 _TIMEOUT_S = 300
@@ -53,7 +57,7 @@ def _blocks(page):
     for match in _FENCE.finditer(text):
         code = match.group(1)
         if code.startswith(SCALING_OUT_RECIPE):
-            continue  # Several processes: test_jax_processes.py runs it.
+            continue  # Several processes: run by their engine's test.
         backends = None
         # The marker: the HTML comment line right above the fence.
         before = text[: match.start()].rstrip("\n").split("\n")[-1]
