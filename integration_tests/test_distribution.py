@@ -208,11 +208,10 @@ def test_torch_keras_distribution_is_not_implemented_and_ignored():
 # multi-device training (torch's DistributedDataParallel around the Keras model),
 # with a dense table and torch's SGD. (A sparse table: DDP refuses its gradient;
 # the Scaling out page's recipe all-reduces it itself, test below.)
-# The parent imports only torch; each spawned worker imports Keras.
+# The test starts the two worker processes itself: no launcher process (its
+# import of torch took a second before the workers started).
 _DDP_SCRIPT = """
 import sys
-
-import torch.multiprocessing
 
 VOCAB, DIM, LENGTH, BATCH = {sizes}
 
@@ -277,8 +276,8 @@ def worker(rank, world, store, out):
     os._exit(0)
 
 
-if __name__ == "__main__":
-    torch.multiprocessing.spawn(worker, args=(2, sys.argv[1], sys.argv[2]), nprocs=2)
+if __name__ == "__main__":  # rank, file store, output
+    worker(int(sys.argv[1]), 2, sys.argv[2], sys.argv[3])
 """
 
 
@@ -298,12 +297,22 @@ def test_torch_ddp_two_processes_match_one(tmp_path):
     root = os.path.dirname(os.path.dirname(keras_embedding_plus.__file__))
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=root)
     out = tmp_path / "ddp.npz"
-    subprocess.run(
-        [sys.executable, str(path), str(tmp_path / "store"), str(out)],
-        env=env,
-        check=True,
-        timeout=180,
-    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(path), str(rank), str(tmp_path / "store"), str(out)],
+            env=env,
+        )
+        for rank in range(2)
+    ]
+    try:
+        for proc in procs:
+            proc.wait(timeout=180)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [0, 0]
     # The same training in this process, on the whole batch.
     namespace = {}
     exec(compile(script, str(path), "exec"), namespace)
