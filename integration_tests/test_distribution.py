@@ -3,7 +3,9 @@
 JAX: `keras.distribution.ModelParallel` (table rows sharded by a `LayoutMap` over
 a `DeviceMesh` of the 8 virtual CPU devices conftest.py sets up) and
 `DataParallel`. TensorFlow: `tf.distribute.MirroredStrategy` over the 2 logical
-CPU devices. Each must match the single-device run.
+CPU devices. PyTorch: 2 processes over gloo, DDP with a dense table, and the
+Scaling out page's recipe (a sparse table, launched with torchrun). Each must
+match the single-device run.
 """
 
 import re
@@ -203,17 +205,15 @@ def test_torch_keras_distribution_is_not_implemented_and_ignored():
 
 
 # Two processes on this machine, gloo: what Keras's PyTorch guide does for
-# multi-device training (torch's DistributedDataParallel around the Keras model).
-# The parent imports only torch; each spawned worker imports Keras.
+# multi-device training (torch's DistributedDataParallel around the Keras model),
+# with a dense table and torch's SGD. (A sparse table: DDP refuses its gradient;
+# the Scaling out page's recipe all-reduces it itself, test below.)
+# The test starts the two worker processes itself: no launcher process (its
+# import of torch took a second before the workers started).
 _DDP_SCRIPT = """
 import sys
 
-import torch.multiprocessing
-
 VOCAB, DIM, LENGTH, BATCH = {sizes}
-# sparse=True: row-sparse table gradients (all-reduced as sparse by DDP over
-# gloo) and this package's LazyAdam; else Keras's dense table and torch's SGD.
-SPARSE = {sparse}
 
 
 def model_and_data():
@@ -225,7 +225,7 @@ def model_and_data():
 
     keras.utils.set_random_seed(1337)
     model = keras.Sequential(
-        [keras.Input((LENGTH,), dtype="int32"), Embedding(VOCAB, DIM, sparse=SPARSE),
+        [keras.Input((LENGTH,), dtype="int32"), Embedding(VOCAB, DIM),
          keras.layers.Dense(2)]
     )
     rng = np.random.default_rng(0)
@@ -234,44 +234,22 @@ def model_and_data():
     return model, torch.as_tensor(x), torch.as_tensor(y)
 
 
-def train(module, x, y, model=None, world=None):
+def train(module, x, y, model=None):
     # 3 steps; returns the bytes of the table's gradient each step (what DDP
-    # all-reduces for it: a sparse one's ids and rows, or the dense table).
+    # all-reduces for it: the dense table).
     import torch
 
     model = module if model is None else model
-    if not SPARSE:
-        optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
-    else:
-        from keras_embedding_plus.optimizers import LazyAdam
-
-        optimizer = LazyAdam(0.05)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
     sent = []
     for _ in range(3):
         for v in model.trainable_variables:
             v.value.grad = None
         torch.nn.functional.mse_loss(module(x), y).backward()
         grad = model.trainable_variables[0].value.grad
-        assert grad.is_sparse == SPARSE, grad.layout
-        if SPARSE:
-            grad = grad.coalesce()
-            sent.append(grad.indices().nbytes + grad.values().nbytes)
-        else:
-            sent.append(grad.nbytes)
-        if world is not None:  # The processes' mean gradient.
-            import torch.distributed as dist
-
-            for v in model.trainable_variables:
-                grad = v.value.grad
-                grad = grad.coalesce() if grad.is_sparse else grad
-                dist.all_reduce(grad)
-                v.value.grad = grad / world
-        if SPARSE:
-            grads = [v.value.grad for v in model.trainable_variables]
-            with torch.no_grad():
-                optimizer.apply(grads, model.trainable_variables)
-        else:
-            optimizer.step()
+        assert not grad.is_sparse, grad.layout
+        sent.append(grad.nbytes)
+        optimizer.step()
     return sent
 
 
@@ -287,15 +265,7 @@ def worker(rank, world, store, out):
     )
     model, x, y = model_and_data()
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-    if SPARSE:
-        # DDP takes a parameter's gradient as sparse only where its module is
-        # a torch.nn.Embedding(sparse=True) (it fails on ours: "Cannot access
-        # storage of SparseTensorImpl"): the gradients are all-reduced here,
-        # the table's as a sparse tensor (gloo's sparse all-reduce).
-        module = model
-    else:
-        module = DistributedDataParallel(model)
-    sent = train(module, x[part], y[part], model, world if SPARSE else None)
+    sent = train(DistributedDataParallel(model), x[part], y[part], model)
     if rank == 0:
         np.savez(out, *model.get_weights(), sent=np.asarray(sent))
     # Both ranks done, then leave without tearing gloo down: its teardown at
@@ -306,36 +276,43 @@ def worker(rank, world, store, out):
     os._exit(0)
 
 
-if __name__ == "__main__":
-    torch.multiprocessing.spawn(worker, args=(2, sys.argv[1], sys.argv[2]), nprocs=2)
+if __name__ == "__main__":  # rank, file store, output
+    worker(int(sys.argv[1]), 2, sys.argv[2], sys.argv[3])
 """
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense-sgd", "sparse-lazyadam"])
-def test_torch_ddp_two_processes_match_one(tmp_path, sparse):
-    """DDP over 2 processes (gloo) equals one process on the whole batch. With
-    `sparse=True` the table's gradient stays row-sparse through DDP's
-    all-reduce and `LazyAdam` applies it; what it sends for the table is its
-    rows, not the table."""
+def test_torch_ddp_two_processes_match_one(tmp_path):
+    """DDP over 2 processes (gloo), a dense table and torch's SGD, equals one
+    process on the whole batch; it all-reduces the whole table each step."""
     import os
     import subprocess
     import sys
 
     import keras_embedding_plus
 
-    script = _DDP_SCRIPT.format(sizes=(VOCAB, DIM, LENGTH, BATCH), sparse=sparse)
+    script = _DDP_SCRIPT.format(sizes=(VOCAB, DIM, LENGTH, BATCH))
     path = tmp_path / "ddp.py"
     path.write_text(script)
     root = os.path.dirname(os.path.dirname(keras_embedding_plus.__file__))
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=root)
     out = tmp_path / "ddp.npz"
-    subprocess.run(
-        [sys.executable, str(path), str(tmp_path / "store"), str(out)],
-        env=env,
-        check=True,
-        timeout=180,
-    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(path), str(rank), str(tmp_path / "store"), str(out)],
+            env=env,
+        )
+        for rank in range(2)
+    ]
+    try:
+        for proc in procs:
+            proc.wait(timeout=180)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [0, 0]
     # The same training in this process, on the whole batch.
     namespace = {}
     exec(compile(script, str(path), "exec"), namespace)
@@ -348,14 +325,86 @@ def test_torch_ddp_two_processes_match_one(tmp_path, sparse):
     for got, expected in zip(ddp, model.get_weights(), strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert not np.allclose(model.get_weights()[0], initial[0])  # it trained
-    table_bytes = VOCAB * DIM * 4
-    if sparse:
-        # A process's half batch: at most BATCH // 2 * LENGTH distinct rows,
-        # each with its int64 id.
-        assert (sent <= BATCH // 2 * LENGTH * (DIM * 4 + 8)).all(), sent
-        assert (sent < table_bytes).all(), (sent, table_bytes)
-    else:
-        assert (sent == table_bytes).all(), sent
+    assert (sent == VOCAB * DIM * 4).all(), sent
+
+
+SCALING_OUT = Path(__file__).resolve().parents[1] / "docs" / "scaling-out.md"
+TORCH_RECIPE = "# Scaling out recipe (torch, processes)"
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
+def test_torch_scaling_out_recipe_runs_as_written(tmp_path):
+    """The Scaling out page's PyTorch recipe, as written, launched as the page
+    launches it (`torchrun --nproc-per-node 2 train.py`: 2 processes, gloo,
+    localhost, a port torchrun picks): the sparse table's gradient all-reduced
+    as sparse and `LazyAdam`. The weights process 0 saves equal Keras's own
+    `fit` of the same model on the whole batch in this process (3 steps, to
+    1e-5); each process sent its rows for the table, not the table; both
+    processes exit with 0 (torchrun says so), after `destroy_process_group`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import keras_embedding_plus
+    from keras_embedding_plus.optimizers import LazyAdam
+
+    text = SCALING_OUT.read_text()
+    start = text.index("```python\n" + TORCH_RECIPE)
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    (tmp_path / "train.py").write_text(code)
+    assert "\ntorchrun --nproc-per-node 2 train.py\n" in text
+    root = os.path.dirname(os.path.dirname(keras_embedding_plus.__file__))
+    env = dict(os.environ, PYTHONPATH=root)
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # = `torchrun`
+    proc = subprocess.Popen(
+        [*torchrun, "--nproc-per-node", "2", "train.py"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # torchrun and its workers: one group to kill
+    )
+    try:
+        out = proc.communicate(timeout=180)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    # Each process's share: 32 of the 64 examples, 5 ids each.
+    sent = sorted(re.findall(r"process (\d): loss [\d.]+, sent (\d+) of", out))
+    assert [rank for rank, _ in sent] == ["0", "1"], out[-3000:]
+    assert all(0 < int(rows) <= 32 * 5 for _, rows in sent), sent
+
+    # The same model, seed and global batch as the page's, trained by Keras's
+    # own `fit` in this process: 3 steps of the whole batch.
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input((5,), dtype="int32"),
+                Embedding(100_000, 16, sparse=True),
+                keras.layers.GlobalAveragePooling1D(),
+                keras.layers.Dense(1),
+            ]
+        )
+
+    reference = model()
+    initial = reference.get_weights()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 100_000, (64, 5)).astype("int32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    reference.compile(LazyAdam(0.05), "mse")
+    reference.fit(x, y, batch_size=64, epochs=3, shuffle=False, verbose=0)
+    trained = model()
+    trained.load_weights(tmp_path / "trained.weights.h5")
+    for got, expected in zip(
+        trained.get_weights(), reference.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(trained.get_weights()[0], initial[0])  # it trained
 
 
 # --- The Big tables page's recipes -----------------------------------------

@@ -13,8 +13,9 @@ unless a marker on the line before it says otherwise:
 * `<!-- backend: jax -->` (or the first line `# Big tables recipe (jax): ...`):
   only under that backend; elsewhere it skips, "this block needs the jax backend".
 
-A block whose first line is `# Scaling out recipe (jax, processes)` runs in
-several processes: `test_jax_processes.py` runs it.
+A block whose first line is `# Scaling out recipe (jax, processes)` or
+`# Scaling out recipe (torch, processes)` runs in several processes:
+`test_jax_processes.py` and `test_distribution.py` run them.
 
 The charts the docs show are copies of `benchmarks/results/*.png`: checked equal.
 """
@@ -39,7 +40,8 @@ _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _MARKER = re.compile(r"<!--\s*backend:\s*([\w ,]+?)\s*-->")
 _RECIPE = re.compile(r"# Big tables recipe \(([\w ]+)\):")
 # A recipe of several processes (the Scaling out page), run by its engine's
-# test (integration_tests/test_jax_processes.py, test_tf_workers.py), not here.
+# test (integration_tests/test_jax_processes.py, test_tf_workers.py,
+# test_distribution.py), not here.
 SCALING_OUT_RECIPE = "# Scaling out recipe ("
 # A page's blocks, each run as a reader runs it: the longest any took here is
 # under a minute (a recipe that trains on 8 virtual devices).
