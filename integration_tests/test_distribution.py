@@ -332,28 +332,24 @@ SCALING_OUT = Path(__file__).resolve().parents[1] / "docs" / "scaling-out.md"
 TORCH_RECIPE = "# Scaling out recipe (torch, processes)"
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
-def test_torch_scaling_out_recipe_runs_as_written(tmp_path):
-    """The Scaling out page's PyTorch recipe, as written, launched as the page
-    launches it (`torchrun --nproc-per-node 2 train.py`: 2 processes, gloo,
-    localhost, a port torchrun picks): the sparse table's gradient all-reduced
-    as sparse and `LazyAdam`. The weights process 0 saves equal Keras's own
-    `fit` of the same model on the whole batch in this process (3 steps, to
-    1e-5); each process sent its rows for the table, not the table; both
-    processes exit with 0 (torchrun says so), after `destroy_process_group`."""
+def _torch_recipe():
+    """The Scaling out page's PyTorch recipe, as written."""
+    text = SCALING_OUT.read_text()
+    start = text.index("```python\n" + TORCH_RECIPE)
+    return text[start + len("```python\n") : text.index("```", start + 10)]
+
+
+def _torchrun(code, tmp_path):
+    """`code` as `train.py`, run by `torchrun --nproc-per-node 2 train.py`
+    (180 s at most): the launcher's process and its output."""
     import os
     import signal
     import subprocess
     import sys
 
     import keras_embedding_plus
-    from keras_embedding_plus.optimizers import LazyAdam
 
-    text = SCALING_OUT.read_text()
-    start = text.index("```python\n" + TORCH_RECIPE)
-    code = text[start + len("```python\n") : text.index("```", start + 10)]
     (tmp_path / "train.py").write_text(code)
-    assert "\ntorchrun --nproc-per-node 2 train.py\n" in text
     root = os.path.dirname(os.path.dirname(keras_embedding_plus.__file__))
     env = dict(os.environ, PYTHONPATH=root)
     torchrun = [sys.executable, "-m", "torch.distributed.run"]  # = `torchrun`
@@ -372,6 +368,23 @@ def test_torch_scaling_out_recipe_runs_as_written(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return proc, out
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
+def test_torch_scaling_out_recipe_runs_as_written(tmp_path):
+    """The Scaling out page's PyTorch recipe, as written, launched as the page
+    launches it (`torchrun --nproc-per-node 2 train.py`: 2 processes, gloo,
+    localhost, a port torchrun picks): the sparse table's gradient all-reduced
+    as sparse and `LazyAdam`. The weights process 0 saves equal Keras's own
+    `fit` of the same model on the whole batch in this process (3 steps, to
+    1e-5); each process sent its rows for the table, not the table; both
+    processes exit with 0 (torchrun says so), after `destroy_process_group`."""
+    from keras_embedding_plus.optimizers import LazyAdam
+
+    text = SCALING_OUT.read_text()
+    assert "\ntorchrun --nproc-per-node 2 train.py\n" in text
+    proc, out = _torchrun(_torch_recipe(), tmp_path)
     assert proc.returncode == 0, out[-3000:]
     # Each process's share: 32 of the 64 examples, 5 ids each.
     sent = sorted(re.findall(r"process (\d): loss [\d.]+, sent (\d+) of", out))
@@ -405,6 +418,27 @@ def test_torch_scaling_out_recipe_runs_as_written(tmp_path):
     ):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert not np.allclose(trained.get_weights()[0], initial[0])  # it trained
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
+def test_torch_a_dead_process_stops_the_other_naming_its_rank(tmp_path):
+    """The page's recipe, process 1 of 2 exiting (code 3) before its second
+    step: process 0 does not hang. `torchrun` stops it and fails the run,
+    naming the rank that failed and its exit code."""
+    code = _torch_recipe()
+    loop = "for step in range(3):\n"
+    assert loop in code
+    code = code.replace(
+        loop, loop + "    if rank == 1 and step == 1:\n        os._exit(3)\n"
+    )
+    proc, out = _torchrun(code, tmp_path)
+    assert proc.returncode != 0, out[-3000:]
+    assert "ChildFailedError" in out, out[-3000:]
+    # Process 0, stopped by torchrun (SIGTERM), not left waiting in gloo.
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s+exitcode\s*: -15", out)
+    root_cause = out[out.index("Root Cause") :]
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: 3", root_cause)
+    assert not (tmp_path / "trained.weights.h5").exists()
 
 
 # --- The Big tables page's recipes -----------------------------------------
