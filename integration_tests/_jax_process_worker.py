@@ -13,7 +13,8 @@ timeout.
 
 The recipe is the Scaling out page's: gloo CPU collectives, then
 `keras.distribution.initialize` on 127.0.0.1, then a `ModelParallel` whose
-`LayoutMap` shards `embeddings` by rows.
+`LayoutMap` shards `embeddings` by rows (and a `DynamicEmbedding`'s key map
+as its rows; OUT's `local_keys`: this process's share of it).
 """
 
 import json
@@ -136,6 +137,10 @@ def main(rank, world, port, spec_path, out):
         # `Embedding` / `EmbeddingBag`: embeddings; `EmbeddingCollection`:
         # its stack of one width.
         layout_map[".*embedding/(embeddings|stack_0)"] = ("model", None)
+        # `DynamicEmbedding`: its key map's arrays, split as its rows.
+        layout_map[".*embedding/keys_(stamps|counts|sorted_keys|sorted_rows)"] = (
+            "model",
+        )
         distribution = keras.distribution.ModelParallel(
             layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False
         )
@@ -180,6 +185,13 @@ def main(rank, world, port, spec_path, out):
     local = [s.data for s in value.addressable_shards]
     result = {
         "local_rows": np.asarray(sum(int(s.shape[0]) for s in local)),
+        "local_keys": np.asarray(
+            [
+                sum(int(s.data.shape[0]) for s in w.value.addressable_shards)
+                for w in model.non_trainable_weights
+                if w.path.endswith("sorted_keys")
+            ]
+        ),
         "rows": np.asarray(variable.shape[0]),
         # How far this process's memory rose while it built and trained.
         "rise": np.asarray(_status_bytes("VmHWM") - baseline),

@@ -144,7 +144,7 @@ def _model(sparse, layer="embedding"):
         (2, "data_parallel", False, "embedding"),
         (2, "model_parallel", True, "bag"),
         (2, "model_parallel", True, "collection"),
-        (2, "model_parallel", False, "dynamic"),
+        (2, "model_parallel", True, "dynamic"),
         (2, "data_parallel", False, "dynamic"),
     ],
     ids=[
@@ -153,14 +153,15 @@ def _model(sparse, layer="embedding"):
         "2-batch-adam",
         "bag-2-rows-sparse",
         "collection-2-rows-sparse",
-        "dynamic-2-rows-adam",
+        "dynamic-2-rows-sparse",
         "dynamic-2-batch-adam",
     ],
 )
 def test_processes_train_as_one(tmp_path, world, layout, sparse, layer):
     """The processes load the one-process model's `.weights.h5`, train 20
-    steps and equal the same 20 steps in one process. With `Embedding` and
-    `EmbeddingCollection`, sharded and sparse, each process also saves a
+    steps and equal the same 20 steps in one process. With `Embedding`,
+    `EmbeddingCollection` and `DynamicEmbedding` (its key map sharded as its
+    rows), sharded and sparse, each process also saves a
     `.weights.h5` and a `.keras` file (the table's rows and `LazyAdam`'s
     slots gathered from both), which load into one process with the trained
     weights and optimizer state: files move from 1 process to 2 and back."""
@@ -172,6 +173,7 @@ def test_processes_train_as_one(tmp_path, world, layout, sparse, layer):
     files = (world, layout, sparse) == (2, "model_parallel", True) and layer in (
         "embedding",
         "collection",
+        "dynamic",
     )
     spec = _spec(
         data, layout=layout, sparse=sparse, layer=layer, load=start, save=files
@@ -189,6 +191,8 @@ def test_processes_train_as_one(tmp_path, world, layout, sparse, layer):
         assert rows == [total // world] * world
     else:
         assert rows == [total] * world
+    if layer == "dynamic":  # The key map's arrays are split as its rows.
+        assert [int(r["local_keys"][0]) for r in results] == rows
     if not files:
         return
     for rank, kind in itertools.product(range(world), (".weights.h5", ".keras")):

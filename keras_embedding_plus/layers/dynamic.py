@@ -196,7 +196,12 @@ class DynamicEmbedding(keras.layers.Layer):
     def save_own_variables(self, store: Any) -> None:
         """Keras's entries, then the state of the seed new keys' rows are drawn
         from: training resumed after loading draws what it would have drawn."""
-        super().save_own_variables(store)
+        entries = {}
+        super().save_own_variables(entries)
+        for key, value in entries.items():
+            # Rows and key arrays sharded over several processes (JAX): whole,
+            # gathered from all of them (a collective every process runs).
+            store[key] = backends.blocks.gathered(value)
         store[str(len(self.weights))] = ops.convert_to_numpy(
             self.seed_generator.state.value
         )
