@@ -28,7 +28,6 @@ from keras_embedding_plus.lookup import (
     index_policy,
     invalid_ids,
     pipeline,
-    pooling,
     stack_pooling,
 )
 from keras_embedding_plus.lookup.spec import LookupSpec
@@ -330,52 +329,6 @@ class EmbeddingCollection(keras.layers.Layer):
         flat = [outputs[path] for path, _, _ in self._features]
         return keras.tree.pack_sequence_as(self._structure.value, flat)
 
-    def _bags(self, path, ids, weights, combiner):
-        """One feature's ids, flat: a dict of `values`, `weights` (or None),
-        `bags` (the number of outputs) and, for flat bag forms, `segments`,
-        `outer` (the output's leading shape) and `in_a_bag`; for dense ids,
-        `grid`: `L` where it is known when tracing."""
-        bags = pooling.flat_bags(ids, weights)
-        if bags is not None:
-            return {
-                "values": bags.values,
-                "weights": bags.weights,
-                "bags": bags.num_segments,
-                "segments": lambda: bags.segments,  # Read where needed.
-                # Bag starts, where every value is in a bag (a fused kernel's).
-                "offsets": bags.offsets if bags.end is None else None,
-                "outer": tuple(bags.outer_shape),
-                "in_a_bag": bags.in_a_bag(),
-                "grid": None,
-            }
-        ids = ops.convert_to_tensor(ids)
-        rank = len(ids.shape)
-        if rank not in (1, 2):
-            raise ValueError(
-                f"Feature {path!r}: dense ids must have shape `(batch,)` or "
-                f"`(batch, L)`. Received: shape {tuple(ids.shape)}."
-            )
-        weights = pooling.dense_weights(ids, weights)
-        if rank == 1 and combiner != "sum":
-            weights = None  # keras-rs: one id a sample is its own row.
-        batch = ops.shape(ids)[0]
-        length = 1 if rank == 1 else ops.shape(ids)[1]
-        values = ops.reshape(ids, (-1,))
-        # Pooled as `(bags, L)` where `L` is known when tracing.
-        grid = length if isinstance(length, int) else None
-        return {
-            "values": values,
-            "weights": None if weights is None else ops.reshape(weights, (-1,)),
-            "bags": batch,
-            "segments": lambda: (
-                ops.arange(ops.shape(values)[0], dtype="int32") // length
-            ),
-            "offsets": None,
-            "outer": (batch,),
-            "in_a_bag": None,
-            "grid": grid,
-        }
-
     def _stack_call(self, index, members, inputs, weights, training):
         """One gather for the features on one stack, then one pooling for all
         its dense features of one `L` (a weighted sum) and one for all its
@@ -384,7 +337,9 @@ class EmbeddingCollection(keras.layers.Layer):
         parts = []
         for path, _, table in members:
             slot = self._slots[table]
-            part = self._bags(path, inputs[path], weights.get(path), slot.combiner)
+            part = stack_pooling.feature_bags(
+                path, inputs[path], weights.get(path), slot.combiner
+            )
             values, valid = index_policy.prepare_ids(
                 part["values"], slot.rows, report=self.invalid_ids_counts[table]
             )

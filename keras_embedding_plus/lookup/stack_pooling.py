@@ -2,7 +2,7 @@
 tables, gathered from one stacked variable, each pooled by its own table's
 combiner (a denominator per bag: 1, the sum of the weights, or their L2 norm).
 
-Each feature is a dict (`EmbeddingCollection._bags`): `values`, `weights`,
+Each feature is a dict (`feature_bags`): `values`, `weights`,
 `bags` (its number of outputs), `outer` (their leading shape), `norm`
 (`COMBINERS[combiner]`), `segments` (a function giving each value's bag) and
 `offsets` (the bags' starts where known and every value is in a bag, else None).
@@ -12,6 +12,51 @@ from keras import ops
 
 from keras_embedding_plus import backends
 from keras_embedding_plus.lookup import pipeline, pooling
+
+
+def feature_bags(path, ids, weights, combiner):
+    """One feature's ids, flat: a dict of `values`, `weights` (or None),
+    `bags` (the number of outputs) and, for flat bag forms, `segments`,
+    `outer` (the output's leading shape) and `in_a_bag`; for dense ids,
+    `grid`: `L` where it is known when tracing."""
+    bags = pooling.flat_bags(ids, weights)
+    if bags is not None:
+        return {
+            "values": bags.values,
+            "weights": bags.weights,
+            "bags": bags.num_segments,
+            "segments": lambda: bags.segments,  # Read where needed.
+            # Bag starts, where every value is in a bag (a fused kernel's).
+            "offsets": bags.offsets if bags.end is None else None,
+            "outer": tuple(bags.outer_shape),
+            "in_a_bag": bags.in_a_bag(),
+            "grid": None,
+        }
+    ids = ops.convert_to_tensor(ids)
+    rank = len(ids.shape)
+    if rank not in (1, 2):
+        raise ValueError(
+            f"Feature {path!r}: dense ids must have shape `(batch,)` or "
+            f"`(batch, L)`. Received: shape {tuple(ids.shape)}."
+        )
+    weights = pooling.dense_weights(ids, weights)
+    if rank == 1 and combiner != "sum":
+        weights = None  # keras-rs: one id a sample is its own row.
+    batch = ops.shape(ids)[0]
+    length = 1 if rank == 1 else ops.shape(ids)[1]
+    values = ops.reshape(ids, (-1,))
+    # Pooled as `(bags, L)` where `L` is known when tracing.
+    grid = length if isinstance(length, int) else None
+    return {
+        "values": values,
+        "weights": None if weights is None else ops.reshape(weights, (-1,)),
+        "bags": batch,
+        "segments": lambda: ops.arange(ops.shape(values)[0], dtype="int32") // length,
+        "offsets": None,
+        "outer": (batch,),
+        "in_a_bag": None,
+        "grid": grid,
+    }
 
 
 def pool_dense(rows, w, group, length):
